@@ -1,0 +1,111 @@
+"""Settings read from the environment once per container, validated with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flag_scheduler.backoff import BackoffPolicy
+from flag_scheduler.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class _IntVariable:
+    """An integer environment variable, its field on Settings and its inclusive range."""
+
+    env: str
+    field: str
+    low: int
+    high: int
+
+
+# Each environment variable name is written here and nowhere else.
+DATABASE_URL = "DATABASE_URL"
+_INT_VARIABLES = (
+    _IntVariable("FLAG_SCHEDULE_MAX_RETRIES", "max_retries", 0, 10),
+    _IntVariable("FLAG_SCHEDULE_BATCH_SIZE", "batch_size", 1, 10_000),
+    _IntVariable("FLAG_SCHEDULE_TIME_MARGIN_SECONDS", "time_margin_seconds", 1, 900),
+    _IntVariable("FLAG_SCHEDULE_BACKOFF_BASE_SECONDS", "backoff_base_seconds", 1, 86_400),
+    _IntVariable("FLAG_SCHEDULE_BACKOFF_CAP_SECONDS", "backoff_cap_seconds", 1, 604_800),
+    _IntVariable("FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS", "backoff_jitter_seconds", 0, 3_600),
+    _IntVariable("FLAG_SCHEDULE_LOCK_TIMEOUT_MS", "lock_timeout_ms", 1, 600_000),
+    _IntVariable("FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms", 1, 900_000),
+)
+
+RetryLimit = Annotated[int, Field(ge=0, le=10)]
+
+
+class Settings(BaseModel):
+    """Everything the scheduler can be configured with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    database_url: str | None = None
+    max_retries: RetryLimit = 3
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # Stop starting work when the invocation has less than this left before its timeout.
+    time_margin_seconds: Annotated[int, Field(ge=1, le=900)] = 10
+    backoff_base_seconds: Annotated[int, Field(ge=1, le=86_400)] = 120
+    backoff_cap_seconds: Annotated[int, Field(ge=1, le=604_800)] = 3600
+    backoff_jitter_seconds: Annotated[int, Field(ge=0, le=3_600)] = 30
+    lock_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5_000
+    statement_timeout_ms: Annotated[int, Field(ge=1, le=900_000)] = 30_000
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> Settings:
+        if self.backoff_cap_seconds < self.backoff_base_seconds:
+            raise ValueError(
+                "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS must be >= FLAG_SCHEDULE_BACKOFF_BASE_SECONDS,"
+                f" got cap {self.backoff_cap_seconds} < base {self.backoff_base_seconds}"
+            )
+        return self
+
+    @property
+    def backoff(self) -> BackoffPolicy:
+        return BackoffPolicy(
+            base_seconds=self.backoff_base_seconds,
+            cap_seconds=self.backoff_cap_seconds,
+            jitter_seconds=self.backoff_jitter_seconds,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables; unset ones take their defaults.
+
+        Raises:
+            ConfigurationError: naming the variable, the value and the allowed range.
+        """
+        values: dict[str, Any] = {}
+        url = environ.get(DATABASE_URL, "").strip()
+        if url:
+            values["database_url"] = url
+        for variable in _INT_VARIABLES:
+            raw = environ.get(variable.env)
+            if raw is None or raw.strip() == "":
+                continue
+            values[variable.field] = _parse_int(variable, raw)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_first_message(exc)) from None
+
+
+def _parse_int(variable: _IntVariable, raw: str) -> int:
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        value = None
+    if value is None or not variable.low <= value <= variable.high:
+        raise ConfigurationError(
+            f"{variable.env} must be an integer {variable.low}..{variable.high}, got {raw!r}"
+        )
+    return value
+
+
+def _first_message(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

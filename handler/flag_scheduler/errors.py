@@ -1,0 +1,56 @@
+"""Every exception flag-scheduler raises, under one base class."""
+
+from __future__ import annotations
+
+
+class FlagSchedulerError(Exception):
+    """flag-scheduler failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(FlagSchedulerError):
+    """The configuration is invalid."""
+
+
+class DatabaseUnavailable(FlagSchedulerError):
+    """The database connection is lost or cannot be opened; the run cannot continue."""
+
+
+class ScheduleFailure(FlagSchedulerError):
+    """Applying one schedule failed; the schedule records it and the run goes on."""
+
+    #: Stable, machine-readable name of the failure (logs, metrics, last_error prefix).
+    error_class = "unknown"
+    #: Whether another attempt could succeed.
+    retryable = True
+
+    def __init__(self, message: str | None = None, *, error_class: str | None = None) -> None:
+        super().__init__(message)
+        if error_class is not None:
+            self.error_class = error_class
+
+
+class InvalidUpdates(ScheduleFailure):
+    """The schedule's updates document is invalid."""
+
+    error_class = "invalid_updates"
+    retryable = False
+
+
+class FlagMissing(ScheduleFailure):
+    """The schedule's flag does not exist."""
+
+    error_class = "flag_missing"
+    retryable = False
+
+
+class PermanentDatabaseError(ScheduleFailure):
+    """The database rejected the change as invalid data; retrying cannot help."""
+
+    retryable = False
+
+
+class TransientDatabaseError(ScheduleFailure):
+    """The database failed in a way another attempt may not (lock, timeout, conflict)."""

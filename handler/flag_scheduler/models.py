@@ -1,0 +1,158 @@
+"""The values that move between layers: schedules, flags, updates and run summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flag_scheduler.errors import InvalidUpdates
+
+UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
+
+
+class FlagUpdates(BaseModel):
+    """A schedule's `updates` document: the flag fields it sets."""
+
+    # strict: JSON `1` is not a boolean and `50.0` or `"50"` is not a percentage.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    enabled: bool | None = None
+    rollout_percentage: Annotated[int, Field(ge=0, le=100)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if value is None and key in UPDATABLE_FIELDS:
+                    raise ValueError(f"{key} must not be null")
+        return data
+
+    @model_validator(mode="after")
+    def _at_least_one_field(self) -> FlagUpdates:
+        if not self.fields():
+            raise ValueError("updates must set at least one of enabled, rollout_percentage")
+        return self
+
+    @classmethod
+    def from_document(cls, document: object) -> FlagUpdates:
+        """Validate a decoded `updates` JSON document.
+
+        Raises:
+            InvalidUpdates: saying which key is wrong and why.
+        """
+        if not isinstance(document, dict):
+            raise InvalidUpdates(
+                f"updates must be a JSON object, got {type(document).__name__}"
+            )
+        try:
+            return cls.model_validate(document)
+        except ValidationError as exc:
+            raise InvalidUpdates(_describe(exc)) from None
+
+    def fields(self) -> dict[str, bool | int]:
+        """The fields this document sets, by name."""
+        return {
+            name: value
+            for name, value in (
+                ("enabled", self.enabled),
+                ("rollout_percentage", self.rollout_percentage),
+            )
+            if value is not None
+        }
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (allowed: enabled, rollout_percentage)"
+        parts.append(f"{location}: {message}" if location else message)
+    return "invalid updates: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class DueSchedule:
+    """A schedule claimed for processing, with the identity of its flag."""
+
+    id: UUID
+    flag_id: UUID
+    flag_key: str
+    environment: str
+    scheduled_at: datetime
+    status: str
+    updates: object
+    retry_count: int
+    max_retries: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlagState:
+    """The fields of a flag that schedules change."""
+
+    id: UUID
+    flag_key: str
+    environment: str
+    enabled: bool
+    rollout_percentage: int
+
+    def fields(self) -> dict[str, bool | int]:
+        return {"enabled": self.enabled, "rollout_percentage": self.rollout_percentage}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """A flag's fields before and after one applied schedule."""
+
+    schedule_id: UUID
+    flag_key: str
+    environment: str
+    old: dict[str, bool | int]
+    new: dict[str, bool | int]
+
+
+@dataclass(frozen=True, slots=True)
+class PermanentFailure:
+    """A schedule that will not be retried automatically, for alerts."""
+
+    schedule_id: UUID
+    flag_key: str
+    environment: str
+    scheduled_at: datetime
+    retry_count: int
+    error_class: str
+    last_error: str
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What one run did, for the handler's return value, logs and metrics."""
+
+    claimed: int = 0
+    applied: int = 0
+    retried: int = 0
+    retry_succeeded: int = 0
+    failed_permanently: int = 0
+    superseded: int = 0
+    batches: int = 0
+    stopped_for_time: bool = False
+    lag_seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "claimed": self.claimed,
+            "applied": self.applied,
+            "retried": self.retried,
+            "retry_succeeded": self.retry_succeeded,
+            "failed_permanently": self.failed_permanently,
+            "superseded": self.superseded,
+            "batches": self.batches,
+            "stopped_for_time": self.stopped_for_time,
+            "max_lag_seconds": round(max(self.lag_seconds), 3) if self.lag_seconds else 0.0,
+        }

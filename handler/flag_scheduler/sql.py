@@ -1,0 +1,123 @@
+"""Every SQL statement the scheduler runs, as named constants with %(name)s parameters."""
+
+# Bounds waits for this transaction only; set_config(..., true) is SET LOCAL that takes
+# parameters, and it works behind RDS Proxy, which rejects the `options` startup parameter.
+SET_TRANSACTION_TIMEOUTS = """
+SELECT set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true)
+"""
+
+# Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped.
+# `due_at` is a generated column (pending: scheduled_at, failed: next_retry_at) with a
+# partial index, so this stays an index scan however many finished rows the table holds.
+CLAIM_DUE_SCHEDULES = """
+SELECT s.id, s.flag_id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates,
+       s.retry_count, s.max_retries
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE s.due_at <= %(now)s
+ORDER BY s.due_at
+LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED
+"""
+
+# Locks one flag row until the transaction ends; NO KEY UPDATE so writers inserting new
+# schedules for the flag (a foreign-key KEY SHARE lock) are not blocked.
+LOCK_FLAG = """
+SELECT id, flag_key, environment, enabled, rollout_percentage
+FROM feature_flags
+WHERE id = %(flag_id)s
+FOR NO KEY UPDATE
+"""
+
+# Which fields an applied schedule scheduled after this one has already set on the flag.
+FIELDS_SET_BY_LATER_SCHEDULES = """
+SELECT coalesce(bool_or(updates ? 'enabled'), false),
+       coalesce(bool_or(updates ? 'rollout_percentage'), false)
+FROM feature_flag_schedules
+WHERE flag_id = %(flag_id)s
+  AND status = 'applied'
+  AND (scheduled_at, id) > (%(scheduled_at)s, %(schedule_id)s)
+"""
+
+# Sets the given fields of a flag (NULL leaves a field as it is) and returns the new state.
+UPDATE_FLAG = """
+UPDATE feature_flags
+SET enabled = coalesce(%(enabled)s::boolean, enabled),
+    rollout_percentage = coalesce(%(rollout_percentage)s::integer, rollout_percentage),
+    updated_at = %(now)s
+WHERE id = %(flag_id)s
+RETURNING id, flag_key, environment, enabled, rollout_percentage
+"""
+
+# Records a successful application; retry_count stays so history shows it needed retries.
+MARK_APPLIED = """
+UPDATE feature_flag_schedules
+SET status = 'applied', applied_at = %(now)s, next_retry_at = NULL, last_error = NULL,
+    updated_at = %(now)s
+WHERE id = %(schedule_id)s
+"""
+
+# Records that later-scheduled changes already set every field this schedule would set.
+MARK_SUPERSEDED = """
+UPDATE feature_flag_schedules
+SET status = 'superseded', next_retry_at = NULL, last_error = NULL, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+"""
+
+# Records a retryable failure and when the next attempt is due.
+MARK_RETRY_SCHEDULED = """
+UPDATE feature_flag_schedules
+SET status = 'failed', retry_count = %(retry_count)s, next_retry_at = %(next_retry_at)s,
+    last_error = %(last_error)s, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+"""
+
+# Records a failure that will not be retried automatically.
+MARK_FAILED_PERMANENTLY = """
+UPDATE feature_flag_schedules
+SET status = 'failed', next_retry_at = NULL, last_error = %(last_error)s, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+"""
+
+# Counts schedules waiting for a retry.
+COUNT_RETRY_BACKLOG = """
+SELECT count(*)
+FROM feature_flag_schedules
+WHERE status = 'failed' AND next_retry_at IS NOT NULL
+"""
+
+# Cheap liveness check of a cached connection.
+PING = "SELECT 1"
+
+# --- Writer side: what the CLI and the demo do as a user of the contract tables. ---
+
+# Creates a flag and returns its id.
+INSERT_FLAG = """
+INSERT INTO feature_flags (flag_key, environment, enabled, rollout_percentage, description)
+VALUES (%(flag_key)s, %(environment)s, %(enabled)s, %(rollout_percentage)s, %(description)s)
+RETURNING id
+"""
+
+# Creates a pending schedule and returns its id.
+INSERT_SCHEDULE = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, max_retries)
+VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(max_retries)s)
+RETURNING id
+"""
+
+# Every schedule with its flag's identity, oldest-scheduled first.
+LIST_SCHEDULES = """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
+       s.retry_count, s.max_retries, s.next_retry_at, s.last_error
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+ORDER BY s.scheduled_at, s.id
+"""
+
+# Every flag's current state.
+LIST_FLAGS = """
+SELECT id, flag_key, environment, enabled, rollout_percentage
+FROM feature_flags
+ORDER BY flag_key, environment
+"""

@@ -1,0 +1,1 @@
+"""Alembic migrations for flag-scheduler's tables."""

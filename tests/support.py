@@ -1,0 +1,80 @@
+"""Helpers the tests share: URLs, running the service with a chosen clock, reading rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+import psycopg
+
+from flag_scheduler.backoff import BackoffPolicy
+from flag_scheduler.models import RunSummary
+from flag_scheduler.notifier import NullNotifier
+from flag_scheduler.repository import ScheduleRepository
+from flag_scheduler.service import RunPolicy, process_due_schedules
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    """The same server URL, naming another database."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def run_service(
+    database_url: str,
+    now: datetime,
+    *,
+    max_retries: int = 3,
+    batch_size: int = 100,
+    backoff: BackoffPolicy | None = None,
+    remaining_ms: Any = None,
+) -> RunSummary:
+    """One scheduler run on its own connection, with the clock stopped at `now`."""
+    policy = RunPolicy(
+        max_retries=max_retries,
+        batch_size=batch_size,
+        time_margin_ms=1_000,
+        backoff=backoff or BackoffPolicy(),
+        lock_timeout_ms=2_000,
+        statement_timeout_ms=10_000,
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return process_due_schedules(
+            ScheduleRepository(conn),
+            NullNotifier(),
+            clock=lambda: now,
+            remaining_ms=remaining_ms or (lambda: 60_000),
+            policy=policy,
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    status: str
+    retry_count: int
+    next_retry_at: datetime | None
+    last_error: str | None
+    applied_at: datetime | None
+
+
+def schedule_row(conn: psycopg.Connection[Any], schedule_id: UUID) -> ScheduleRow:
+    row = conn.execute(
+        "SELECT status, retry_count, next_retry_at, last_error, applied_at"
+        " FROM feature_flag_schedules WHERE id = %s",
+        (schedule_id,),
+    ).fetchone()
+    assert row is not None
+    return ScheduleRow(*row)
+
+
+def flag_fields(conn: psycopg.Connection[Any], flag_id: UUID) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT enabled, rollout_percentage FROM feature_flags WHERE id = %s", (flag_id,)
+    ).fetchone()
+    assert row is not None
+    return {"enabled": row[0], "rollout_percentage": row[1]}

@@ -1,0 +1,69 @@
+"""Settings from the environment: defaults, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from flag_scheduler.config import Settings
+from flag_scheduler.errors import ConfigurationError
+
+
+def test_defaults_match_the_design() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_retries == 3
+    assert (settings.backoff.base_seconds, settings.backoff.cap_seconds) == (120, 3600)
+    assert settings.backoff.jitter_seconds == 30
+    assert settings.database_url is None
+
+
+def test_values_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://db/flags",
+            "FLAG_SCHEDULE_MAX_RETRIES": "7",
+            "FLAG_SCHEDULE_BATCH_SIZE": " 50 ",
+            "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS": "0",
+        }
+    )
+    assert settings.database_url == "postgresql://db/flags"
+    assert (settings.max_retries, settings.batch_size, settings.backoff_jitter_seconds) == (
+        7,
+        50,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # above the range
+        ("FLAG_SCHEDULE_MAX_RETRIES", "11", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '11'"),
+        # not a number
+        ("FLAG_SCHEDULE_MAX_RETRIES", "abc", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got 'abc'"),
+        # below the range
+        ("FLAG_SCHEDULE_MAX_RETRIES", "-1", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '-1'"),
+        # a float is not an integer
+        ("FLAG_SCHEDULE_MAX_RETRIES", "2.5", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '2.5'"),
+        ("FLAG_SCHEDULE_BATCH_SIZE", "0", "FLAG_SCHEDULE_BATCH_SIZE must be an integer 1..10000, got '0'"),
+        ("FLAG_SCHEDULE_BACKOFF_BASE_SECONDS", "0", "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS must be an integer 1..86400, got '0'"),
+        ("FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS", "-5", "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS must be an integer 0..3600, got '-5'"),
+        ("FLAG_SCHEDULE_TIME_MARGIN_SECONDS", "1e3", "FLAG_SCHEDULE_TIME_MARGIN_SECONDS must be an integer 1..900, got '1e3'"),
+    ],
+)
+def test_a_bad_value_names_the_variable_the_value_and_the_range(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value) == message
+
+
+def test_cap_below_base_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="CAP_SECONDS must be >= .*BASE_SECONDS"):
+        Settings.from_env(
+            {"FLAG_SCHEDULE_BACKOFF_BASE_SECONDS": "600", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS": "60"}
+        )
+
+
+def test_empty_values_mean_the_default() -> None:
+    assert Settings.from_env({"FLAG_SCHEDULE_MAX_RETRIES": "", "DATABASE_URL": " "}) == Settings()

@@ -16,14 +16,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from flag_scheduler import service
 from flag_scheduler.config import Settings
 from flag_scheduler.db import connect
-from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
+from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, FlagSchedulerError
 from flag_scheduler.notifier import NullNotifier
 from flag_scheduler.repository import ScheduleRepository
 
 logger = Logger(service="flag-scheduler")
 metrics = Metrics(namespace="FlagScheduler", service="flag-scheduler")
 # The service logs through the standard library; give its logger our JSON format and keys.
-copy_config_to_registered_loggers(source_logger=logger, include={service.logger.name})
+copy_config_to_registered_loggers(source_logger=logger, include={"flag_scheduler"})
 
 
 class _Container:
@@ -119,4 +119,12 @@ def run_invocation(context: Any, *, clock: service.Clock = utc_now) -> dict[str,
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     """EventBridge entry point. The event is only read for its id (the correlation id):
     what is due is decided by the database, whatever the event's shape."""
-    return run_invocation(context)
+    try:
+        result = run_invocation(context)
+    except FlagSchedulerError as exc:
+        # The invocation fails (and the Errors alarm fires); say why in one line first.
+        logger.error("run_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
+        metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=1)
+        raise
+    metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=0)
+    return result

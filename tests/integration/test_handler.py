@@ -1,0 +1,182 @@
+"""The Lambda handler: events, logs, metrics, configuration errors, connection reuse."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from flag_scheduler import fault_injection, handler
+from flag_scheduler.catalog import Catalog
+from flag_scheduler.errors import ConfigurationError
+from flag_scheduler.local import FakeLambdaContext
+from tests.support import schedule_row
+
+EVENTS = sorted((Path(__file__).resolve().parents[2] / "events").glob("*.json"))
+METRICS = {
+    "SchedulesApplied",
+    "SchedulesRetried",
+    "RetrySucceeded",
+    "SchedulesFailedPermanently",
+    "SchedulesSuperseded",
+    "RetryBacklog",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    return monkeypatch
+
+
+class Output:
+    """What the handler printed: JSON log lines and EMF metric lines."""
+
+    def __init__(self, logs: io.StringIO, capsys: pytest.CaptureFixture[str]) -> None:
+        self._logs = logs
+        self._capsys = capsys
+
+    def lines(self) -> list[dict[str, Any]]:
+        text = self._logs.getvalue() + self._capsys.readouterr().out
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def output(capsys: pytest.CaptureFixture[str]) -> Iterator[Output]:
+    # The Logger holds the stdout of import time; give it a buffer of this test's own.
+    stream = handler.logger.registered_handler
+    assert isinstance(stream, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = stream.setStream(buffer)
+    yield Output(buffer, capsys)
+    stream.setStream(previous)
+
+
+def _due_now(catalog: Catalog, key: str = "banner") -> Any:
+    flag = catalog.create_flag(key)
+    return catalog.create_schedule(flag, datetime.now(UTC) - timedelta(minutes=1), {"enabled": True})
+
+
+@pytest.mark.parametrize("event_file", EVENTS, ids=[p.name for p in EVENTS])
+def test_every_event_file_runs_the_job(
+    env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    output: Output,
+    event_file: Path,
+) -> None:
+    schedule = _due_now(catalog)
+    event = json.loads(event_file.read_text())
+
+    result = handler.lambda_handler(event, FakeLambdaContext())
+
+    assert result["applied"] == 1
+    assert {"claimed", "retried", "failed_permanently", "superseded", "duration_ms"} <= set(result)
+    assert schedule_row(conn, schedule).status == "applied"
+    lines = output.lines()
+    logs = {line["message"]: line for line in lines if "message" in line}
+    assert logs["schedule_applied"]["schedule_id"] == str(schedule)
+    assert logs["run_completed"]["applied"] == 1
+    assert "cold_start" in logs["run_completed"]
+    assert logs["run_completed"].get("correlation_id") == event.get("id")
+    emf = [line for line in lines if "_aws" in line]
+    assert len(emf) == 1
+    directive = emf[0]["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "FlagScheduler"
+    assert METRICS <= {m["Name"] for m in directive["Metrics"]}
+    assert emf[0]["SchedulesApplied"] == [1.0]
+    assert emf[0]["SchedulesFailedPermanently"] == [0.0]  # zeros are reported too
+
+
+def test_log_events_carry_the_stable_keys(
+    env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    output: Output,
+) -> None:
+    schedule = _due_now(catalog)
+    fault_injection.set_fault(conn, catalog.flags()[0].id, "40001", "conflict")
+    env.setenv("FLAG_SCHEDULE_MAX_RETRIES", "1")
+
+    handler.lambda_handler({}, FakeLambdaContext())
+    conn.execute(
+        "UPDATE feature_flag_schedules SET next_retry_at = now() - interval '1 second'"
+        " WHERE id = %s",
+        (schedule,),
+    )
+    handler.lambda_handler({}, FakeLambdaContext())
+
+    logs = {line["message"]: line for line in output.lines() if "message" in line}
+    retry = logs["schedule_retry_scheduled"]
+    permanent = logs["schedule_failed_permanently"]
+    keys = {
+        "schedule_id", "flag_key", "environment", "retry_count", "max_retries",
+        "error_class", "error",
+    }
+    for line in (retry, permanent):
+        assert keys <= set(line)
+        assert line["schedule_id"] == str(schedule)
+        assert line["error_class"] == "serialization_failure"
+        assert line["error"] == "serialization_failure: conflict"
+        assert line["max_retries"] == 1
+    assert retry["retry_count"] == 1
+    assert retry["level"] == "WARNING"
+    datetime.fromisoformat(retry["next_retry_at"])
+    # Powertools drops null keys: a permanent failure has no next_retry_at at all.
+    assert "next_retry_at" not in permanent
+    assert permanent["level"] == "ERROR"
+
+
+@pytest.mark.parametrize("value", ["11", "abc", "-1"])
+def test_a_bad_configuration_fails_before_touching_any_schedule(
+    env: pytest.MonkeyPatch, conn: psycopg.Connection[Any], catalog: Catalog, value: str
+) -> None:
+    schedule = _due_now(catalog)
+    env.setenv("FLAG_SCHEDULE_MAX_RETRIES", value)
+
+    with pytest.raises(ConfigurationError, match=f"FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '{value}'"):
+        handler.lambda_handler({}, FakeLambdaContext())
+
+    assert schedule_row(conn, schedule).status == "pending"
+
+
+def test_a_missing_database_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(ConfigurationError, match="DATABASE_URL must be set"):
+        handler.lambda_handler({}, FakeLambdaContext())
+
+
+def _backend_pid() -> int:
+    connection = handler._container.connection
+    assert connection is not None
+    return connection.info.backend_pid
+
+
+def test_the_connection_is_reused_and_replaced_when_broken(
+    env: pytest.MonkeyPatch, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    handler.lambda_handler({}, FakeLambdaContext())
+    first = _backend_pid()
+    handler.lambda_handler({}, FakeLambdaContext())
+    assert _backend_pid() == first
+
+    conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+    schedule = _due_now(catalog)
+    result = handler.lambda_handler({}, FakeLambdaContext())
+
+    assert result["applied"] == 1
+    assert _backend_pid() != first
+    assert schedule_row(conn, schedule).status == "applied"
+
+
+def test_an_event_of_any_shape_is_accepted(env: pytest.MonkeyPatch, catalog: Catalog) -> None:
+    _due_now(catalog)
+    assert handler.lambda_handler({"unexpected": ["shape"]}, FakeLambdaContext())["applied"] == 1

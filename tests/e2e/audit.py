@@ -77,8 +77,7 @@ def start_invoker(database_url: str, **settings: str) -> subprocess.Popen[str]:
 def check_exactly_once(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Assert the whole-table invariants after a drain; returns status counts."""
     schedules = conn.execute(
-        "SELECT s.id, s.flag_id, s.scheduled_at, s.status, s.updates"
-        " FROM feature_flag_schedules s"
+        "SELECT s.id, s.flag_id, s.scheduled_at, s.status, s.updates FROM feature_flag_schedules s"
     ).fetchall()
     statuses: dict[str, int] = defaultdict(int)
     for row in schedules:
@@ -91,7 +90,8 @@ def check_exactly_once(conn: psycopg.Connection[Any]) -> dict[str, int]:
     assert duplicates == [], f"applied more than once: {duplicates[:5]}"
     applications = conn.execute("SELECT count(*) FROM schedule_applications").fetchone()
     writes = conn.execute("SELECT count(*) FROM flag_writes").fetchone()
-    assert applications is not None and writes is not None
+    assert applications is not None
+    assert writes is not None
     assert applications[0] == statuses["applied"]
     assert writes[0] == statuses["applied"]  # one flag write per applied schedule
 

@@ -72,7 +72,11 @@ def test_alembic_without_database_url_says_what_is_missing() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     result = subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode != 0
     assert "DATABASE_URL must be set" in result.stderr
@@ -116,13 +120,15 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
 def test_contract_constraints_reject_bad_rows(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO feature_flags (flag_key, rollout_percentage) VALUES ('x', 101)")
-    flag_id = conn.execute("INSERT INTO feature_flags (flag_key) VALUES ('x') RETURNING id").fetchone()[0]  # type: ignore[index]
+    flag_id = conn.execute(
+        "INSERT INTO feature_flags (flag_key) VALUES ('x') RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("INSERT INTO feature_flags (flag_key) VALUES ('x')")
     for column, value in (("status", "'done'"), ("max_retries", "11"), ("retry_count", "-1")):
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(
-                "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, "  # noqa: S608
+                "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, "
                 f"{column}) VALUES (%s, now(), '{{}}', {value})",
                 (flag_id,),
             )
@@ -160,7 +166,9 @@ def test_claim_stays_an_index_scan_with_a_million_applied_rows(
             "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES, {"now": T0, "limit": 500}
         ).fetchone()
     scans = _scans(plan_rows[0][0]["Plan"])  # type: ignore[index]
-    schedule_scans = [(node, index) for node, rel, index in scans if rel == "feature_flag_schedules"]
+    schedule_scans = [
+        (node, index) for node, rel, index in scans if rel == "feature_flag_schedules"
+    ]
     assert schedule_scans == [("Index Scan", "ix_feature_flag_schedules_due_at")], scans
 
 

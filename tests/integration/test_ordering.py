@@ -55,7 +55,9 @@ def test_changes_due_in_one_batch_apply_in_scheduled_order(
     # Inserted newest first, so insertion order cannot be what makes this pass.
     catalog.create_schedule(flag, T0 - timedelta(minutes=1), {"rollout_percentage": 75})
     catalog.create_schedule(flag, T0 - timedelta(minutes=2), {"enabled": True})
-    catalog.create_schedule(flag, T0 - timedelta(minutes=3), {"enabled": False, "rollout_percentage": 5})
+    catalog.create_schedule(
+        flag, T0 - timedelta(minutes=3), {"enabled": False, "rollout_percentage": 5}
+    )
 
     run_service(database_url, T0)
 
@@ -96,7 +98,9 @@ def test_pending_future_and_cancelled_schedules_are_left_alone(
     flag = catalog.create_flag("banner")
     future = catalog.create_schedule(flag, T0 + timedelta(seconds=1), {"enabled": True})
     cancelled = catalog.create_schedule(flag, T0, {"enabled": True})
-    conn.execute("UPDATE feature_flag_schedules SET status = 'cancelled' WHERE id = %s", (cancelled,))
+    conn.execute(
+        "UPDATE feature_flag_schedules SET status = 'cancelled' WHERE id = %s", (cancelled,)
+    )
 
     summary = run_service(database_url, T0)
 

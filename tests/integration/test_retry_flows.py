@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +25,11 @@ TRANSIENT = [
 
 @pytest.mark.parametrize(("sqlstate", "error_class"), TRANSIENT)
 def test_a_transient_failure_schedules_a_retry_in_the_backoff_window(
-    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog, sqlstate: str, error_class: str
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    sqlstate: str,
+    error_class: str,
 ) -> None:
     flag = catalog.create_flag("checkout")
     schedule = catalog.create_schedule(flag, T0, {"enabled": True})
@@ -74,7 +79,10 @@ def test_a_successful_retry_applies_and_clears_retry_metadata(
 
     row = schedule_row(conn, schedule)
     assert (row.status, row.retry_count, row.next_retry_at, row.last_error) == (
-        "applied", 1, None, None
+        "applied",
+        1,
+        None,
+        None,
     )
     assert row.applied_at == due
     assert (summary.applied, summary.retry_succeeded) == (1, 1)
@@ -107,7 +115,7 @@ def test_exhausted_retries_make_the_schedule_permanently_failed(
     assert len(times) == 4  # 1 + max_retries attempts
     assert (row.status, row.retry_count, row.next_retry_at) == ("failed", 3, None)
     assert row.last_error == "lock_timeout: still locked"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     for n, gap in enumerate(gaps):  # 2, 4, 8 minutes plus at most 30 s jitter
         assert timedelta(minutes=2 * 2**n) <= gap <= timedelta(minutes=2 * 2**n, seconds=30)
     # Permanently failed schedules are never claimed again.
@@ -147,7 +155,10 @@ def test_per_schedule_max_retries_overrides_the_setting(
 
 
 def test_the_environment_variable_sets_the_limit(
-    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flag_scheduler import handler
     from flag_scheduler.local import FakeLambdaContext

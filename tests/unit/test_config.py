@@ -37,17 +37,49 @@ def test_values_are_read_from_the_environment() -> None:
     ("variable", "value", "message"),
     [
         # above the range
-        ("FLAG_SCHEDULE_MAX_RETRIES", "11", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '11'"),
+        (
+            "FLAG_SCHEDULE_MAX_RETRIES",
+            "11",
+            "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '11'",
+        ),
         # not a number
-        ("FLAG_SCHEDULE_MAX_RETRIES", "abc", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got 'abc'"),
+        (
+            "FLAG_SCHEDULE_MAX_RETRIES",
+            "abc",
+            "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got 'abc'",
+        ),
         # below the range
-        ("FLAG_SCHEDULE_MAX_RETRIES", "-1", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '-1'"),
+        (
+            "FLAG_SCHEDULE_MAX_RETRIES",
+            "-1",
+            "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '-1'",
+        ),
         # a float is not an integer
-        ("FLAG_SCHEDULE_MAX_RETRIES", "2.5", "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '2.5'"),
-        ("FLAG_SCHEDULE_BATCH_SIZE", "0", "FLAG_SCHEDULE_BATCH_SIZE must be an integer 1..10000, got '0'"),
-        ("FLAG_SCHEDULE_BACKOFF_BASE_SECONDS", "0", "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS must be an integer 1..86400, got '0'"),
-        ("FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS", "-5", "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS must be an integer 0..3600, got '-5'"),
-        ("FLAG_SCHEDULE_TIME_MARGIN_SECONDS", "1e3", "FLAG_SCHEDULE_TIME_MARGIN_SECONDS must be an integer 1..900, got '1e3'"),
+        (
+            "FLAG_SCHEDULE_MAX_RETRIES",
+            "2.5",
+            "FLAG_SCHEDULE_MAX_RETRIES must be an integer 0..10, got '2.5'",
+        ),
+        (
+            "FLAG_SCHEDULE_BATCH_SIZE",
+            "0",
+            "FLAG_SCHEDULE_BATCH_SIZE must be an integer 1..10000, got '0'",
+        ),
+        (
+            "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS",
+            "0",
+            "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS must be an integer 1..86400, got '0'",
+        ),
+        (
+            "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS",
+            "-5",
+            "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS must be an integer 0..3600, got '-5'",
+        ),
+        (
+            "FLAG_SCHEDULE_TIME_MARGIN_SECONDS",
+            "1e3",
+            "FLAG_SCHEDULE_TIME_MARGIN_SECONDS must be an integer 1..900, got '1e3'",
+        ),
     ],
 )
 def test_a_bad_value_names_the_variable_the_value_and_the_range(
@@ -59,7 +91,7 @@ def test_a_bad_value_names_the_variable_the_value_and_the_range(
 
 
 def test_cap_below_base_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="CAP_SECONDS must be >= .*BASE_SECONDS"):
+    with pytest.raises(ConfigurationError, match=r"CAP_SECONDS must be >= .*BASE_SECONDS"):
         Settings.from_env(
             {"FLAG_SCHEDULE_BACKOFF_BASE_SECONDS": "600", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS": "60"}
         )

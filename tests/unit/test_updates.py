@@ -13,7 +13,10 @@ from flag_scheduler.models import FlagUpdates
     [
         ({"enabled": True}, {"enabled": True}),
         ({"rollout_percentage": 0}, {"rollout_percentage": 0}),
-        ({"enabled": False, "rollout_percentage": 100}, {"enabled": False, "rollout_percentage": 100}),
+        (
+            {"enabled": False, "rollout_percentage": 100},
+            {"enabled": False, "rollout_percentage": 100},
+        ),
     ],
 )
 def test_valid_documents(document: object, fields: dict[str, object]) -> None:

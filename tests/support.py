@@ -33,6 +33,7 @@ def run_service(
     batch_size: int = 100,
     backoff: BackoffPolicy | None = None,
     remaining_ms: Any = None,
+    lock_timeout_ms: int = 2_000,
 ) -> RunSummary:
     """One scheduler run on its own connection, with the clock stopped at `now`."""
     policy = RunPolicy(
@@ -40,7 +41,7 @@ def run_service(
         batch_size=batch_size,
         time_margin_ms=1_000,
         backoff=backoff or BackoffPolicy(),
-        lock_timeout_ms=2_000,
+        lock_timeout_ms=lock_timeout_ms,
         statement_timeout_ms=10_000,
     )
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -112,7 +112,7 @@ SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.a
        s.retry_count, s.max_retries, s.next_retry_at, s.last_error
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
-ORDER BY s.scheduled_at, s.id
+ORDER BY s.scheduled_at, f.flag_key, s.id
 """
 
 # Every flag's current state.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
     Computed,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -31,6 +33,24 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 SCHEDULE_STATUSES = ("pending", "applied", "failed", "cancelled", "superseded")
+ERROR_CLASSES = (
+    "invalid_updates",
+    "flag_missing",
+    "data_error",
+    "integrity_error",
+    "serialization_failure",
+    "deadlock",
+    "lock_timeout",
+    "statement_timeout",
+    "connection_lost",
+    "expired",
+    "unknown",
+)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
 
 feature_flags = Table(
     "feature_flags",
@@ -67,6 +87,9 @@ feature_flag_schedules = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_error_class", Text, nullable=True),
+    # Internal: set when an operator requeues by hand; the lateness limit counts from it.
+    Column("requeued_at", DateTime(timezone=True), nullable=True),
     # Internal: when the schedule is next due (NULL when it never is again); only the
     # scheduler reads it, writers never set it.
     Column(
@@ -83,6 +106,7 @@ feature_flag_schedules = Table(
         name="status_valid",
     ),
     CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+    CheckConstraint(_in("last_error_class", ERROR_CLASSES), name="last_error_class_valid"),
     CheckConstraint(
         "max_retries IS NULL OR max_retries BETWEEN 0 AND 10", name="max_retries_range"
     ),
@@ -92,4 +116,63 @@ feature_flag_schedules = Table(
         postgresql_where=text("due_at IS NOT NULL"),
     ),
     Index("ix_feature_flag_schedules_flag_id_scheduled_at", "flag_id", "scheduled_at"),
+)
+
+ATTEMPT_OUTCOMES = (
+    "applied",
+    "retry_scheduled",
+    "failed_permanently",
+    "superseded",
+    "expired",
+    "requeued",
+    "cancelled",
+)
+
+feature_flag_schedule_attempts = Table(
+    "feature_flag_schedule_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column(
+        "schedule_id",
+        UUID(as_uuid=True),
+        ForeignKey(
+            "feature_flag_schedules.id",
+            ondelete="CASCADE",
+            # The conventional name would pass PostgreSQL's 63-character limit.
+            name="fk_feature_flag_schedule_attempts_schedule_id",
+        ),
+        nullable=False,
+    ),
+    # NULL for operator actions (requeued, cancelled), which are history but not attempts.
+    Column("attempt", Integer, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("error_class", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("request_id", Text, nullable=True),
+    CheckConstraint(_in("outcome", ATTEMPT_OUTCOMES), name="outcome_valid"),
+    CheckConstraint(_in("error_class", ERROR_CLASSES), name="error_class_valid"),
+    CheckConstraint(
+        "(attempt IS NULL) = (outcome IN ('requeued', 'cancelled'))",
+        name="attempt_iff_attempted",
+    ),
+    CheckConstraint("char_length(error) <= 2000", name="error_length"),
+    Index("ix_feature_flag_schedule_attempts_schedule_id_id", "schedule_id", "id"),
+    Index(
+        "ix_feature_flag_schedule_attempts_failed_finished_at",
+        "finished_at",
+        postgresql_where=text("outcome IN ('retry_scheduled', 'failed_permanently', 'expired')"),
+    ),
+)
+
+scheduler_run_state = Table(
+    "scheduler_run_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_run_started_at", DateTime(timezone=True), nullable=False),
+    Column("last_run_finished_at", DateTime(timezone=True), nullable=False),
+    Column("last_request_id", Text, nullable=True),
+    Column("last_summary", JSONB, nullable=False),
+    CheckConstraint("id = 1", name="single_row"),
 )

@@ -33,6 +33,7 @@ _INT_VARIABLES = (
     _IntVariable("FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS", "backoff_jitter_seconds", 0, 3_600),
     _IntVariable("FLAG_SCHEDULE_LOCK_TIMEOUT_MS", "lock_timeout_ms", 1, 600_000),
     _IntVariable("FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms", 1, 900_000),
+    _IntVariable("FLAG_SCHEDULE_MAX_LATENESS_SECONDS", "max_lateness_seconds", 0, 31_536_000),
 )
 
 RetryLimit = Annotated[int, Field(ge=0, le=10)]
@@ -53,6 +54,8 @@ class Settings(BaseModel):
     backoff_jitter_seconds: Annotated[int, Field(ge=0, le=3_600)] = 30
     lock_timeout_ms: Annotated[int, Field(ge=1, le=600_000)] = 5_000
     statement_timeout_ms: Annotated[int, Field(ge=1, le=900_000)] = 30_000
+    # A change not applied this long after it was due fails as `expired`; 0 turns this off.
+    max_lateness_seconds: Annotated[int, Field(ge=0, le=31_536_000)] = 86_400
 
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> Settings:

@@ -46,6 +46,13 @@ class FlagMissing(ScheduleFailure):
     retryable = False
 
 
+class ScheduleExpired(ScheduleFailure):
+    """The schedule could not be applied within the lateness limit."""
+
+    error_class = "expired"
+    retryable = False
+
+
 class PermanentDatabaseError(ScheduleFailure):
     """The database rejected the change as invalid data; retrying cannot help."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from flag_scheduler import service
 from flag_scheduler.config import Settings
 from flag_scheduler.db import connect
 from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, FlagSchedulerError
+from flag_scheduler.models import RunSummary
 from flag_scheduler.notifier import NullNotifier
 from flag_scheduler.repository import ScheduleRepository
 
@@ -72,7 +74,12 @@ def _repository(settings: Settings) -> ScheduleRepository:
     return ScheduleRepository(_container.connection)
 
 
-def run_invocation(context: Any, *, clock: service.Clock = utc_now) -> dict[str, Any]:
+def run_invocation(
+    context: Any,
+    *,
+    clock: service.Clock = utc_now,
+    progress: Callable[[RunSummary], None] | None = None,
+) -> dict[str, Any]:
     """One scheduler run against the container's database; returns the run summary."""
     started = time.monotonic()
     settings = _settings()
@@ -84,6 +91,7 @@ def run_invocation(context: Any, *, clock: service.Clock = utc_now) -> dict[str,
         backoff=settings.backoff,
         lock_timeout_ms=settings.lock_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
+        max_lateness_seconds=settings.max_lateness_seconds,
     )
     summary = service.process_due_schedules(
         repository,
@@ -91,6 +99,8 @@ def run_invocation(context: Any, *, clock: service.Clock = utc_now) -> dict[str,
         clock=clock,
         remaining_ms=context.get_remaining_time_in_millis,
         policy=policy,
+        request_id=getattr(context, "aws_request_id", None),
+        progress=progress,
     )
     retry_backlog = repository.count_retry_backlog()
     duration_ms = round((time.monotonic() - started) * 1000, 1)
@@ -101,6 +111,7 @@ def run_invocation(context: Any, *, clock: service.Clock = utc_now) -> dict[str,
         ("SchedulesRetried", summary.retried),
         ("RetrySucceeded", summary.retry_succeeded),
         ("SchedulesFailedPermanently", summary.failed_permanently),
+        ("SchedulesExpired", summary.expired),
         ("SchedulesSuperseded", summary.superseded),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

@@ -88,6 +88,7 @@ class DueSchedule:
     updates: object
     retry_count: int
     max_retries: int | None
+    requeued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,20 @@ class FlagChange:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One row of a schedule's history: an attempt and its outcome, or an operator action."""
+
+    schedule_id: UUID
+    attempt: int | None
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    error_class: str | None = None
+    error: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PermanentFailure:
     """A schedule that will not be retried automatically, for alerts."""
 
@@ -137,6 +152,7 @@ class RunSummary:
     retried: int = 0
     retry_succeeded: int = 0
     failed_permanently: int = 0
+    expired: int = 0
     superseded: int = 0
     batches: int = 0
     stopped_for_time: bool = False
@@ -149,6 +165,7 @@ class RunSummary:
             "retried": self.retried,
             "retry_succeeded": self.retry_succeeded,
             "failed_permanently": self.failed_permanently,
+            "expired": self.expired,
             "superseded": self.superseded,
             "batches": self.batches,
             "stopped_for_time": self.stopped_for_time,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
 
 from flag_scheduler import sql
 from flag_scheduler.errors import (
@@ -18,7 +20,7 @@ from flag_scheduler.errors import (
     PermanentDatabaseError,
     TransientDatabaseError,
 )
-from flag_scheduler.models import DueSchedule, FlagState
+from flag_scheduler.models import AttemptRecord, DueSchedule, FlagState
 
 # SQLSTATEs a later attempt can get past, by the name we record them under.
 _TRANSIENT_SQLSTATES = {
@@ -151,6 +153,7 @@ class ScheduleRepository:
         retry_count: int,
         next_retry_at: datetime,
         last_error: str,
+        error_class: str,
         now: datetime,
     ) -> None:
         self._execute(
@@ -160,14 +163,45 @@ class ScheduleRepository:
                 "retry_count": retry_count,
                 "next_retry_at": next_retry_at,
                 "last_error": last_error,
+                "error_class": error_class,
                 "now": now,
             },
         )
 
-    def mark_failed_permanently(self, schedule_id: UUID, *, last_error: str, now: datetime) -> None:
+    def mark_failed_permanently(
+        self, schedule_id: UUID, *, last_error: str, error_class: str, now: datetime
+    ) -> None:
         self._execute(
             sql.MARK_FAILED_PERMANENTLY,
-            {"schedule_id": schedule_id, "last_error": last_error, "now": now},
+            {
+                "schedule_id": schedule_id,
+                "last_error": last_error,
+                "error_class": error_class,
+                "now": now,
+            },
+        )
+
+    def record_attempt(self, attempt: AttemptRecord) -> None:
+        """Append a row to the schedule's history (in the caller's transaction)."""
+        self._execute(sql.INSERT_ATTEMPT, asdict(attempt))
+
+    def save_run_state(
+        self,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        request_id: str | None,
+        summary: Mapping[str, Any],
+    ) -> None:
+        """Remember the last successful run."""
+        self._execute(
+            sql.SAVE_RUN_STATE,
+            {
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "request_id": request_id,
+                "summary": Jsonb(dict(summary)),
+            },
         )
 
     def count_retry_backlog(self) -> int:

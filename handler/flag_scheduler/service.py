@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 from uuid import UUID
 
 from flag_scheduler.backoff import BackoffPolicy, retry_delay
-from flag_scheduler.errors import DatabaseUnavailable, FlagMissing, ScheduleFailure
+from flag_scheduler.errors import (
+    DatabaseUnavailable,
+    FlagMissing,
+    ScheduleExpired,
+    ScheduleFailure,
+)
 from flag_scheduler.models import (
+    AttemptRecord,
     DueSchedule,
     FlagChange,
     FlagState,
@@ -62,11 +68,23 @@ class ScheduleRepository(Protocol):
         retry_count: int,
         next_retry_at: datetime,
         last_error: str,
+        error_class: str,
         now: datetime,
     ) -> None: ...
 
     def mark_failed_permanently(
-        self, schedule_id: UUID, *, last_error: str, now: datetime
+        self, schedule_id: UUID, *, last_error: str, error_class: str, now: datetime
+    ) -> None: ...
+
+    def record_attempt(self, attempt: AttemptRecord) -> None: ...
+
+    def save_run_state(
+        self,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        request_id: str | None,
+        summary: Mapping[str, Any],
     ) -> None: ...
 
 
@@ -80,6 +98,18 @@ class RunPolicy:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 30_000
+    max_lateness_seconds: int = 86_400  # 0: no limit
+
+
+@dataclass
+class _Run:
+    """What one run carries from schedule to schedule."""
+
+    repository: ScheduleRepository
+    clock: Clock
+    policy: RunPolicy
+    request_id: str | None
+    summary: RunSummary = field(default_factory=RunSummary)
 
 
 @dataclass
@@ -95,18 +125,23 @@ def process_due_schedules(
     clock: Clock,
     remaining_ms: Callable[[], int],
     policy: RunPolicy,
+    request_id: str | None = None,
+    progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:
     """Process due schedules in batches until none is due or time runs short.
 
-    Each batch is one transaction: the claim's row locks hold until its outcomes are
-    written, and each schedule runs in its own savepoint so one failure never undoes its
-    neighbours. Notifications go out only after the batch has committed.
+    Each batch is one transaction: the claim's row locks hold until its outcomes and their
+    history rows are written, and each schedule runs in its own savepoint so one failure
+    never undoes its neighbours. Notifications go out only after the batch has committed.
+    `progress` is told the running totals after each batch.
 
     Raises:
         DatabaseUnavailable: the connection was lost; the open batch was rolled back by the
             server and its schedules stay due, so nothing is lost or charged a retry.
     """
-    summary = RunSummary()
+    run = _Run(repository=repository, clock=clock, policy=policy, request_id=request_id)
+    summary = run.summary
+    started_at = clock()
     while True:
         if remaining_ms() < policy.time_margin_ms:
             summary.stopped_for_time = True
@@ -129,31 +164,44 @@ def process_due_schedules(
                     # Unprocessed claims are untouched and unlock at commit: still due.
                     summary.stopped_for_time = True
                     break
-                _process_one(repository, schedule, now, policy, summary, outcome)
+                _process_one(run, schedule, now, outcome)
         if outcome.permanent_failures:
             notifier.schedules_failed_permanently(outcome.permanent_failures)
         if outcome.changes:
             notifier.flags_changed(outcome.changes)
+        if progress is not None:
+            progress(summary)
         if summary.stopped_for_time:
             break
+    repository.save_run_state(
+        started_at=started_at,
+        finished_at=clock(),
+        request_id=request_id,
+        summary=summary.as_dict(),
+    )
     return summary
 
 
-def _process_one(
-    repository: ScheduleRepository,
-    schedule: DueSchedule,
-    now: datetime,
-    policy: RunPolicy,
-    summary: RunSummary,
-    outcome: _BatchOutcome,
-) -> None:
+def _process_one(run: _Run, schedule: DueSchedule, now: datetime, outcome: _BatchOutcome) -> None:
+    summary = run.summary
     try:
-        with repository.savepoint():
-            change = _apply(repository, schedule, now)
+        _refuse_if_expired(schedule, now, run.policy)
+        with run.repository.savepoint():
+            change = _apply(run.repository, schedule, now)
+            run.repository.record_attempt(
+                AttemptRecord(
+                    schedule_id=schedule.id,
+                    attempt=schedule.retry_count + 1,
+                    started_at=now,
+                    finished_at=run.clock(),
+                    outcome="superseded" if change is None else "applied",
+                    request_id=run.request_id,
+                )
+            )
     except DatabaseUnavailable:
         raise
     except ScheduleFailure as failure:
-        _record_failure(repository, schedule, failure, now, policy, summary, outcome)
+        _record_failure(run, schedule, failure, now, outcome)
         return
     if change is None:
         summary.superseded += 1
@@ -176,6 +224,19 @@ def _process_one(
             "new": change.new,
         },
     )
+
+
+def _refuse_if_expired(schedule: DueSchedule, now: datetime, policy: RunPolicy) -> None:
+    """Raise ScheduleExpired when the change is later than the lateness limit allows."""
+    if not policy.max_lateness_seconds:
+        return
+    # A schedule requeued by hand gets a fresh window from the moment it was requeued.
+    due_since = schedule.requeued_at or schedule.scheduled_at
+    limit = timedelta(seconds=policy.max_lateness_seconds)
+    if now - due_since > limit:
+        raise ScheduleExpired(
+            f"not applied within {policy.max_lateness_seconds} s of {due_since.isoformat()}"
+        )
 
 
 def _apply(
@@ -208,15 +269,15 @@ def _apply(
 
 
 def _record_failure(
-    repository: ScheduleRepository,
+    run: _Run,
     schedule: DueSchedule,
     failure: ScheduleFailure,
     now: datetime,
-    policy: RunPolicy,
-    summary: RunSummary,
     outcome: _BatchOutcome,
 ) -> None:
-    last_error = f"{failure.error_class}: {failure}"[:MAX_ERROR_LENGTH]
+    repository, policy, summary = run.repository, run.policy, run.summary
+    message = str(failure)[:MAX_ERROR_LENGTH]
+    last_error = f"{failure.error_class}: {message}"
     max_retries = schedule.max_retries if schedule.max_retries is not None else policy.max_retries
     fields = {
         **_log_fields(schedule),
@@ -224,6 +285,16 @@ def _record_failure(
         "error_class": failure.error_class,
         "error": last_error,
     }
+    attempt = AttemptRecord(
+        schedule_id=schedule.id,
+        attempt=schedule.retry_count + 1,
+        started_at=now,
+        finished_at=run.clock(),
+        outcome="retry_scheduled",
+        error_class=failure.error_class,
+        error=message,
+        request_id=run.request_id,
+    )
     if failure.retryable and schedule.retry_count < max_retries:
         next_retry_at = now + retry_delay(policy.backoff, schedule.retry_count, schedule.id)
         repository.mark_retry_scheduled(
@@ -231,8 +302,10 @@ def _record_failure(
             retry_count=schedule.retry_count + 1,
             next_retry_at=next_retry_at,
             last_error=last_error,
+            error_class=failure.error_class,
             now=now,
         )
+        repository.record_attempt(attempt)
         summary.retried += 1
         logger.warning(
             "schedule_retry_scheduled",
@@ -243,8 +316,14 @@ def _record_failure(
             },
         )
         return
-    repository.mark_failed_permanently(schedule.id, last_error=last_error, now=now)
+    repository.mark_failed_permanently(
+        schedule.id, last_error=last_error, error_class=failure.error_class, now=now
+    )
+    final = "expired" if isinstance(failure, ScheduleExpired) else "failed_permanently"
+    repository.record_attempt(replace(attempt, outcome=final))
     summary.failed_permanently += 1
+    if final == "expired":
+        summary.expired += 1
     outcome.permanent_failures.append(
         PermanentFailure(
             schedule_id=schedule.id,

@@ -12,7 +12,7 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
 # partial index, so this stays an index scan however many finished rows the table holds.
 CLAIM_DUE_SCHEDULES = """
 SELECT s.id, s.flag_id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates,
-       s.retry_count, s.max_retries
+       s.retry_count, s.max_retries, s.requeued_at
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.due_at <= %(now)s
@@ -54,14 +54,15 @@ RETURNING id, flag_key, environment, enabled, rollout_percentage
 MARK_APPLIED = """
 UPDATE feature_flag_schedules
 SET status = 'applied', applied_at = %(now)s, next_retry_at = NULL, last_error = NULL,
-    updated_at = %(now)s
+    last_error_class = NULL, updated_at = %(now)s
 WHERE id = %(schedule_id)s
 """
 
 # Records that later-scheduled changes already set every field this schedule would set.
 MARK_SUPERSEDED = """
 UPDATE feature_flag_schedules
-SET status = 'superseded', next_retry_at = NULL, last_error = NULL, updated_at = %(now)s
+SET status = 'superseded', next_retry_at = NULL, last_error = NULL, last_error_class = NULL,
+    updated_at = %(now)s
 WHERE id = %(schedule_id)s
 """
 
@@ -69,15 +70,36 @@ WHERE id = %(schedule_id)s
 MARK_RETRY_SCHEDULED = """
 UPDATE feature_flag_schedules
 SET status = 'failed', retry_count = %(retry_count)s, next_retry_at = %(next_retry_at)s,
-    last_error = %(last_error)s, updated_at = %(now)s
+    last_error = %(last_error)s, last_error_class = %(error_class)s, updated_at = %(now)s
 WHERE id = %(schedule_id)s
 """
 
 # Records a failure that will not be retried automatically.
 MARK_FAILED_PERMANENTLY = """
 UPDATE feature_flag_schedules
-SET status = 'failed', next_retry_at = NULL, last_error = %(last_error)s, updated_at = %(now)s
+SET status = 'failed', next_retry_at = NULL, last_error = %(last_error)s,
+    last_error_class = %(error_class)s, updated_at = %(now)s
 WHERE id = %(schedule_id)s
+"""
+
+# Appends one row to a schedule's history, in the transaction of the outcome it records.
+INSERT_ATTEMPT = """
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, error_class, error, request_id)
+VALUES (%(schedule_id)s, %(attempt)s, %(started_at)s, %(finished_at)s, %(outcome)s,
+        %(error_class)s, %(error)s, %(request_id)s)
+"""
+
+# Remembers the last successful run (one row), for `flag-scheduler status`.
+SAVE_RUN_STATE = """
+INSERT INTO scheduler_run_state
+    (id, last_run_started_at, last_run_finished_at, last_request_id, last_summary)
+VALUES (1, %(started_at)s, %(finished_at)s, %(request_id)s, %(summary)s)
+ON CONFLICT (id) DO UPDATE SET
+    last_run_started_at = EXCLUDED.last_run_started_at,
+    last_run_finished_at = EXCLUDED.last_run_finished_at,
+    last_request_id = EXCLUDED.last_request_id,
+    last_summary = EXCLUDED.last_summary
 """
 
 # Counts schedules waiting for a retry.

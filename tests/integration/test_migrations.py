@@ -19,6 +19,12 @@ from migrations.schema import metadata
 from tests.support import T0, database_url_for
 
 ROOT = Path(__file__).resolve().parents[2]
+TABLES = (
+    "feature_flags",
+    "feature_flag_schedules",
+    "feature_flag_schedule_attempts",
+    "scheduler_run_state",
+)
 
 
 def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,7 +71,8 @@ def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database: str) -> 
     again = _alembic(empty_database, "upgrade", "head")
     assert again.returncode == 0, again.stderr
     current = _alembic(empty_database, "current")
-    assert "0002 (head)" in current.stdout
+    head = _alembic(empty_database, "heads").stdout.split()[0]
+    assert f"{head} (head)" in current.stdout
 
 
 def test_alembic_without_database_url_says_what_is_missing() -> None:
@@ -97,10 +104,10 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         r[0]
         for r in conn.execute(
             # contype 'n': PostgreSQL 18 lists NOT NULL as constraints, named by itself.
-            "SELECT conname FROM pg_constraint WHERE contype <> 'n' AND conrelid IN"
-            " ('feature_flags'::regclass, 'feature_flag_schedules'::regclass)"
-            " UNION SELECT indexname FROM pg_indexes"
-            " WHERE tablename IN ('feature_flags', 'feature_flag_schedules')"
+            "SELECT conname FROM pg_constraint WHERE contype <> 'n' AND conrelid::regclass::text"
+            " = ANY(%(tables)s) UNION SELECT indexname FROM pg_indexes"
+            " WHERE tablename = ANY(%(tables)s)",
+            {"tables": list(TABLES)},
         )
     }
     assert names == {
@@ -114,6 +121,17 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "ck_feature_flag_schedules_max_retries_range",
         "ix_feature_flag_schedules_due_at",
         "ix_feature_flag_schedules_flag_id_scheduled_at",
+        "ck_feature_flag_schedules_last_error_class_valid",
+        "pk_feature_flag_schedule_attempts",
+        "fk_feature_flag_schedule_attempts_schedule_id",
+        "ck_feature_flag_schedule_attempts_outcome_valid",
+        "ck_feature_flag_schedule_attempts_error_class_valid",
+        "ck_feature_flag_schedule_attempts_attempt_iff_attempted",
+        "ck_feature_flag_schedule_attempts_error_length",
+        "ix_feature_flag_schedule_attempts_schedule_id_id",
+        "ix_feature_flag_schedule_attempts_failed_finished_at",
+        "pk_scheduler_run_state",
+        "ck_scheduler_run_state_single_row",
     }
 
 

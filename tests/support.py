@@ -79,3 +79,15 @@ def flag_fields(conn: psycopg.Connection[Any], flag_id: UUID) -> dict[str, Any]:
     ).fetchone()
     assert row is not None
     return {"enabled": row[0], "rollout_percentage": row[1]}
+
+
+def history(conn: psycopg.Connection[Any], schedule_id: UUID) -> list[tuple[Any, ...]]:
+    """(attempt, outcome, error_class) of every history row of a schedule, oldest first."""
+    return [
+        tuple(row)
+        for row in conn.execute(
+            "SELECT attempt, outcome, error_class FROM feature_flag_schedule_attempts"
+            " WHERE schedule_id = %s ORDER BY id",
+            (schedule_id,),
+        )
+    ]

@@ -9,7 +9,7 @@ import psycopg
 
 from flag_scheduler import fault_injection
 from flag_scheduler.catalog import Catalog
-from tests.support import T0, flag_fields, run_service, schedule_row
+from tests.support import T0, flag_fields, history, run_service, schedule_row
 
 
 def test_a_late_retry_never_overwrites_a_field_a_later_change_set(
@@ -45,6 +45,7 @@ def test_a_change_with_nothing_left_to_set_is_superseded(
     row = schedule_row(conn, backfilled)
     assert (row.status, row.applied_at, row.next_retry_at) == ("superseded", None, None)
     assert summary.superseded == 1
+    assert history(conn, backfilled) == [(1, "superseded", None)]
     assert flag_fields(conn, flag) == {"enabled": True, "rollout_percentage": 100}
 
 

@@ -12,7 +12,7 @@ import pytest
 from flag_scheduler import fault_injection
 from flag_scheduler.backoff import BackoffPolicy, retry_delay
 from flag_scheduler.catalog import Catalog
-from tests.support import T0, flag_fields, run_service, schedule_row
+from tests.support import T0, flag_fields, history, run_service, schedule_row
 
 TRANSIENT = [
     ("40001", "serialization_failure"),
@@ -45,6 +45,11 @@ def test_a_transient_failure_schedules_a_retry_in_the_backoff_window(
     assert row.next_retry_at == T0 + retry_delay(BackoffPolicy(), 0, schedule)
     assert (summary.retried, summary.applied, summary.failed_permanently) == (1, 0, 0)
     assert flag_fields(conn, flag) == {"enabled": False, "rollout_percentage": 0}
+    assert history(conn, schedule) == [(1, "retry_scheduled", error_class)]
+    last_class = conn.execute(
+        "SELECT last_error_class FROM feature_flag_schedules WHERE id = %s", (schedule,)
+    ).fetchone()
+    assert last_class == (error_class,)
 
 
 def test_a_retry_is_not_attempted_before_it_is_due(
@@ -87,6 +92,7 @@ def test_a_successful_retry_applies_and_clears_retry_metadata(
     assert row.applied_at == due
     assert (summary.applied, summary.retry_succeeded) == (1, 1)
     assert flag_fields(conn, flag) == {"enabled": True, "rollout_percentage": 40}
+    assert history(conn, schedule) == [(1, "retry_scheduled", "deadlock"), (2, "applied", None)]
 
 
 def _fail_until_permanent(
@@ -115,6 +121,12 @@ def test_exhausted_retries_make_the_schedule_permanently_failed(
     assert len(times) == 4  # 1 + max_retries attempts
     assert (row.status, row.retry_count, row.next_retry_at) == ("failed", 3, None)
     assert row.last_error == "lock_timeout: still locked"
+    assert history(conn, schedule) == [
+        (1, "retry_scheduled", "lock_timeout"),
+        (2, "retry_scheduled", "lock_timeout"),
+        (3, "retry_scheduled", "lock_timeout"),
+        (4, "failed_permanently", "lock_timeout"),
+    ]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     for n, gap in enumerate(gaps):  # 2, 4, 8 minutes plus at most 30 s jitter
         assert timedelta(minutes=2 * 2**n) <= gap <= timedelta(minutes=2 * 2**n, seconds=30)
@@ -134,6 +146,7 @@ def test_max_retries_zero_fails_on_the_first_failure(
     row = schedule_row(conn, schedule)
     assert (row.status, row.retry_count, row.next_retry_at) == ("failed", 0, None)
     assert summary.failed_permanently == 1
+    assert history(conn, schedule) == [(1, "failed_permanently", "serialization_failure")]
 
 
 def test_per_schedule_max_retries_overrides_the_setting(
@@ -207,6 +220,8 @@ def test_invalid_updates_fail_at_once_while_neighbours_apply(
     assert schedule_row(conn, after).status == "applied"
     assert (summary.applied, summary.failed_permanently, summary.retried) == (2, 1, 0)
     assert flag_fields(conn, flags[1]) == {"enabled": False, "rollout_percentage": 0}
+    assert history(conn, bad) == [(1, "failed_permanently", "invalid_updates")]
+    assert history(conn, before) == [(1, "applied", None)]
 
 
 def test_a_transient_failure_does_not_roll_back_its_neighbours(
@@ -234,6 +249,7 @@ def test_an_integrity_error_is_permanent(
     row = schedule_row(conn, schedule)
     assert (row.status, row.retry_count, row.next_retry_at) == ("failed", 0, None)
     assert row.last_error == "integrity_error: violates check"
+    assert history(conn, schedule) == [(1, "failed_permanently", "integrity_error")]
 
 
 def test_a_retry_due_across_midnight_utc(

@@ -57,13 +57,17 @@ def retry_timeline(
     schedule_id: UUID,
     first_attempt_at: datetime,
     max_retries: int,
+    *,
+    attempts_made: int = 0,
 ) -> list[PlannedAttempt]:
-    """Every attempt a schedule would get if each one failed the moment it started.
+    """The attempts a schedule has left if each one failed the moment it started.
 
-    The last entry is the attempt whose failure makes the schedule permanently failed.
+    `first_attempt_at` is when attempt `attempts_made + 1` happens (the scheduled time for a
+    new schedule, `next_retry_at` for one waiting for a retry). The last entry is the attempt
+    whose failure makes the schedule permanently failed.
     """
-    attempts = [PlannedAttempt(attempt=1, at=first_attempt_at, delay_before=None)]
-    for retry_number in range(max_retries):
+    attempts = [PlannedAttempt(attempt=attempts_made + 1, at=first_attempt_at, delay_before=None)]
+    for retry_number in range(attempts_made, max_retries):
         delay = retry_delay(policy, retry_number, schedule_id)
         attempts.append(
             PlannedAttempt(attempt=retry_number + 2, at=attempts[-1].at + delay, delay_before=delay)

@@ -1,17 +1,30 @@
-"""Writing and reading flags and schedules as a user of the contract tables does."""
+"""Flags, schedules and their history as a user or operator of the contract tables sees them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
 from flag_scheduler import sql
-from flag_scheduler.models import FlagState
+from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.models import AttemptRecord, FlagUpdates
+
+
+@dataclass(frozen=True, slots=True)
+class FlagView:
+    id: UUID
+    flag_key: str
+    environment: str
+    enabled: bool
+    rollout_percentage: int
+    description: str | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +42,62 @@ class ScheduleView:
     max_retries: int | None
     next_retry_at: datetime | None
     last_error: str | None
+    last_error_class: str | None
+
+    @property
+    def state(self) -> str:
+        """The status, with `failed` split into waiting for a retry and permanently failed."""
+        if self.status != "failed":
+            return self.status
+        if self.next_retry_at is not None:
+            return "waiting_for_retry"
+        return "expired" if self.last_error_class == "expired" else "failed_permanently"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    attempt: int | None
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    error_class: str | None
+    error: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """The scheduler's health at one moment."""
+
+    now: datetime
+    due_now: int
+    oldest_due_at: datetime | None
+    waiting_for_retry: int
+    next_retry_at: datetime | None
+    scheduled_later: int
+    failed_last_24h: int
+    last_run_started_at: datetime | None
+    last_run_finished_at: datetime | None
+    last_run_request_id: str | None
+    last_run_summary: dict[str, Any] | None
+
+    @property
+    def oldest_lag_seconds(self) -> float | None:
+        if self.oldest_due_at is None:
+            return None
+        return (self.now - self.oldest_due_at).total_seconds()
 
 
 class Catalog:
-    """Flags and schedules, read and written outside the scheduler's run."""
+    """Flags and schedules, read and written outside the scheduler's run.
+
+    Runs on an autocommit connection: each method is its own transaction.
+    """
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+
+    # --- flags ---
 
     def create_flag(
         self,
@@ -46,18 +108,43 @@ class Catalog:
         rollout_percentage: int = 0,
         description: str | None = None,
     ) -> UUID:
-        row = self._conn.execute(
-            sql.INSERT_FLAG,
-            {
-                "flag_key": flag_key,
-                "environment": environment,
-                "enabled": enabled,
-                "rollout_percentage": rollout_percentage,
-                "description": description,
-            },
-        ).fetchone()
+        """Create a flag and return its id.
+
+        Raises:
+            StateConflict: the flag already exists in that environment.
+        """
+        try:
+            row = self._conn.execute(
+                sql.INSERT_FLAG,
+                {
+                    "flag_key": flag_key,
+                    "environment": environment,
+                    "enabled": enabled,
+                    "rollout_percentage": rollout_percentage,
+                    "description": description,
+                },
+            ).fetchone()
+        except pg_errors.UniqueViolation:
+            raise StateConflict(
+                f"flag {flag_key!r} already exists in environment {environment!r}"
+            ) from None
         assert row is not None
         return UUID(str(row[0]))
+
+    def flags(self, environment: str | None = None) -> list[FlagView]:
+        rows = self._conn.execute(sql.LIST_FLAGS, {"environment": environment})
+        return [FlagView(*row) for row in rows]
+
+    def get_flag(self, flag_key: str, environment: str = "production") -> FlagView:
+        """Raises NotFound when the flag does not exist in that environment."""
+        row = self._conn.execute(
+            sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no flag {flag_key!r} in environment {environment!r}")
+        return FlagView(*row)
+
+    # --- schedules ---
 
     def create_schedule(
         self,
@@ -67,6 +154,7 @@ class Catalog:
         *,
         max_retries: int | None = None,
     ) -> UUID:
+        """Insert a pending schedule as any writer would (no validation here)."""
         row = self._conn.execute(
             sql.INSERT_SCHEDULE,
             {
@@ -79,8 +167,128 @@ class Catalog:
         assert row is not None
         return UUID(str(row[0]))
 
-    def schedules(self) -> list[ScheduleView]:
-        return [ScheduleView(*row) for row in self._conn.execute(sql.LIST_SCHEDULES)]
+    def schedule_change(
+        self,
+        flag: FlagView,
+        scheduled_at: datetime,
+        updates: FlagUpdates,
+        *,
+        max_retries: int | None = None,
+    ) -> ScheduleView:
+        """Schedule a validated change of a flag and return the new schedule."""
+        schedule_id = self.create_schedule(
+            flag.id, scheduled_at, updates.fields(), max_retries=max_retries
+        )
+        return self.get_schedule(schedule_id)
 
-    def flags(self) -> list[FlagState]:
-        return [FlagState(*row) for row in self._conn.execute(sql.LIST_FLAGS)]
+    def schedules(
+        self,
+        *,
+        statuses: list[str] | None = None,
+        flag_key: str | None = None,
+        environment: str | None = None,
+        due_at: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[ScheduleView]:
+        rows = self._conn.execute(
+            sql.LIST_SCHEDULES,
+            {
+                "statuses": statuses,
+                "flag_key": flag_key,
+                "environment": environment,
+                "due_at": due_at,
+                "limit": limit,
+            },
+        )
+        return [ScheduleView(*row) for row in rows]
+
+    def get_schedule(self, schedule_id: UUID) -> ScheduleView:
+        """Raises NotFound when there is no such schedule."""
+        row = self._conn.execute(sql.GET_SCHEDULE, {"schedule_id": schedule_id}).fetchone()
+        if row is None:
+            raise NotFound(f"no schedule with id {schedule_id}")
+        return ScheduleView(*row)
+
+    def history(self, schedule_id: UUID) -> list[HistoryEntry]:
+        rows = self._conn.execute(sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id})
+        return [HistoryEntry(*row) for row in rows]
+
+    def requeue(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
+        """Make a permanently failed (or expired) schedule due now, with retries afresh.
+
+        Raises:
+            NotFound: no such schedule.
+            StateConflict: the schedule is not permanently failed; says what it is.
+        """
+        with self._conn.transaction():
+            row = self._conn.execute(
+                sql.REQUEUE_SCHEDULE, {"schedule_id": schedule_id, "now": now}
+            ).fetchone()
+            if row is None:
+                current = self.get_schedule(schedule_id)
+                raise StateConflict(
+                    f"schedule {schedule_id} is {_describe_state(current)};"
+                    " only a permanently failed or expired schedule can be retried by hand"
+                )
+            self._record_action(schedule_id, "requeued", now, actor)
+        return self.get_schedule(schedule_id)
+
+    def cancel(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
+        """Cancel a pending or waiting-for-retry schedule.
+
+        If a run holds the schedule, this waits for the run to commit and then sees what
+        it did, so a schedule is either cancelled before it is applied or reported applied.
+
+        Raises:
+            NotFound: no such schedule.
+            StateConflict: the schedule is no longer pending or waiting; says what it is.
+        """
+        with self._conn.transaction():
+            row = self._conn.execute(
+                sql.CANCEL_SCHEDULE, {"schedule_id": schedule_id, "now": now}
+            ).fetchone()
+            if row is None:
+                current = self.get_schedule(schedule_id)
+                raise StateConflict(
+                    f"schedule {schedule_id} is {_describe_state(current)};"
+                    " only a pending or waiting-for-retry schedule can be cancelled"
+                )
+            self._record_action(schedule_id, "cancelled", now, actor)
+        return self.get_schedule(schedule_id)
+
+    def _record_action(self, schedule_id: UUID, outcome: str, now: datetime, actor: str) -> None:
+        attempt = AttemptRecord(
+            schedule_id=schedule_id,
+            attempt=None,
+            started_at=now,
+            finished_at=now,
+            outcome=outcome,
+            request_id=actor,
+        )
+        self._conn.execute(sql.INSERT_ATTEMPT, asdict(attempt))
+
+    def status(self, now: datetime) -> StatusReport:
+        counts = self._conn.execute(sql.STATUS_COUNTS, {"now": now}).fetchone()
+        assert counts is not None
+        run = self._conn.execute(sql.GET_RUN_STATE).fetchone()
+        return StatusReport(
+            now,
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3],
+            counts[4],
+            counts[5],
+            *(run if run is not None else (None, None, None, None)),
+        )
+
+
+def _describe_state(schedule: ScheduleView) -> str:
+    state = schedule.state
+    if state == "applied" and schedule.applied_at is not None:
+        return f"already applied (at {schedule.applied_at.isoformat()})"
+    if state == "waiting_for_retry" and schedule.next_retry_at is not None:
+        return f"waiting for retry {schedule.retry_count} at {schedule.next_retry_at.isoformat()}"
+    if state == "pending":
+        return f"pending (due at {schedule.scheduled_at.isoformat()})"
+    return state.replace("_", " ")

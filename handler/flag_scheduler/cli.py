@@ -1,46 +1,171 @@
-"""The `flag-scheduler` console script: run the handler locally, or the demo."""
+"""The `flag-scheduler` console script: operate schedules, run the handler locally, demo."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from uuid import UUID
 
-from flag_scheduler.errors import ConfigurationError, FlagSchedulerError
+from flag_scheduler.errors import (
+    ConfigurationError,
+    FlagSchedulerError,
+    InvalidUpdates,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_DATA_FOLDER = Path(".flag-scheduler") / "pgdata"
+SCHEDULE_STATUSES = ("pending", "applied", "failed", "cancelled", "superseded")
 
 
-class _UsageError(Exception):
+class UsageError(Exception):
     """The command line or one of its files is wrong."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"flag-scheduler: error: {self.prog}: {message} (see --help)\n")
+
+
+# --- argument types: each turns a bad value into one clear line (exit code 2) ---
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a schedule id (a UUID): {text!r}") from None
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer {low}..{high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flag-scheduler",
-        description="Apply scheduled feature-flag changes stored in PostgreSQL.",
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_FOLDER,
+        help="embedded PostgreSQL data folder when DATABASE_URL is unset"
+        f" (default: {DEFAULT_DATA_FOLDER})",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+
+    parser = _Parser(
+        prog="flag-scheduler",
+        description="Apply scheduled feature-flag changes stored in PostgreSQL, and operate"
+        " them. Uses DATABASE_URL, or an embedded PostgreSQL in --data-dir when it is unset.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", parents=[common], help="alembic upgrade head")
+    migrate.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
+
+    flags = commands.add_parser("flags", help="list, create or show flags")
+    flag_commands = flags.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
+    flags_list = flag_commands.add_parser("list", parents=[common], help="every flag")
+    flags_list.add_argument("--env", help="only this environment")
+    flags_create = flag_commands.add_parser("create", parents=[common], help="create a flag")
+    flags_create.add_argument("key")
+    flags_create.add_argument("--env", default="production")
+    state = flags_create.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_true", default=False)
+    state.add_argument("--disable", dest="enabled", action="store_false")
+    flags_create.add_argument("--rollout", type=_int_in(0, 100), default=0, metavar="0..100")
+    flags_create.add_argument("--description")
+    flags_show = flag_commands.add_parser("show", parents=[common], help="a flag and its schedules")
+    flags_show.add_argument("key")
+    flags_show.add_argument("--env", default="production")
+
+    schedules = commands.add_parser("schedules", help="create, inspect, retry or cancel schedules")
+    schedule_commands = schedules.add_subparsers(
+        dest="schedules_command", required=True, metavar="ACTION"
+    )
+    create = schedule_commands.add_parser("create", parents=[common], help="schedule a change")
+    create.add_argument("--flag", required=True, metavar="KEY")
+    create.add_argument("--env", default="production")
+    create.add_argument(
+        "--at", required=True, metavar="TIME", help="ISO 8601 with offset, 'now', or '+15m'"
+    )
+    change = create.add_mutually_exclusive_group()
+    change.add_argument("--enable", dest="enabled", action="store_true", default=None)
+    change.add_argument("--disable", dest="enabled", action="store_false")
+    # Range-checked by the same validation the engine applies to `updates`.
+    create.add_argument("--rollout", type=int, metavar="0..100")
+    create.add_argument("--max-retries", type=_int_in(0, 10), metavar="0..10")
+
+    listing = schedule_commands.add_parser("list", parents=[common], help="list schedules")
+    listing.add_argument("--status", action="append", choices=SCHEDULE_STATUSES)
+    listing.add_argument("--flag", metavar="KEY")
+    listing.add_argument("--env")
+    listing.add_argument("--due", action="store_true", help="only those due now")
+    listing.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
+
+    for name, text in (
+        ("show", "state, history and upcoming retries"),
+        ("retry", "requeue a permanently failed or expired schedule, due now"),
+        ("cancel", "cancel a pending or waiting-for-retry schedule"),
+    ):
+        sub = schedule_commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("id", type=_uuid)
+
+    preview = schedule_commands.add_parser(
+        "preview", parents=[common], help="the retry timeline of a schedule or a policy"
+    )
+    preview.add_argument("id", type=_uuid, nargs="?")
+    preview.add_argument("--max-retries", type=_int_in(0, 10))
+    preview.add_argument("--base", type=_positive_number, metavar="SECONDS")
+    preview.add_argument("--cap", type=_positive_number, metavar="SECONDS")
+    preview.add_argument("--jitter", type=float, metavar="SECONDS")
+    preview.add_argument("--from", dest="start", metavar="TIME", default="now")
+
+    commands.add_parser("status", parents=[common], help="the health at a glance")
+
     invoke = commands.add_parser(
         "invoke",
+        parents=[common],
         help="run the Lambda handler once, in this process",
         description="Run the real handler once against DATABASE_URL, or, when it is unset,"
         " against an embedded PostgreSQL kept in --data-dir and migrated automatically.",
     )
     invoke.add_argument("--event", type=Path, help="event JSON file (default: {})")
     invoke.add_argument(
-        "--timeout", type=float, default=120.0, help="the fake context's time budget in seconds"
+        "--timeout", type=_positive_number, default=120.0, help="time budget in seconds"
     )
     invoke.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_FOLDER,
-        help=f"embedded PostgreSQL data folder (default: {DEFAULT_DATA_FOLDER})",
+        "--progress",
+        action="store_true",
+        help="print a line per batch to stderr (default on a terminal)",
     )
     commands.add_parser(
         "demo",
@@ -51,36 +176,168 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- the database every command but demo works on ---
+
+
+@contextmanager
+def _database_url(args: argparse.Namespace) -> Iterator[str]:
+    """DATABASE_URL, or the embedded server in --data-dir (migrated to head)."""
+    configured = os.environ.get("DATABASE_URL", "").strip()
+    if configured:
+        yield configured
+        return
+    from flag_scheduler.local import migrate, start_embedded_server
+
+    server = start_embedded_server(args.data_dir.resolve(), throwaway=False)
+    url = server.get_uri()
+    migrate(url)
+    yield url
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _operate(args: argparse.Namespace) -> tuple[str, Any]:
+    from flag_scheduler import commands, db
+    from flag_scheduler.catalog import Catalog
+    from flag_scheduler.config import Settings
+    from flag_scheduler.models import FlagUpdates
+    from flag_scheduler.timeparse import parse_time
+
+    settings = Settings.from_env(os.environ)
+    now = datetime.now(UTC)
+
+    def time_arg(option: str, text: str) -> datetime:
+        try:
+            return parse_time(text, now)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+
+    # Checked before connecting: bad input never touches the database.
+    updates = None
+    if args.command == "schedules" and args.schedules_command == "create":
+        args.at_time = time_arg("--at", args.at)
+        document: dict[str, object] = {}
+        if args.enabled is not None:
+            document["enabled"] = args.enabled
+        if args.rollout is not None:
+            document["rollout_percentage"] = args.rollout
+        if not document:
+            raise UsageError("say what to change: --enable, --disable and/or --rollout N")
+        updates = FlagUpdates.from_document(document)
+    if args.command == "schedules" and args.schedules_command == "preview" and args.id is None:
+        from flag_scheduler.backoff import BackoffPolicy
+
+        policy = BackoffPolicy(
+            base_seconds=args.base if args.base is not None else settings.backoff_base_seconds,
+            cap_seconds=args.cap if args.cap is not None else settings.backoff_cap_seconds,
+            jitter_seconds=args.jitter
+            if args.jitter is not None
+            else settings.backoff_jitter_seconds,
+        )
+        if policy.cap_seconds < policy.base_seconds or policy.jitter_seconds < 0:
+            raise UsageError("--cap must be >= --base, and --jitter >= 0")
+        max_retries = args.max_retries if args.max_retries is not None else settings.max_retries
+        ctx = commands.Context(catalog=None, now=now, settings=settings, actor=_actor())  # type: ignore[arg-type]
+        result = commands.policy_preview(ctx, policy, max_retries, time_arg("--from", args.start))
+        return result.text, result.data
+
+    with _database_url(args) as url:
+        if args.command == "migrate":
+            return "database is at the newest schema", {"migrated": True}
+        conn = db.connect(url, application_name="flag-scheduler-cli")
+        try:
+            ctx = commands.Context(
+                catalog=Catalog(conn), now=now, settings=settings, actor=_actor()
+            )
+            result = _dispatch(args, ctx, updates)
+        finally:
+            conn.close()
+    return result.text, result.data
+
+
+def _dispatch(args: argparse.Namespace, ctx: Any, updates: Any) -> Any:
+    from flag_scheduler import commands
+
+    if args.command == "status":
+        return commands.status(ctx)
+    if args.command == "flags":
+        if args.flags_command == "list":
+            return commands.flags_list(ctx, args.env)
+        if args.flags_command == "create":
+            return commands.flags_create(
+                ctx, args.key, args.env, args.enabled, args.rollout, args.description
+            )
+        return commands.flags_show(ctx, args.key, args.env)
+    action = args.schedules_command
+    if action == "create":
+        return commands.schedules_create(
+            ctx, args.flag, args.env, args.at_time, updates, args.max_retries
+        )
+    if action == "list":
+        return commands.schedules_list(ctx, args.status, args.flag, args.env, args.due, args.limit)
+    if action == "show":
+        return commands.schedules_show(ctx, args.id)
+    if action == "retry":
+        return commands.schedules_retry(ctx, args.id)
+    if action == "cancel":
+        return commands.schedules_cancel(ctx, args.id)
+    return commands.schedules_preview(ctx, args.id)
+
+
+def _migrate_sql() -> None:
+    from flag_scheduler.local import migrate
+
+    url = os.environ.get("DATABASE_URL", "").strip() or "postgresql://"
+    migrate(url, sql=True)
+
+
 def _read_event(path: Path | None) -> Any:
     if path is None:
         return {}
     try:
         return json.loads(path.read_text())
     except OSError as exc:
-        raise _UsageError(f"cannot read event file {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read event file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise _UsageError(f"event file {path} is not valid JSON: {exc}") from None
+        raise UsageError(f"event file {path} is not valid JSON: {exc}") from None
 
 
 def _invoke(args: argparse.Namespace) -> int:
     event = _read_event(args.event)
-    if args.timeout <= 0:
-        raise _UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    server = None
-    if not os.environ.get("DATABASE_URL", "").strip():
-        from flag_scheduler.local import migrate, start_embedded_server
-
-        server = start_embedded_server(args.data_dir.resolve(), throwaway=False)
-        url = server.get_uri()
-        migrate(url)
+    with _database_url(args) as url:
         os.environ["DATABASE_URL"] = url
-    from flag_scheduler import handler
-    from flag_scheduler.local import FakeLambdaContext
+        from flag_scheduler import handler
+        from flag_scheduler.local import FakeLambdaContext
+        from flag_scheduler.models import RunSummary
 
-    try:
-        result = handler.lambda_handler(event, FakeLambdaContext(timeout_seconds=args.timeout))
-    finally:
-        handler.reset_container()
+        def progress(summary: RunSummary) -> None:
+            print(
+                f"batch {summary.batches}: claimed {summary.claimed}, applied {summary.applied},"
+                f" retried {summary.retried}, failed {summary.failed_permanently},"
+                f" superseded {summary.superseded}",
+                file=sys.stderr,
+            )
+
+        handler.progress_reporter = progress if (args.progress or sys.stderr.isatty()) else None
+        # What Lambda would send to CloudWatch (JSON logs, EMF) goes to stderr here, so
+        # stdout carries only the run summary, for scripts.
+        log_handler = handler.logger.registered_handler
+        assert isinstance(log_handler, logging.StreamHandler)
+        previous = log_handler.setStream(sys.stderr)
+        try:
+            with redirect_stdout(sys.stderr):
+                context = FakeLambdaContext(timeout_seconds=args.timeout)
+                result = handler.lambda_handler(event, context)
+        finally:
+            handler.progress_reporter = None
+            handler.reset_container()
+            if previous is not None:
+                log_handler.setStream(previous)
     print(json.dumps(result, indent=2))
     return EXIT_OK
 
@@ -88,18 +345,44 @@ def _invoke(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "demo":
+            from flag_scheduler.demo import run_demo
+
+            run_demo()
+            return EXIT_OK
         if args.command == "invoke":
             return _invoke(args)
-        from flag_scheduler.demo import run_demo
-
-        run_demo()
-        return EXIT_OK
-    except (_UsageError, ConfigurationError) as exc:
+        if args.command == "migrate":
+            # Alembic reports each revision it runs: the progress of a long migration.
+            logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+            if args.sql:
+                _migrate_sql()
+                return EXIT_OK
+        text, data = _operate(args)
+    except (UsageError, ConfigurationError, InvalidUpdates) as exc:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FlagSchedulerError as exc:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except _database_errors() as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"flag-scheduler: error: database: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(_jsonable(data), indent=2) if args.json else text)
+    return EXIT_OK
+
+
+def _jsonable(data: Any) -> Any:
+    from flag_scheduler.render import to_jsonable
+
+    return to_jsonable(data)
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
 
 
 if __name__ == "__main__":

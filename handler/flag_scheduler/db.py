@@ -11,7 +11,9 @@ from flag_scheduler.errors import DatabaseUnavailable
 APPLICATION_NAME = "flag-scheduler"
 
 
-def connect(url: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
+def connect(
+    url: str, *, connect_timeout: int = 10, application_name: str = APPLICATION_NAME
+) -> psycopg.Connection[Any]:
     """Open an autocommit connection (transactions are opened explicitly).
 
     Server-side prepared statements are off: RDS Proxy pins a session that prepares one.
@@ -24,7 +26,7 @@ def connect(url: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
             url,
             autocommit=True,
             prepare_threshold=None,
-            application_name=APPLICATION_NAME,
+            application_name=application_name,
             connect_timeout=connect_timeout,
         )
     except psycopg.Error as exc:

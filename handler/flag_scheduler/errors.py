@@ -61,3 +61,11 @@ class PermanentDatabaseError(ScheduleFailure):
 
 class TransientDatabaseError(ScheduleFailure):
     """The database failed in a way another attempt may not (lock, timeout, conflict)."""
+
+
+class NotFound(FlagSchedulerError):
+    """No such flag or schedule."""
+
+
+class StateConflict(FlagSchedulerError):
+    """The flag or schedule is not in a state that allows this."""

@@ -37,6 +37,9 @@ class _Container:
 
 _container = _Container()
 
+# Told the running totals after each batch; set only by local runs (`flag-scheduler invoke`).
+progress_reporter: Callable[[RunSummary], None] | None = None
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -131,7 +134,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     """EventBridge entry point. The event is only read for its id (the correlation id):
     what is due is decided by the database, whatever the event's shape."""
     try:
-        result = run_invocation(context)
+        result = run_invocation(context, progress=progress_reporter)
     except FlagSchedulerError as exc:
         # The invocation fails (and the Errors alarm fires); say why in one line first.
         logger.error("run_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})

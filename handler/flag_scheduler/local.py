@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
     )
 
 
-def migrate(database_url: str) -> None:
+def migrate(database_url: str, *, sql: bool = False) -> None:
     """Bring the database to the newest schema (alembic upgrade head).
+
+    With `sql`, print the SQL instead of running it (Alembic's offline mode).
 
     Raises:
         ConfigurationError: the migrations are not beside the package (not a checkout).
@@ -61,7 +64,7 @@ def migrate(database_url: str) -> None:
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = database_url
     try:
-        command.upgrade(config, "head")
+        command.upgrade(config, "head", sql=sql)
     finally:
         if previous is None:
             os.environ.pop("DATABASE_URL", None)
@@ -77,7 +80,7 @@ class FakeLambdaContext:
     function_name: str = "flag-scheduler-local"
     function_version: str = "$LATEST"
     memory_limit_in_mb: int = 512
-    aws_request_id: str = "local-invoke"
+    aws_request_id: str = field(default_factory=lambda: f"local-{uuid.uuid4()}")
     log_group_name: str = "/aws/lambda/flag-scheduler-local"
     log_stream_name: str = "local"
     _started: float = field(default_factory=time.monotonic)

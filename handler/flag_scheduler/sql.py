@@ -128,18 +128,91 @@ VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(max_retries)s)
 RETURNING id
 """
 
-# Every schedule with its flag's identity, oldest-scheduled first.
+# Schedules with their flag's identity, filtered; NULL filters match everything.
 LIST_SCHEDULES = """
 SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
-       s.retry_count, s.max_retries, s.next_retry_at, s.last_error
+       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[]))
+  AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
+  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
+  AND (%(due_at)s::timestamptz IS NULL OR s.due_at <= %(due_at)s::timestamptz)
 ORDER BY s.scheduled_at, f.flag_key, s.id
+LIMIT %(limit)s
 """
 
-# Every flag's current state.
+# One schedule with its flag's identity.
+GET_SCHEDULE = """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
+       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE s.id = %(schedule_id)s
+"""
+
+# A schedule's history, oldest first.
+SCHEDULE_HISTORY = """
+SELECT attempt, started_at, finished_at, outcome, error_class, error, request_id
+FROM feature_flag_schedule_attempts
+WHERE schedule_id = %(schedule_id)s
+ORDER BY id
+"""
+
+# Every flag's current state, optionally one environment.
 LIST_FLAGS = """
-SELECT id, flag_key, environment, enabled, rollout_percentage
+SELECT id, flag_key, environment, enabled, rollout_percentage, description, updated_at
 FROM feature_flags
+WHERE %(environment)s::text IS NULL OR environment = %(environment)s::text
 ORDER BY flag_key, environment
+"""
+
+# One flag by key and environment.
+GET_FLAG = """
+SELECT id, flag_key, environment, enabled, rollout_percentage, description, updated_at
+FROM feature_flags
+WHERE flag_key = %(flag_key)s AND environment = %(environment)s
+"""
+
+# Requeues a permanently failed schedule by hand: due now, retries counted afresh, and a
+# fresh lateness window from now. Matches nothing in any other state.
+REQUEUE_SCHEDULE = """
+UPDATE feature_flag_schedules
+SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
+    last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
+WHERE id = %(schedule_id)s AND status = 'failed' AND next_retry_at IS NULL
+RETURNING id
+"""
+
+# Cancels a pending or waiting-for-retry schedule. A run holding the row makes this wait
+# for its commit, then re-check the state it left, so an applied schedule is never cancelled.
+CANCEL_SCHEDULE = """
+UPDATE feature_flag_schedules
+SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+  AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+RETURNING id
+"""
+
+# The health at a glance, as of %(now)s.
+STATUS_COUNTS = """
+SELECT
+    (SELECT count(*) FROM feature_flag_schedules WHERE due_at <= %(now)s),
+    (SELECT min(due_at) FROM feature_flag_schedules WHERE due_at <= %(now)s),
+    (SELECT count(*) FROM feature_flag_schedules
+     WHERE status = 'failed' AND next_retry_at IS NOT NULL),
+    (SELECT min(next_retry_at) FROM feature_flag_schedules
+     WHERE status = 'failed' AND next_retry_at IS NOT NULL),
+    (SELECT count(*) FROM feature_flag_schedules
+     WHERE status = 'pending' AND scheduled_at > %(now)s),
+    (SELECT count(*) FROM feature_flag_schedule_attempts
+     WHERE outcome IN ('failed_permanently', 'expired')
+       AND finished_at > %(now)s - interval '24 hours')
+"""
+
+# The last successful run, if any.
+GET_RUN_STATE = """
+SELECT last_run_started_at, last_run_finished_at, last_request_id, last_summary
+FROM scheduler_run_state
+WHERE id = 1
 """

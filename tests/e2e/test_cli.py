@@ -40,7 +40,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _summary(stdout: str) -> dict[str, Any]:
-    return json.loads(stdout[stdout.rindex("\n{\n") + 1 :] if "\n{\n" in stdout else stdout)
+    return json.loads(stdout)  # logs and metrics go to stderr; stdout is the summary alone
 
 
 def test_invoke_runs_the_handler_with_an_event_file(
@@ -57,7 +57,7 @@ def test_invoke_runs_the_handler_with_an_event_file(
 
     assert result.returncode == 0, result.stderr
     assert _summary(result.stdout)["applied"] == 1
-    assert '"correlation_id":"53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa"' in result.stdout
+    assert '"correlation_id":"53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa"' in result.stderr
     assert schedule_row(conn, schedule).status == "applied"
 
 

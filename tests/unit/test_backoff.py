@@ -119,3 +119,12 @@ def test_without_jitter_delays_never_decrease(
 @given(schedule=st.uuids(), n=st.integers(0, 10_000))
 def test_jitter_fraction_is_in_the_unit_interval(schedule: UUID, n: int) -> None:
     assert 0.0 <= jitter_fraction(schedule, n) < 1.0
+
+
+def test_timeline_of_a_schedule_already_retried_continues_its_numbering() -> None:
+    policy = BackoffPolicy()
+    next_retry_at = T0 + timedelta(minutes=5)
+    timeline = retry_timeline(policy, SCHEDULE, next_retry_at, max_retries=3, attempts_made=2)
+    assert [a.attempt for a in timeline] == [3, 4]
+    assert timeline[0].at == next_retry_at
+    assert timeline[1].at == next_retry_at + retry_delay(policy, 2, SCHEDULE)

@@ -1,0 +1,204 @@
+"""Database credentials from an RDS-format Secrets Manager secret, read through Powertools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from flag_scheduler.aws.settings import DB_HOST, DB_NAME, DB_SECRET_ARN, AwsSettings
+from flag_scheduler.db import connect
+from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
+
+DEFAULT_PORT = 5432
+DEFAULT_DBNAME = "postgres"
+# TLS always: RDS and RDS Proxy support it, and the secret's password crosses the VPC.
+SSLMODE = "require"
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where and as whom to connect; repr hides the password."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    sslmode: str = SSLMODE
+
+    def __repr__(self) -> str:
+        return (
+            f"DatabaseTarget(host={self.host!r}, port={self.port}, user={self.user!r},"
+            f" dbname={self.dbname!r}, sslmode={self.sslmode!r})"
+        )
+
+    def conninfo(self) -> str:
+        """A libpq connection string (quoting handled by psycopg)."""
+        return make_conninfo(
+            host=self.host,
+            port=str(self.port),
+            user=self.user,
+            password=self.password,
+            dbname=self.dbname,
+            sslmode=self.sslmode,
+        )
+
+
+class _Provider:
+    """The container's one Secrets Manager provider (Powertools caches values per provider)."""
+
+    instance: Any = None
+
+
+def reset_cache() -> None:
+    """Forget the provider and its cached secrets (tests, local runs)."""
+    _Provider.instance = None
+
+
+def read_secret(settings: AwsSettings, *, force_fetch: bool = False) -> Mapping[str, Any]:
+    """The secret's JSON document, cached by Powertools for `db_secret_max_age_seconds`.
+
+    Raises:
+        ConfigurationError: DB_SECRET_ARN is unset, or the secret is unreadable or not JSON.
+    """
+    if settings.db_secret_arn is None:
+        raise ConfigurationError(f"{DB_SECRET_ARN} is not set")
+    # Imported here: Parameters imports boto3, which a run without a secret never needs.
+    from aws_lambda_powertools.utilities import parameters
+    from botocore.config import Config  # type: ignore[import-untyped]
+
+    if _Provider.instance is None:
+        # Short timeouts: without a VPC endpoint or NAT route the SDK's defaults (60 s per
+        # try) would spend the whole invocation before saying why.
+        _Provider.instance = parameters.SecretsProvider(
+            boto_config=Config(
+                connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 3}
+            )
+        )
+    try:
+        document = _Provider.instance.get(
+            settings.db_secret_arn,
+            transform="json",
+            max_age=settings.db_secret_max_age_seconds,
+            force_fetch=force_fetch,
+        )
+    except parameters.exceptions.TransformParameterError:
+        raise ConfigurationError(
+            f"secret {settings.db_secret_arn} is not a JSON document"
+            " (expected the RDS format: host, port, username, password, dbname)"
+        ) from None
+    except parameters.exceptions.GetParameterError as exc:
+        # Powertools wraps the SDK error; its text names the API error, never the value.
+        raise ConfigurationError(
+            f"cannot read secret {settings.db_secret_arn}: {_first_line(exc)}"
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigurationError(f"secret {settings.db_secret_arn} is not a JSON object")
+    return document
+
+
+def target_from_secret(settings: AwsSettings, document: Mapping[str, Any]) -> DatabaseTarget:
+    """Combine the secret with the DB_HOST and DB_NAME overrides.
+
+    RDS-managed master secrets hold only username and password; the host then comes from
+    DB_HOST. DB_HOST also points the function at an RDS Proxy endpoint.
+
+    Raises:
+        ConfigurationError: a required key is missing or has the wrong type.
+    """
+    arn = settings.db_secret_arn
+    user = _text(document, "username", arn)
+    password = _text(document, "password", arn)
+    host = settings.db_host or _optional_text(document, "host", arn)
+    if host is None:
+        raise ConfigurationError(f"secret {arn} has no 'host'; set {DB_HOST}")
+    dbname = settings.db_name or _optional_text(document, "dbname", arn) or DEFAULT_DBNAME
+    return DatabaseTarget(
+        host=host, port=_port(document, arn), user=user, password=password, dbname=dbname
+    )
+
+
+def database_target(settings: AwsSettings, *, force_fetch: bool = False) -> DatabaseTarget:
+    """Read the secret (cached) and build the connection target.
+
+    Raises:
+        ConfigurationError: as read_secret and target_from_secret.
+    """
+    return target_from_secret(settings, read_secret(settings, force_fetch=force_fetch))
+
+
+def connect_database(
+    settings: AwsSettings,
+    database_url: str | None,
+    *,
+    open_connection: Callable[[str], psycopg.Connection[Any]] = connect,
+) -> psycopg.Connection[Any]:
+    """Connect through the secret when DB_SECRET_ARN is set, else to DATABASE_URL.
+
+    With the secret, a refused login may mean the password was rotated since it was cached:
+    read it again, and try once more only if it changed.
+
+    Raises:
+        ConfigurationError: neither or both are set, or the secret is unusable.
+        DatabaseUnavailable: the database cannot be reached or refuses the login.
+    """
+    if settings.db_secret_arn is None:
+        if not database_url:
+            raise ConfigurationError(
+                f"DATABASE_URL or {DB_SECRET_ARN} must be set to reach the PostgreSQL database"
+            )
+        return open_connection(database_url)
+    if database_url:
+        raise ConfigurationError(
+            f"set either DATABASE_URL or {DB_SECRET_ARN}, not both"
+            f" ({DB_HOST} and {DB_NAME} override what the secret says)"
+        )
+    cached = database_target(settings)
+    try:
+        return open_connection(cached.conninfo())
+    except DatabaseUnavailable:
+        fresh = database_target(settings, force_fetch=True)
+        if fresh == cached:
+            raise
+    return open_connection(fresh.conninfo())
+
+
+def _text(document: Mapping[str, Any], key: str, arn: str | None) -> str:
+    value = _optional_text(document, key, arn)
+    if value is None:
+        raise ConfigurationError(f"secret {arn} has no {key!r} (RDS format expected)")
+    return value
+
+
+def _optional_text(document: Mapping[str, Any], key: str, arn: str | None) -> str | None:
+    value = document.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"secret {arn}: {key!r} must be a string, got {type(value).__name__}"
+        )
+    return value
+
+
+def _port(document: Mapping[str, Any], arn: str | None) -> int:
+    raw = document.get("port")
+    if raw is None or raw == "":
+        return DEFAULT_PORT
+    # RDS writes the port as a number; people writing secrets by hand often use a string.
+    try:
+        port = int(raw) if isinstance(raw, int | str) and not isinstance(raw, bool) else None
+    except ValueError:
+        port = None
+    if port is None or not 1 <= port <= 65_535:
+        raise ConfigurationError(f"secret {arn}: 'port' must be an integer 1..65535, got {raw!r}")
+    return port
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

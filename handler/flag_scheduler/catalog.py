@@ -43,6 +43,7 @@ class ScheduleView:
     next_retry_at: datetime | None
     last_error: str | None
     last_error_class: str | None
+    requeued_at: datetime | None
 
     @property
     def state(self) -> str:

@@ -198,7 +198,7 @@ def schedules_retry(ctx: Context, schedule_id: UUID) -> Result:
     schedule = ctx.catalog.requeue(schedule_id, now=ctx.now, actor=ctx.actor)
     return Result(
         f"requeued {schedule.id} ({schedule.flag_key}, {schedule.environment}): due now,"
-        f" {_retry_limit(ctx, schedule)} retries available again",
+        f" retries available again: {_retry_limit(ctx, schedule)}",
         schedule,
     )
 
@@ -248,7 +248,8 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
         settings.backoff, schedule.id, first, _retry_limit(ctx, schedule), attempts_made=made
     )
     expires_at = (
-        schedule.scheduled_at + timedelta(seconds=settings.max_lateness_seconds)
+        (schedule.requeued_at or schedule.scheduled_at)
+        + timedelta(seconds=settings.max_lateness_seconds)
         if settings.max_lateness_seconds
         else None
     )

@@ -131,7 +131,8 @@ RETURNING id
 # Schedules with their flag's identity, filtered; NULL filters match everything.
 LIST_SCHEDULES = """
 SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
-       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class
+       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
+       s.requeued_at
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[]))
@@ -145,7 +146,8 @@ LIMIT %(limit)s
 # One schedule with its flag's identity.
 GET_SCHEDULE = """
 SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
-       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class
+       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
+       s.requeued_at
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.id = %(schedule_id)s

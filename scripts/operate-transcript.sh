@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Prints an operator session (commands and their output) on a throwaway embedded database:
+# the transcript in the README's "Operate" section comes from this script.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/.venv/bin"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+unset DATABASE_URL
+export POWERTOOLS_METRICS_DISABLED=true POWERTOOLS_LOG_LEVEL=ERROR
+
+run() {
+    printf '$'; printf ' %q' "$@"; echo
+    "$@" 2>&1 | sed "s#$work#.#g" || true
+    echo
+}
+fs() { run flag-scheduler "$@"; }
+flag-scheduler() { "$bin/flag-scheduler" "$@"; }
+
+fs flags create holiday-banner --description "Holiday banner on the home page"
+fs schedules create --flag holiday-banner --at now --enable --rollout 100 --max-retries 1
+id=$(flag-scheduler schedules list --json | "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+
+echo "# (a drill: make every update of holiday-banner fail with a serialization failure)"
+"$bin/python" - <<PY
+from flag_scheduler import db, fault_injection
+from flag_scheduler.local import start_embedded_server
+from pathlib import Path
+conn = db.connect(start_embedded_server(Path(".flag-scheduler/pgdata").resolve(), throwaway=False).get_uri())
+fault_injection.install(conn)
+flag = conn.execute("SELECT id FROM feature_flags WHERE flag_key = 'holiday-banner'").fetchone()[0]
+fault_injection.set_fault(conn, flag, "40001", "could not serialize access due to concurrent update")
+PY
+echo
+
+fs invoke
+fs schedules show "$id"
+fs status
+
+echo "# (skip the wait: make the retry due now, and let it fail again)"
+"$bin/python" - <<PY
+from flag_scheduler import db
+from flag_scheduler.local import start_embedded_server
+from pathlib import Path
+conn = db.connect(start_embedded_server(Path(".flag-scheduler/pgdata").resolve(), throwaway=False).get_uri())
+conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now()")
+PY
+echo
+fs invoke
+fs schedules list --status failed
+
+echo "# (the outage is over)"
+"$bin/python" - <<PY
+from flag_scheduler import db
+from flag_scheduler.local import start_embedded_server
+from pathlib import Path
+conn = db.connect(start_embedded_server(Path(".flag-scheduler/pgdata").resolve(), throwaway=False).get_uri())
+conn.execute("DELETE FROM fault_injection")
+PY
+echo
+fs schedules retry "$id"
+fs schedules preview "$id"
+fs invoke
+fs schedules show "$id"
+fs flags show holiday-banner

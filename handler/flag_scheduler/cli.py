@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _invoke(args)
         if args.command == "migrate":
             # Alembic reports each revision it runs: the progress of a long migration.
-            logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+            _show_migration_progress()
             if args.sql:
                 _migrate_sql()
                 return EXIT_OK
@@ -371,6 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     print(json.dumps(_jsonable(data), indent=2) if args.json else text)
     return EXIT_OK
+
+
+def _show_migration_progress() -> None:
+    progress = logging.getLogger("alembic.runtime.migration")
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    progress.addHandler(stream)
 
 
 def _jsonable(data: Any) -> Any:

@@ -34,6 +34,7 @@ def run_service(
     backoff: BackoffPolicy | None = None,
     remaining_ms: Any = None,
     lock_timeout_ms: int = 2_000,
+    outage_threshold: int = 5,
 ) -> RunSummary:
     """One scheduler run on its own connection, with the clock stopped at `now`."""
     policy = RunPolicy(
@@ -42,6 +43,7 @@ def run_service(
         time_margin_ms=1_000,
         backoff=backoff or BackoffPolicy(),
         lock_timeout_ms=lock_timeout_ms,
+        outage_threshold=outage_threshold,
         statement_timeout_ms=10_000,
     )
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -34,6 +34,13 @@ _INT_VARIABLES = (
     _IntVariable("FLAG_SCHEDULE_LOCK_TIMEOUT_MS", "lock_timeout_ms", 1, 600_000),
     _IntVariable("FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS", "statement_timeout_ms", 1, 900_000),
     _IntVariable("FLAG_SCHEDULE_MAX_LATENESS_SECONDS", "max_lateness_seconds", 0, 31_536_000),
+    _IntVariable("FLAG_SCHEDULE_OUTAGE_THRESHOLD", "outage_threshold", 0, 1_000),
+    _IntVariable(
+        "FLAG_SCHEDULE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        "idle_in_transaction_timeout_ms",
+        1,
+        3_600_000,
+    ),
 )
 
 RetryLimit = Annotated[int, Field(ge=0, le=10)]
@@ -44,7 +51,8 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    database_url: str | None = None
+    # Kept out of repr: it may hold a password, and settings end up in logs and tracebacks.
+    database_url: str | None = Field(default=None, repr=False)
     max_retries: RetryLimit = 3
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     # Stop starting work when the invocation has less than this left before its timeout.
@@ -56,6 +64,11 @@ class Settings(BaseModel):
     statement_timeout_ms: Annotated[int, Field(ge=1, le=900_000)] = 30_000
     # A change not applied this long after it was due fails as `expired`; 0 turns this off.
     max_lateness_seconds: Annotated[int, Field(ge=0, le=31_536_000)] = 86_400
+    # This many consecutive retryable failures of one class on different flags stop the run
+    # (an outage, not bad schedules); 0 turns this off.
+    outage_threshold: Annotated[int, Field(ge=0, le=1_000)] = 5
+    # Bounds what a frozen or killed invocation can hold locked.
+    idle_in_transaction_timeout_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 60_000
 
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> Settings:

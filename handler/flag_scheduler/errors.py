@@ -18,6 +18,16 @@ class DatabaseUnavailable(FlagSchedulerError):
     """The database connection is lost or cannot be opened; the run cannot continue."""
 
 
+class SystemicFailure(FlagSchedulerError):
+    """Retryable failures of one kind across many flags: the run stopped early."""
+
+    def __init__(self, message: str, *, error_class: str, flags: int, evidence: list[str]) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.flags = flags
+        self.evidence = evidence
+
+
 class ScheduleFailure(FlagSchedulerError):
     """Applying one schedule failed; the schedule records it and the run goes on."""
 

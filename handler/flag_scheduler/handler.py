@@ -17,7 +17,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from flag_scheduler import service
 from flag_scheduler.config import Settings
 from flag_scheduler.db import connect
-from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, FlagSchedulerError
+from flag_scheduler.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    FlagSchedulerError,
+    SystemicFailure,
+)
 from flag_scheduler.models import RunSummary
 from flag_scheduler.notifier import NullNotifier
 from flag_scheduler.repository import ScheduleRepository
@@ -95,6 +100,8 @@ def run_invocation(
         lock_timeout_ms=settings.lock_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
         max_lateness_seconds=settings.max_lateness_seconds,
+        outage_threshold=settings.outage_threshold,
+        idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
     )
     summary = service.process_due_schedules(
         repository,
@@ -128,6 +135,17 @@ def run_invocation(
     return result
 
 
+def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, Any]:
+    if isinstance(exc, SystemicFailure):
+        return {
+            "error_class": exc.error_class,
+            "flags": exc.flags,
+            "evidence": exc.evidence,
+            "error": str(exc),
+        }
+    return {"error_class": "connection_lost", "error": str(exc)}
+
+
 @metrics.log_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
@@ -135,6 +153,11 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     what is due is decided by the database, whatever the event's shape."""
     try:
         result = run_invocation(context, progress=progress_reporter)
+    except (SystemicFailure, DatabaseUnavailable) as exc:
+        # An outage: fail the invocation (the Errors alarm fires) without burning retries.
+        logger.error("run_aborted_systemic", extra=_outage_evidence(exc))
+        metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=1)
+        raise
     except FlagSchedulerError as exc:
         # The invocation fails (and the Errors alarm fires); say why in one line first.
         logger.error("run_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from flag_scheduler.errors import InvalidUpdates
 
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
+# Larger `updates` documents are refused unread: a valid one is under 60 bytes.
+MAX_UPDATES_BYTES = 4096
 
 
 class FlagUpdates(BaseModel):
@@ -89,6 +91,7 @@ class DueSchedule:
     retry_count: int
     max_retries: int | None
     requeued_at: datetime | None = None
+    updates_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

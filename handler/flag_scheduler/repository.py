@@ -20,7 +20,7 @@ from flag_scheduler.errors import (
     PermanentDatabaseError,
     TransientDatabaseError,
 )
-from flag_scheduler.models import AttemptRecord, DueSchedule, FlagState
+from flag_scheduler.models import MAX_UPDATES_BYTES, AttemptRecord, DueSchedule, FlagState
 
 # SQLSTATEs a later attempt can get past, by the name we record them under.
 _TRANSIENT_SQLSTATES = {
@@ -72,8 +72,14 @@ class ScheduleRepository:
             return self._conn.execute(statement, params)
 
     @contextmanager
-    def transaction(self, *, lock_timeout_ms: int, statement_timeout_ms: int) -> Iterator[None]:
-        """A transaction with bounded lock and statement waits; commits on success.
+    def transaction(
+        self,
+        *,
+        lock_timeout_ms: int,
+        statement_timeout_ms: int,
+        idle_in_transaction_timeout_ms: int = 60_000,
+    ) -> Iterator[None]:
+        """A transaction with bounded lock, statement and idle waits; commits on success.
 
         Raises:
             DatabaseUnavailable: the connection is lost.
@@ -84,6 +90,7 @@ class ScheduleRepository:
                 {
                     "lock_timeout": f"{lock_timeout_ms}ms",
                     "statement_timeout": f"{statement_timeout_ms}ms",
+                    "idle_timeout": f"{idle_in_transaction_timeout_ms}ms",
                 },
             )
             yield
@@ -100,7 +107,10 @@ class ScheduleRepository:
 
     def claim_due(self, now: datetime, limit: int) -> list[DueSchedule]:
         """Lock and return up to `limit` schedules due at `now`, skipping locked ones."""
-        rows = self._execute(sql.CLAIM_DUE_SCHEDULES, {"now": now, "limit": limit}).fetchall()
+        rows = self._execute(
+            sql.CLAIM_DUE_SCHEDULES,
+            {"now": now, "limit": limit, "max_updates_bytes": MAX_UPDATES_BYTES},
+        ).fetchall()
         return [DueSchedule(*row) for row in rows]
 
     def lock_flag(self, flag_id: UUID) -> FlagState | None:

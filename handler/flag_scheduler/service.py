@@ -14,10 +14,13 @@ from flag_scheduler.backoff import BackoffPolicy, retry_delay
 from flag_scheduler.errors import (
     DatabaseUnavailable,
     FlagMissing,
+    InvalidUpdates,
     ScheduleExpired,
     ScheduleFailure,
+    SystemicFailure,
 )
 from flag_scheduler.models import (
+    MAX_UPDATES_BYTES,
     AttemptRecord,
     DueSchedule,
     FlagChange,
@@ -42,7 +45,11 @@ class ScheduleRepository(Protocol):
     """What the service needs from storage (flag_scheduler.repository implements it)."""
 
     def transaction(
-        self, *, lock_timeout_ms: int, statement_timeout_ms: int
+        self,
+        *,
+        lock_timeout_ms: int,
+        statement_timeout_ms: int,
+        idle_in_transaction_timeout_ms: int,
     ) -> AbstractContextManager[None]: ...
 
     def savepoint(self) -> AbstractContextManager[None]: ...
@@ -99,6 +106,8 @@ class RunPolicy:
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 30_000
     max_lateness_seconds: int = 86_400  # 0: no limit
+    outage_threshold: int = 5  # 0: never stop a run early
+    idle_in_transaction_timeout_ms: int = 60_000
 
 
 @dataclass
@@ -110,6 +119,29 @@ class _Run:
     policy: RunPolicy
     request_id: str | None
     summary: RunSummary = field(default_factory=RunSummary)
+    streak: _FailureStreak = field(default_factory=lambda: _FailureStreak())
+
+
+@dataclass
+class _FailureStreak:
+    """Consecutive retryable failures of one class: evidence of an outage, not bad data."""
+
+    error_class: str | None = None
+    flags: set[UUID] = field(default_factory=set)
+    evidence: list[str] = field(default_factory=list)
+
+    def failed(self, flag_id: UUID, error_class: str, last_error: str) -> None:
+        if error_class != self.error_class:
+            self.error_class, self.flags, self.evidence = error_class, set(), []
+        self.flags.add(flag_id)
+        if len(self.evidence) < 5:
+            self.evidence.append(last_error)
+
+    def succeeded(self) -> None:
+        self.error_class, self.flags, self.evidence = None, set(), []
+
+    def is_outage(self, threshold: int) -> bool:
+        return threshold > 0 and len(self.flags) >= threshold
 
 
 @dataclass
@@ -138,6 +170,8 @@ def process_due_schedules(
     Raises:
         DatabaseUnavailable: the connection was lost; the open batch was rolled back by the
             server and its schedules stay due, so nothing is lost or charged a retry.
+        SystemicFailure: `policy.outage_threshold` different flags failed in a row with the
+            same retryable error; what was tried is committed, the rest stays due uncharged.
     """
     run = _Run(repository=repository, clock=clock, policy=policy, request_id=request_id)
     summary = run.summary
@@ -151,6 +185,7 @@ def process_due_schedules(
         with repository.transaction(
             lock_timeout_ms=policy.lock_timeout_ms,
             statement_timeout_ms=policy.statement_timeout_ms,
+            idle_in_transaction_timeout_ms=policy.idle_in_transaction_timeout_ms,
         ):
             batch = repository.claim_due(now, policy.batch_size)
             if not batch:
@@ -165,12 +200,23 @@ def process_due_schedules(
                     summary.stopped_for_time = True
                     break
                 _process_one(run, schedule, now, outcome)
+                if run.streak.is_outage(policy.outage_threshold):
+                    break  # the untried rest of the batch unlocks at commit, uncharged
         if outcome.permanent_failures:
             notifier.schedules_failed_permanently(outcome.permanent_failures)
         if outcome.changes:
             notifier.flags_changed(outcome.changes)
         if progress is not None:
             progress(summary)
+        if run.streak.is_outage(policy.outage_threshold):
+            streak = run.streak
+            raise SystemicFailure(
+                f"{len(streak.flags)} different flags failed in a row with"
+                f" {streak.error_class}; stopped the run to spare the rest their retries",
+                error_class=streak.error_class or "unknown",
+                flags=len(streak.flags),
+                evidence=streak.evidence,
+            )
         if summary.stopped_for_time:
             break
     repository.save_run_state(
@@ -203,6 +249,7 @@ def _process_one(run: _Run, schedule: DueSchedule, now: datetime, outcome: _Batc
     except ScheduleFailure as failure:
         _record_failure(run, schedule, failure, now, outcome)
         return
+    run.streak.succeeded()
     if change is None:
         summary.superseded += 1
         logger.info("schedule_superseded", extra=_log_fields(schedule))
@@ -243,6 +290,10 @@ def _apply(
     repository: ScheduleRepository, schedule: DueSchedule, now: datetime
 ) -> FlagChange | None:
     """Apply one schedule inside the caller's savepoint; None when it is superseded."""
+    if schedule.updates_bytes > MAX_UPDATES_BYTES:
+        raise InvalidUpdates(
+            f"updates is {schedule.updates_bytes} bytes; the limit is {MAX_UPDATES_BYTES}"
+        )
     updates = FlagUpdates.from_document(schedule.updates)
     # Lock the flag before reading which fields later schedules set: a run that applied a
     # later schedule to this flag has committed by the time the lock is granted, and the
@@ -285,6 +336,8 @@ def _record_failure(
         "error_class": failure.error_class,
         "error": last_error,
     }
+    if failure.retryable:
+        run.streak.failed(schedule.flag_id, failure.error_class, last_error)
     attempt = AttemptRecord(
         schedule_id=schedule.id,
         attempt=schedule.retry_count + 1,

@@ -4,15 +4,18 @@
 # parameters, and it works behind RDS Proxy, which rejects the `options` startup parameter.
 SET_TRANSACTION_TIMEOUTS = """
 SELECT set_config('lock_timeout', %(lock_timeout)s, true),
-       set_config('statement_timeout', %(statement_timeout)s, true)
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true)
 """
 
 # Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped.
+# An `updates` document over the size limit is not even fetched: only its size is.
 # `due_at` is a generated column (pending: scheduled_at, failed: next_retry_at) with a
 # partial index, so this stays an index scan however many finished rows the table holds.
 CLAIM_DUE_SCHEDULES = """
-SELECT s.id, s.flag_id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates,
-       s.retry_count, s.max_retries, s.requeued_at
+SELECT s.id, s.flag_id, f.flag_key, f.environment, s.scheduled_at, s.status,
+       CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s THEN s.updates END,
+       s.retry_count, s.max_retries, s.requeued_at, octet_length(s.updates::text)
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.due_at <= %(now)s

@@ -15,7 +15,7 @@ import pytest
 
 from flag_scheduler import fault_injection, handler
 from flag_scheduler.catalog import Catalog
-from flag_scheduler.errors import ConfigurationError
+from flag_scheduler.errors import ConfigurationError, SystemicFailure
 from flag_scheduler.local import FakeLambdaContext
 from tests.support import schedule_row
 
@@ -190,3 +190,29 @@ def test_the_connection_is_reused_and_replaced_when_broken(
 def test_an_event_of_any_shape_is_accepted(env: pytest.MonkeyPatch, catalog: Catalog) -> None:
     _due_now(catalog)
     assert handler.lambda_handler({"unexpected": ["shape"]}, FakeLambdaContext())["applied"] == 1
+
+
+def test_an_outage_fails_the_invocation_with_the_evidence(
+    env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    output: Output,
+) -> None:
+    env.setenv("FLAG_SCHEDULE_OUTAGE_THRESHOLD", "3")
+    for i in range(6):
+        _due_now(catalog, f"flag-{i}")
+    for flag in catalog.flags():
+        fault_injection.set_fault(conn, flag.id, "57014", "canceling statement")
+
+    with pytest.raises(SystemicFailure):
+        handler.lambda_handler({}, FakeLambdaContext())
+
+    lines = output.lines()
+    aborted = next(line for line in lines if line.get("message") == "run_aborted_systemic")
+    assert aborted["error_class"] == "statement_timeout"
+    assert aborted["flags"] == 3
+    assert aborted["evidence"] == ["statement_timeout: canceling statement"] * 3
+    emf = next(line for line in lines if "_aws" in line)
+    assert emf["RunFailed"] == [1.0]
+    statuses = [r[0] for r in conn.execute("SELECT status FROM feature_flag_schedules")]
+    assert sorted(statuses) == ["failed"] * 3 + ["pending"] * 3

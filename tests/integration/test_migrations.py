@@ -181,7 +181,8 @@ def test_claim_stays_an_index_scan_with_a_million_applied_rows(
     conn.execute("ANALYZE feature_flags")
     with conn.transaction():
         plan_rows = conn.execute(
-            "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES, {"now": T0, "limit": 500}
+            "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES,
+            {"now": T0, "limit": 500, "max_updates_bytes": 4096},
         ).fetchone()
     scans = _scans(plan_rows[0][0]["Plan"])  # type: ignore[index]
     schedule_scans = [

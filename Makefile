@@ -16,7 +16,7 @@ invoke: $(STAMP)
 	$(BIN)/flag-scheduler invoke --event events/scheduled-event.json
 
 # Lint, type-check and the whole test suite (a real PostgreSQL; embedded unless DATABASE_URL).
-test: lint typecheck pytest
+test: lint typecheck check-template pytest
 
 pytest: $(STAMP)
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
@@ -47,3 +47,51 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .flag-scheduler .mypy_cache .ruff_cache .pytest_cache
+
+# --- AWS template checks (tools in their own venv: their pins conflict with the app's) -----
+TOOLS_VENV := .venv-tools
+TOOLS_BIN := $(TOOLS_VENV)/bin
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+# Validation and builds are offline, but the SAM CLI still wants a region.
+AWS_ENV := AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-eu-west-1} SAM_CLI_TELEMETRY=0
+# The deployable build (arm64) is checked for the right wheels; a second build for this
+# machine's architecture, from the same template and requirements, is imported and run.
+HOST_ARCH := $(shell uname -m | sed -e 's/aarch64/arm64/' -e 's/amd64/x86_64/')
+HOST_BUILD := .aws-sam/build-$(HOST_ARCH)
+
+.PHONY: tools check-template lock-aws
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): tools-requirements.lock
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_BIN)/python -m pip install --quiet --require-hashes --no-deps -r tools-requirements.lock
+	touch $@
+
+# sam validate --lint, cfn-lint (+ serverless rules), checkov, sam build, then the built
+# functions run against a real PostgreSQL (tests/aws/test_built_functions.py).
+check-template: $(STAMP) $(TOOLS_STAMP)
+	@python313="$$(scripts/find-python3.13)" || exit 1; \
+	set -ex; \
+	export PATH="$$(dirname "$$python313"):$$PATH" $(AWS_ENV); \
+	$(TOOLS_BIN)/sam validate --lint; \
+	$(TOOLS_BIN)/cfn-lint template.yaml; \
+	$(TOOLS_BIN)/checkov -f template.yaml --framework cloudformation --skip-download --compact --quiet; \
+	$(TOOLS_BIN)/sam build --cached; \
+	if [ "$(HOST_ARCH)" != arm64 ]; then \
+		$(TOOLS_BIN)/sam build --cached --build-dir $(HOST_BUILD) --cache-dir .aws-sam/cache-$(HOST_ARCH) \
+			--parameter-overrides Architecture=$(HOST_ARCH); \
+	fi; \
+	FLAG_SCHEDULER_BUILD_DIR=.aws-sam/build \
+	FLAG_SCHEDULER_HOST_BUILD_DIR=$(if $(filter arm64,$(HOST_ARCH)),.aws-sam/build,$(HOST_BUILD)) \
+	FLAG_SCHEDULER_BUILD_PYTHON="$$python313" \
+		$(BIN)/pytest -p no:cacheprovider tests/aws/test_built_functions.py
+
+# Re-resolve the tools lock and the migration function's runtime pins (held to the dev lock).
+lock-aws: $(STAMP)
+	$(BIN)/uv pip compile tools-requirements.in --universal --python-version 3.11 \
+		--generate-hashes --quiet -o tools-requirements.lock
+	$(BIN)/uv pip compile pyproject.toml migration-function/requirements.in \
+		-c requirements-dev.lock --python-version 3.13 \
+		--python-platform aarch64-manylinux_2_28 --generate-hashes --quiet \
+		-o migration-function/requirements.txt

@@ -65,19 +65,24 @@ def sqlalchemy_url(environ: Mapping[str, str]) -> str:
             raise ConfigurationError(f"{DB_SECRET_ARN} or DATABASE_URL must be set")
         return url
     target = database_target(settings)
+    query = {
+        "sslmode": target.sslmode,
+        "connect_timeout": "10",
+        "application_name": "flag-scheduler-migrations",
+        "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+    }
+    # A Unix-socket directory (a local server) cannot be the URL's host part.
+    socket_dir = target.host.startswith("/")
+    if socket_dir:
+        query["host"] = target.host
     return URL.create(
         "postgresql+psycopg",
         username=target.user,
         password=target.password,
-        host=target.host,
+        host=None if socket_dir else target.host,
         port=target.port,
         database=target.dbname,
-        query={
-            "sslmode": target.sslmode,
-            "connect_timeout": "10",
-            "application_name": "flag-scheduler-migrations",
-            "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
-        },
+        query=query,
     ).render_as_string(hide_password=False)
 
 

@@ -112,7 +112,8 @@ def target_from_secret(settings: AwsSettings, document: Mapping[str, Any]) -> Da
     """
     arn = settings.db_secret_arn
     user = _text(document, "username", arn)
-    password = _text(document, "password", arn)
+    # Present but empty is allowed: a server with trust or peer authentication needs none.
+    password = "" if document.get("password") == "" else _text(document, "password", arn)
     host = settings.db_host or _optional_text(document, "host", arn)
     if host is None:
         raise ConfigurationError(f"secret {arn} has no 'host'; set {DB_HOST}")

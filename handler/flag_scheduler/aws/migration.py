@@ -21,7 +21,8 @@ from flag_scheduler.errors import ConfigurationError, FlagSchedulerError
 
 logger = Logger(service="flag-scheduler-migrations")
 # Alembic reports each revision it runs through the standard library's "alembic" logger.
-copy_config_to_registered_loggers(source_logger=logger, include={"alembic", "flag_scheduler"})
+# Only that one: the scheduler's handler formats the flag_scheduler loggers.
+copy_config_to_registered_loggers(source_logger=logger, include={"alembic"})
 
 HERE = Path(__file__).resolve()
 # In the built function alembic.ini sits beside the package; in a checkout, at the root.

@@ -150,7 +150,8 @@ def connect_database(
     if settings.db_secret_arn is None:
         if not database_url:
             raise ConfigurationError(
-                f"DATABASE_URL or {DB_SECRET_ARN} must be set to reach the PostgreSQL database"
+                "DATABASE_URL must be set to a PostgreSQL connection URL,"
+                f" or {DB_SECRET_ARN} to an RDS-format secret"
             )
         return open_connection(database_url)
     if database_url:

@@ -1,0 +1,144 @@
+"""The handler in its AWS configuration (moto): secret, alerts after commit, FlagChanged events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from flag_scheduler import handler
+from flag_scheduler.catalog import Catalog
+from flag_scheduler.errors import ConfigurationError
+from flag_scheduler.local import FakeLambdaContext
+from tests.aws.conftest import (
+    create_event_tap,
+    create_secret,
+    create_topic,
+    rds_secret_document,
+    sent_notifications,
+)
+from tests.support import schedule_row
+
+pytestmark = pytest.mark.usefixtures("aws")
+
+EVENT = {"id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event"}
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> pytest.MonkeyPatch:
+    """The function's AWS configuration: the secret instead of DATABASE_URL."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.setenv("DB_SECRET_ARN", create_secret(rds_secret_document(database_url)))
+    return monkeypatch
+
+
+def _due(catalog: Catalog, key: str, updates: object) -> Any:
+    flag = catalog.create_flag(key)
+    return catalog.create_schedule(flag, datetime.now(UTC) - timedelta(minutes=1), updates)
+
+
+def _emf(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    (emf,) = [line for line in lines if "_aws" in line]
+    return emf
+
+
+def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
+    aws_env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = create_topic()
+    tap = create_event_tap()
+    aws_env.setenv("ALERT_TOPIC_ARN", topic)
+    aws_env.setenv("FLAG_EVENTS_BUS_NAME", tap.bus_name)
+    applied = _due(catalog, "holiday-banner", {"enabled": True, "rollout_percentage": 50})
+    invalid = _due(catalog, "search-v3", {"rollout_percentage": 101})
+
+    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    assert (result["applied"], result["failed_permanently"]) == (1, 1)
+    # A second run finds nothing due and sends nothing more.
+    handler.lambda_handler(EVENT, FakeLambdaContext())
+
+    (alert,) = sent_notifications(topic)
+    message = json.loads(alert["message"])
+    assert message["schedule_id"] == str(invalid)
+    assert (message["flag_key"], message["environment"]) == ("search-v3", "production")
+    assert message["error_class"] == "invalid_updates"
+    assert message["last_error"] == schedule_row(conn, invalid).last_error
+    assert set(message) == {
+        "schedule_id",
+        "flag_key",
+        "environment",
+        "retry_count",
+        "last_error",
+        "error_class",
+        "scheduled_at",
+    }
+
+    (event,) = tap.received()
+    assert (event["source"], event["detail-type"]) == ("flag-scheduler", "FlagChanged")
+    assert event["detail"] == {
+        "schedule_id": str(applied),
+        "flag_key": "holiday-banner",
+        "environment": "production",
+        "old": {"enabled": False, "rollout_percentage": 0},
+        "new": {"enabled": True, "rollout_percentage": 50},
+    }
+    assert schedule_row(conn, applied).status == "applied"
+
+
+def test_undeliverable_notifications_leave_the_database_outcome_intact(
+    aws_env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Neither the topic nor the bus exists: every publish fails.
+    aws_env.setenv("ALERT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:deleted-topic")
+    aws_env.setenv("FLAG_EVENTS_BUS_NAME", "deleted-bus")
+    applied = _due(catalog, "checkout-v2", {"enabled": True})
+    invalid = _due(catalog, "legacy-api", {"colour": "red"})
+
+    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+
+    assert (result["applied"], result["failed_permanently"]) == (1, 1)
+    assert schedule_row(conn, applied).status == "applied"
+    failed = schedule_row(conn, invalid)
+    assert (failed.status, failed.next_retry_at) == ("failed", None)
+    emf = _emf(capsys)
+    assert emf["AlertPublishFailures"] == [1.0]
+    assert emf["FlagEventFailures"] == [1.0]
+
+
+def test_without_topic_or_bus_nothing_is_sent_and_zero_failures_are_reported(
+    aws_env: pytest.MonkeyPatch, catalog: Catalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _due(catalog, "quiet", {"enabled": True})
+    handler.lambda_handler(EVENT, FakeLambdaContext())
+    emf = _emf(capsys)
+    assert emf["AlertPublishFailures"] == [0.0]
+    assert emf["FlagEventFailures"] == [0.0]
+
+
+def test_invalid_aws_setting_fails_before_any_schedule_is_touched(
+    aws_env: pytest.MonkeyPatch, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    schedule = _due(catalog, "untouched", {"enabled": True})
+    aws_env.setenv("ALERT_TOPIC_ARN", "not-an-arn")
+    with pytest.raises(ConfigurationError, match="ALERT_TOPIC_ARN must be an SNS topic ARN"):
+        handler.lambda_handler(EVENT, FakeLambdaContext())
+    assert schedule_row(conn, schedule).status == "pending"
+
+
+def test_both_database_url_and_secret_is_a_configuration_error(
+    aws_env: pytest.MonkeyPatch, database_url: str
+) -> None:
+    aws_env.setenv("DATABASE_URL", database_url)
+    with pytest.raises(ConfigurationError, match="either DATABASE_URL or DB_SECRET_ARN"):
+        handler.lambda_handler(EVENT, FakeLambdaContext())

@@ -69,7 +69,9 @@ $(TOOLS_STAMP): tools-requirements.lock
 	touch $@
 
 # sam validate --lint, cfn-lint (+ serverless rules), checkov, sam build, then the built
-# functions run against a real PostgreSQL (tests/aws/test_built_functions.py).
+# functions run against a real PostgreSQL (tests/aws/test_built_functions.py). Its own
+# --basetemp: pytest prunes all but the newest 3 shared temp folders, and would delete a
+# concurrent run's embedded server from under it.
 check-template: $(STAMP) $(TOOLS_STAMP)
 	@python313="$$(scripts/find-python3.13)" || exit 1; \
 	set -ex; \
@@ -85,7 +87,7 @@ check-template: $(STAMP) $(TOOLS_STAMP)
 	FLAG_SCHEDULER_BUILD_DIR=.aws-sam/build \
 	FLAG_SCHEDULER_HOST_BUILD_DIR=$(if $(filter arm64,$(HOST_ARCH)),.aws-sam/build,$(HOST_BUILD)) \
 	FLAG_SCHEDULER_BUILD_PYTHON="$$python313" \
-		$(BIN)/pytest -p no:cacheprovider tests/aws/test_built_functions.py
+		$(BIN)/pytest -p no:cacheprovider --basetemp=.aws-sam/pytest tests/aws/test_built_functions.py
 
 # Re-resolve the tools lock and the migration function's runtime pins (held to the dev lock).
 lock-aws: $(STAMP)

@@ -57,7 +57,10 @@ AWS_ENV := AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-eu-west-1} SAM_CLI_TELEMETR
 # The deployable build (arm64) is checked for the right wheels; a second build for this
 # machine's architecture, from the same template and requirements, is imported and run.
 HOST_ARCH := $(shell uname -m | sed -e 's/aarch64/arm64/' -e 's/amd64/x86_64/')
-HOST_BUILD := .aws-sam/build-$(HOST_ARCH)
+# Built from its own working folder: SAM keeps dependencies in ./.aws-sam/deps and each build
+# deletes the folders the other's cache points to, so sharing one would never hit the cache.
+HOST_WORK := .aws-sam/host-$(HOST_ARCH)
+HOST_BUILD := $(HOST_WORK)/build
 
 .PHONY: tools check-template lock-aws
 
@@ -81,8 +84,9 @@ check-template: $(STAMP) $(TOOLS_STAMP)
 	$(TOOLS_BIN)/checkov -f template.yaml --framework cloudformation --skip-download --compact --quiet; \
 	$(TOOLS_BIN)/sam build --cached; \
 	if [ "$(HOST_ARCH)" != arm64 ]; then \
-		$(TOOLS_BIN)/sam build --cached --build-dir $(HOST_BUILD) --cache-dir .aws-sam/cache-$(HOST_ARCH) \
-			--parameter-overrides Architecture=$(HOST_ARCH); \
+		mkdir -p $(HOST_WORK); \
+		(cd $(HOST_WORK) && $(CURDIR)/$(TOOLS_BIN)/sam build -t $(CURDIR)/template.yaml --cached \
+			--build-dir build --cache-dir cache --parameter-overrides Architecture=$(HOST_ARCH)); \
 	fi; \
 	FLAG_SCHEDULER_BUILD_DIR=.aws-sam/build \
 	FLAG_SCHEDULER_HOST_BUILD_DIR=$(if $(filter arm64,$(HOST_ARCH)),.aws-sam/build,$(HOST_BUILD)) \

@@ -116,6 +116,12 @@ feature_flag_schedules = Table(
         postgresql_where=text("due_at IS NOT NULL"),
     ),
     Index("ix_feature_flag_schedules_flag_id_scheduled_at", "flag_id", "scheduled_at"),
+    Index(
+        "ix_feature_flag_schedules_applied_flag_id_scheduled_at",
+        "flag_id",
+        "scheduled_at",
+        postgresql_where=text("status = 'applied'"),
+    ),
 )
 
 ATTEMPT_OUTCOMES = (

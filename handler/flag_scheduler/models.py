@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -107,6 +108,41 @@ class FlagState:
     def fields(self) -> dict[str, bool | int]:
         return {"enabled": self.enabled, "rollout_percentage": self.rollout_percentage}
 
+    def with_fields(self, fields: Mapping[str, bool | int]) -> FlagState:
+        enabled = fields.get("enabled", self.enabled)
+        rollout = fields.get("rollout_percentage", self.rollout_percentage)
+        return replace(self, enabled=bool(enabled), rollout_percentage=int(rollout))
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedSchedule:
+    """An applied schedule of a flag: when it was scheduled and which fields it names."""
+
+    flag_id: UUID
+    scheduled_at: datetime
+    id: UUID
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleOutcome:
+    """What processing one schedule decided: its new state and its history row."""
+
+    schedule: DueSchedule
+    status: str  # the schedule's new status
+    outcome: str  # the history row's outcome
+    attempt: int
+    retry_count: int | None = None  # None: unchanged
+    next_retry_at: datetime | None = None
+    error_class: str | None = None
+    error: str | None = None
+    max_retries: int | None = None
+    change: FlagChange | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        return f"{self.error_class}: {self.error}" if self.error_class else None
+
 
 @dataclass(frozen=True, slots=True)
 class FlagChange:
@@ -146,6 +182,11 @@ class PermanentFailure:
     last_error: str
 
 
+# The first lags of a run are kept for the ScheduleLagSeconds metric; the rest only count
+# towards the maximum, so a run's memory does not grow with the backlog.
+LAG_SAMPLES = 1000
+
+
 @dataclass(slots=True)
 class RunSummary:
     """What one run did, for the handler's return value, logs and metrics."""
@@ -159,7 +200,15 @@ class RunSummary:
     superseded: int = 0
     batches: int = 0
     stopped_for_time: bool = False
+    statements: int = 0
+    transactions: int = 0
     lag_seconds: list[float] = field(default_factory=list)
+    max_lag_seconds: float = 0.0
+
+    def record_lag(self, seconds: float) -> None:
+        if len(self.lag_seconds) < LAG_SAMPLES:
+            self.lag_seconds.append(seconds)
+        self.max_lag_seconds = max(self.max_lag_seconds, seconds)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -172,5 +221,7 @@ class RunSummary:
             "superseded": self.superseded,
             "batches": self.batches,
             "stopped_for_time": self.stopped_for_time,
-            "max_lag_seconds": round(max(self.lag_seconds), 3) if self.lag_seconds else 0.0,
+            "statements": self.statements,
+            "transactions": self.transactions,
+            "max_lag_seconds": round(self.max_lag_seconds, 3),
         }

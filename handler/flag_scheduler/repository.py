@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -20,7 +19,13 @@ from flag_scheduler.errors import (
     PermanentDatabaseError,
     TransientDatabaseError,
 )
-from flag_scheduler.models import MAX_UPDATES_BYTES, AttemptRecord, DueSchedule, FlagState
+from flag_scheduler.models import (
+    MAX_UPDATES_BYTES,
+    AppliedSchedule,
+    DueSchedule,
+    FlagState,
+    ScheduleOutcome,
+)
 
 # SQLSTATEs a later attempt can get past, by the name we record them under.
 _TRANSIENT_SQLSTATES = {
@@ -59,6 +64,12 @@ class ScheduleRepository:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        self._statements = 0
+
+    @property
+    def statements(self) -> int:
+        """How many statements this repository has sent (for the benchmark's figures)."""
+        return self._statements
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -68,6 +79,7 @@ class ScheduleRepository:
             raise translate_error(exc, self._conn) from exc
 
     def _execute(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
+        self._statements += 1
         with self._translated():
             return self._conn.execute(statement, params)
 
@@ -113,87 +125,75 @@ class ScheduleRepository:
         ).fetchall()
         return [DueSchedule(*row) for row in rows]
 
-    def lock_flag(self, flag_id: UUID) -> FlagState | None:
-        """Lock a flag's row for the rest of the transaction and return its state."""
-        row = self._execute(sql.LOCK_FLAG, {"flag_id": flag_id}).fetchone()
-        return FlagState(*row) if row else None
+    def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
+        """Lock flag rows (in id order) for the rest of the transaction; returns their state."""
+        rows = self._execute(sql.LOCK_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
+        return {row[0]: FlagState(*row) for row in rows}
 
-    def fields_set_later(self, schedule: DueSchedule) -> set[str]:
-        """The flag fields that applied schedules scheduled after this one have set."""
-        row = self._execute(
-            sql.FIELDS_SET_BY_LATER_SCHEDULES,
-            {
-                "flag_id": schedule.flag_id,
-                "scheduled_at": schedule.scheduled_at,
-                "schedule_id": schedule.id,
-            },
-        ).fetchone()
-        enabled_taken, rollout_taken = row
-        return {
-            name
-            for name, taken in (("enabled", enabled_taken), ("rollout_percentage", rollout_taken))
-            if taken
-        }
+    def applied_since(self, since_by_flag: Mapping[UUID, datetime]) -> list[AppliedSchedule]:
+        """Applied schedules of each flag scheduled at or after the time given for it."""
+        rows = self._execute(
+            sql.APPLIED_SINCE,
+            {"flag_ids": list(since_by_flag), "since": list(since_by_flag.values())},
+        ).fetchall()
+        return [AppliedSchedule(row[0], row[1], row[2], tuple(row[3])) for row in rows]
 
-    def update_flag(
-        self, flag_id: UUID, fields: Mapping[str, bool | int], now: datetime
-    ) -> FlagState | None:
-        """Set the given fields of a flag; None if the flag no longer exists."""
-        row = self._execute(
-            sql.UPDATE_FLAG,
+    def write_flags(self, flags: Sequence[FlagState], now: datetime) -> None:
+        """Set the fields of every given flag (whose rows this transaction has locked)."""
+        self._execute(
+            sql.WRITE_FLAGS,
             {
-                "flag_id": flag_id,
-                "enabled": fields.get("enabled"),
-                "rollout_percentage": fields.get("rollout_percentage"),
+                "ids": [flag.id for flag in flags],
+                "enabled": [flag.enabled for flag in flags],
+                "rollout_percentage": [flag.rollout_percentage for flag in flags],
                 "now": now,
             },
-        ).fetchone()
-        return FlagState(*row) if row else None
+        )
 
-    def mark_applied(self, schedule_id: UUID, now: datetime) -> None:
-        self._execute(sql.MARK_APPLIED, {"schedule_id": schedule_id, "now": now})
-
-    def mark_superseded(self, schedule_id: UUID, now: datetime) -> None:
-        self._execute(sql.MARK_SUPERSEDED, {"schedule_id": schedule_id, "now": now})
-
-    def mark_retry_scheduled(
+    def write_outcomes(
         self,
-        schedule_id: UUID,
+        outcomes: Sequence[ScheduleOutcome],
         *,
-        retry_count: int,
-        next_retry_at: datetime,
-        last_error: str,
-        error_class: str,
         now: datetime,
+        finished_at: datetime,
+        request_id: str | None,
     ) -> None:
+        """Record each schedule's new state and its history row (two statements).
+
+        `now` is when the attempts started (and applied_at); `finished_at` when they ended.
+        """
+        if not outcomes:
+            return
+        ids = [o.schedule.id for o in outcomes]
+        error_classes = [o.error_class for o in outcomes]
         self._execute(
-            sql.MARK_RETRY_SCHEDULED,
+            sql.WRITE_OUTCOMES,
             {
-                "schedule_id": schedule_id,
-                "retry_count": retry_count,
-                "next_retry_at": next_retry_at,
-                "last_error": last_error,
-                "error_class": error_class,
+                "ids": ids,
+                "statuses": [o.status for o in outcomes],
+                "retry_counts": [
+                    o.schedule.retry_count if o.retry_count is None else o.retry_count
+                    for o in outcomes
+                ],
+                "next_retry_at": [o.next_retry_at for o in outcomes],
+                "last_errors": [o.last_error for o in outcomes],
+                "error_classes": error_classes,
                 "now": now,
             },
         )
-
-    def mark_failed_permanently(
-        self, schedule_id: UUID, *, last_error: str, error_class: str, now: datetime
-    ) -> None:
         self._execute(
-            sql.MARK_FAILED_PERMANENTLY,
+            sql.INSERT_ATTEMPTS,
             {
-                "schedule_id": schedule_id,
-                "last_error": last_error,
-                "error_class": error_class,
-                "now": now,
+                "ids": ids,
+                "attempts": [o.attempt for o in outcomes],
+                "outcomes": [o.outcome for o in outcomes],
+                "error_classes": error_classes,
+                "errors": [o.error for o in outcomes],
+                "started_at": now,
+                "finished_at": finished_at,
+                "request_id": request_id,
             },
         )
-
-    def record_attempt(self, attempt: AttemptRecord) -> None:
-        """Append a row to the schedule's history (in the caller's transaction)."""
-        self._execute(sql.INSERT_ATTEMPT, asdict(attempt))
 
     def save_run_state(
         self,

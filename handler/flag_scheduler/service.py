@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import groupby
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -21,13 +22,14 @@ from flag_scheduler.errors import (
 )
 from flag_scheduler.models import (
     MAX_UPDATES_BYTES,
-    AttemptRecord,
+    AppliedSchedule,
     DueSchedule,
     FlagChange,
     FlagState,
     FlagUpdates,
     PermanentFailure,
     RunSummary,
+    ScheduleOutcome,
 )
 from flag_scheduler.notifier import Notifier
 
@@ -56,34 +58,20 @@ class ScheduleRepository(Protocol):
 
     def claim_due(self, now: datetime, limit: int) -> list[DueSchedule]: ...
 
-    def lock_flag(self, flag_id: UUID) -> FlagState | None: ...
+    def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]: ...
 
-    def fields_set_later(self, schedule: DueSchedule) -> set[str]: ...
+    def applied_since(self, since_by_flag: Mapping[UUID, datetime]) -> list[AppliedSchedule]: ...
 
-    def update_flag(
-        self, flag_id: UUID, fields: Mapping[str, bool | int], now: datetime
-    ) -> FlagState | None: ...
+    def write_flags(self, flags: Sequence[FlagState], now: datetime) -> None: ...
 
-    def mark_applied(self, schedule_id: UUID, now: datetime) -> None: ...
-
-    def mark_superseded(self, schedule_id: UUID, now: datetime) -> None: ...
-
-    def mark_retry_scheduled(
+    def write_outcomes(
         self,
-        schedule_id: UUID,
+        outcomes: Sequence[ScheduleOutcome],
         *,
-        retry_count: int,
-        next_retry_at: datetime,
-        last_error: str,
-        error_class: str,
         now: datetime,
+        finished_at: datetime,
+        request_id: str | None,
     ) -> None: ...
-
-    def mark_failed_permanently(
-        self, schedule_id: UUID, *, last_error: str, error_class: str, now: datetime
-    ) -> None: ...
-
-    def record_attempt(self, attempt: AttemptRecord) -> None: ...
 
     def save_run_state(
         self,
@@ -93,6 +81,9 @@ class ScheduleRepository(Protocol):
         request_id: str | None,
         summary: Mapping[str, Any],
     ) -> None: ...
+
+    @property
+    def statements(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -111,18 +102,6 @@ class RunPolicy:
 
 
 @dataclass
-class _Run:
-    """What one run carries from schedule to schedule."""
-
-    repository: ScheduleRepository
-    clock: Clock
-    policy: RunPolicy
-    request_id: str | None
-    summary: RunSummary = field(default_factory=RunSummary)
-    streak: _FailureStreak = field(default_factory=lambda: _FailureStreak())
-
-
-@dataclass
 class _FailureStreak:
     """Consecutive retryable failures of one class: evidence of an outage, not bad data."""
 
@@ -138,16 +117,24 @@ class _FailureStreak:
             self.evidence.append(last_error)
 
     def succeeded(self) -> None:
-        self.error_class, self.flags, self.evidence = None, set(), []
+        if self.error_class is not None:
+            self.error_class, self.flags, self.evidence = None, set(), []
 
     def is_outage(self, threshold: int) -> bool:
         return threshold > 0 and len(self.flags) >= threshold
 
 
 @dataclass
-class _BatchOutcome:
-    changes: list[FlagChange] = field(default_factory=list)
-    permanent_failures: list[PermanentFailure] = field(default_factory=list)
+class _Run:
+    """What one run carries from batch to batch."""
+
+    repository: ScheduleRepository
+    clock: Clock
+    policy: RunPolicy
+    request_id: str | None
+    remaining_ms: Callable[[], int]
+    summary: RunSummary = field(default_factory=RunSummary)
+    streak: _FailureStreak = field(default_factory=_FailureStreak)
 
 
 def process_due_schedules(
@@ -162,10 +149,13 @@ def process_due_schedules(
 ) -> RunSummary:
     """Process due schedules in batches until none is due or time runs short.
 
-    Each batch is one transaction: the claim's row locks hold until its outcomes and their
-    history rows are written, and each schedule runs in its own savepoint so one failure
-    never undoes its neighbours. Notifications go out only after the batch has committed.
-    `progress` is told the running totals after each batch.
+    Each batch is one transaction holding the claim's row locks. Its schedules are decided
+    together: flags locked in one statement, each flag's resulting fields computed in
+    memory in scheduled order, then all flag writes, outcomes and history rows written in
+    three statements. Only when one of those statements fails does the batch fall back to
+    one savepoint per schedule, so one bad schedule never undoes its neighbours.
+    Notifications go out only after the batch has committed; `progress` is told the
+    running totals after each batch.
 
     Raises:
         DatabaseUnavailable: the connection was lost; the open batch was rolled back by the
@@ -173,15 +163,21 @@ def process_due_schedules(
         SystemicFailure: `policy.outage_threshold` different flags failed in a row with the
             same retryable error; what was tried is committed, the rest stays due uncharged.
     """
-    run = _Run(repository=repository, clock=clock, policy=policy, request_id=request_id)
+    run = _Run(
+        repository=repository,
+        clock=clock,
+        policy=policy,
+        request_id=request_id,
+        remaining_ms=remaining_ms,
+    )
     summary = run.summary
     started_at = clock()
+    statements_before = repository.statements
     while True:
         if remaining_ms() < policy.time_margin_ms:
             summary.stopped_for_time = True
             break
         now = clock()
-        outcome = _BatchOutcome()
         with repository.transaction(
             lock_timeout_ms=policy.lock_timeout_ms,
             statement_timeout_ms=policy.statement_timeout_ms,
@@ -192,20 +188,9 @@ def process_due_schedules(
                 break
             summary.batches += 1
             summary.claimed += len(batch)
-            # Flag rows are locked in flag_id order by every run, so two runs never wait on
-            # each other in a cycle; within a flag, oldest-scheduled first.
-            for schedule in sorted(batch, key=lambda s: (s.flag_id, s.scheduled_at, s.id)):
-                if remaining_ms() < policy.time_margin_ms:
-                    # Unprocessed claims are untouched and unlock at commit: still due.
-                    summary.stopped_for_time = True
-                    break
-                _process_one(run, schedule, now, outcome)
-                if run.streak.is_outage(policy.outage_threshold):
-                    break  # the untried rest of the batch unlocks at commit, uncharged
-        if outcome.permanent_failures:
-            notifier.schedules_failed_permanently(outcome.permanent_failures)
-        if outcome.changes:
-            notifier.flags_changed(outcome.changes)
+            outcomes = _process_batch(run, batch, now)
+        summary.transactions += 1
+        _report(run, outcomes, notifier, now)
         if progress is not None:
             progress(summary)
         if run.streak.is_outage(policy.outage_threshold):
@@ -219,176 +204,241 @@ def process_due_schedules(
             )
         if summary.stopped_for_time:
             break
+    summary.transactions += 1  # the claim that found nothing, or the last one
     repository.save_run_state(
         started_at=started_at,
         finished_at=clock(),
         request_id=request_id,
         summary=summary.as_dict(),
     )
+    summary.statements = repository.statements - statements_before
     return summary
 
 
-def _process_one(run: _Run, schedule: DueSchedule, now: datetime, outcome: _BatchOutcome) -> None:
-    summary = run.summary
+def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:
+    """Decide and write a claimed batch; returns outcomes in processing order."""
+    # Flag rows are locked in flag_id order by every run, so two runs never wait on each
+    # other in a cycle; within a flag, oldest-scheduled first.
+    ordered = sorted(batch, key=lambda s: (s.flag_id, s.scheduled_at, s.id))
     try:
-        _refuse_if_expired(schedule, now, run.policy)
         with run.repository.savepoint():
-            change = _apply(run.repository, schedule, now)
-            run.repository.record_attempt(
-                AttemptRecord(
-                    schedule_id=schedule.id,
-                    attempt=schedule.retry_count + 1,
-                    started_at=now,
-                    finished_at=run.clock(),
-                    outcome="superseded" if change is None else "applied",
-                    request_id=run.request_id,
-                )
-            )
+            return _apply_group(run, ordered, now)
     except DatabaseUnavailable:
         raise
-    except ScheduleFailure as failure:
-        _record_failure(run, schedule, failure, now, outcome)
-        return
-    run.streak.succeeded()
-    if change is None:
-        summary.superseded += 1
-        logger.info("schedule_superseded", extra=_log_fields(schedule))
-        return
-    outcome.changes.append(change)
-    summary.applied += 1
-    lag = (now - schedule.scheduled_at).total_seconds()
-    summary.lag_seconds.append(lag)
-    event = "schedule_applied"
-    if schedule.retry_count > 0:
-        summary.retry_succeeded += 1
-        event = "schedule_retry_succeeded"
-    logger.info(
-        event,
-        extra={
-            **_log_fields(schedule),
-            "lag_seconds": round(lag, 3),
-            "old": change.old,
-            "new": change.new,
-        },
-    )
+    except ScheduleFailure:
+        pass  # one of them made a bulk statement fail: isolate it below
+    outcomes: list[ScheduleOutcome] = []
+    for schedule in ordered:
+        if run.remaining_ms() < run.policy.time_margin_ms:
+            # Unprocessed claims are untouched and unlock at commit: still due.
+            run.summary.stopped_for_time = True
+            break
+        try:
+            with run.repository.savepoint():
+                outcomes += _apply_group(run, [schedule], now)
+        except DatabaseUnavailable:
+            raise
+        except ScheduleFailure as failure:
+            outcome = _failure_outcome(run, schedule, failure, now)
+            run.repository.write_outcomes(
+                [outcome], now=now, finished_at=run.clock(), request_id=run.request_id
+            )
+            outcomes.append(outcome)
+        if run.streak.is_outage(run.policy.outage_threshold):
+            break  # the untried rest of the batch unlocks at commit, uncharged
+    return outcomes
 
 
-def _refuse_if_expired(schedule: DueSchedule, now: datetime, policy: RunPolicy) -> None:
-    """Raise ScheduleExpired when the change is later than the lateness limit allows."""
-    if not policy.max_lateness_seconds:
-        return
-    # A schedule requeued by hand gets a fresh window from the moment it was requeued.
-    due_since = schedule.requeued_at or schedule.scheduled_at
-    limit = timedelta(seconds=policy.max_lateness_seconds)
-    if now - due_since > limit:
-        raise ScheduleExpired(
-            f"not applied within {policy.max_lateness_seconds} s of {due_since.isoformat()}"
+def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:
+    """Apply schedules sorted by (flag, scheduled_at, id), inside the caller's savepoint.
+
+    Raises:
+        ScheduleFailure: a statement failed; the caller's savepoint undoes everything.
+    """
+    repository = run.repository
+    flag_ids = [flag_id for flag_id, _ in groupby(schedules, key=lambda s: s.flag_id)]
+    # Lock the flags before reading which fields later schedules set: a run that applied
+    # a later schedule to one of them has committed by the time its lock is granted, and
+    # the next statement's snapshot sees it.
+    flags = repository.lock_flags(flag_ids)
+    since = {s.flag_id: s.scheduled_at for s in reversed(schedules)}  # oldest per flag
+    marks: dict[UUID, dict[str, tuple[datetime, UUID]]] = {}
+    for applied in repository.applied_since(since):
+        flag_marks = marks.setdefault(applied.flag_id, {})
+        order = (applied.scheduled_at, applied.id)
+        for name in applied.fields:
+            if name not in flag_marks or flag_marks[name] < order:
+                flag_marks[name] = order
+
+    outcomes: list[ScheduleOutcome] = []
+    changed: dict[UUID, FlagState] = {}
+    for schedule in schedules:
+        state = changed.get(schedule.flag_id) or flags.get(schedule.flag_id)
+        try:
+            updates = _validate(schedule, now, run.policy)
+            if state is None:
+                raise FlagMissing(f"flag {schedule.flag_id} does not exist")
+        except ScheduleFailure as failure:
+            outcomes.append(_failure_outcome(run, schedule, failure, now))
+            continue
+        flag_marks = marks.setdefault(schedule.flag_id, {})
+        order = (schedule.scheduled_at, schedule.id)
+        fields = {
+            name: value
+            for name, value in updates.fields().items()
+            if name not in flag_marks or flag_marks[name] < order
+        }
+        attempt = schedule.retry_count + 1
+        if not fields:
+            outcomes.append(ScheduleOutcome(schedule, "superseded", "superseded", attempt))
+            continue
+        before = state.fields()
+        state = state.with_fields(fields)
+        changed[schedule.flag_id] = state
+        for name in fields:
+            flag_marks[name] = order
+        change = FlagChange(
+            schedule_id=schedule.id,
+            flag_key=schedule.flag_key,
+            environment=schedule.environment,
+            old={name: before[name] for name in fields},
+            new=dict(fields),
         )
+        outcomes.append(ScheduleOutcome(schedule, "applied", "applied", attempt, change=change))
+    if changed:
+        repository.write_flags(list(changed.values()), now)
+    repository.write_outcomes(outcomes, now=now, finished_at=run.clock(), request_id=run.request_id)
+    return outcomes
 
 
-def _apply(
-    repository: ScheduleRepository, schedule: DueSchedule, now: datetime
-) -> FlagChange | None:
-    """Apply one schedule inside the caller's savepoint; None when it is superseded."""
+def _validate(schedule: DueSchedule, now: datetime, policy: RunPolicy) -> FlagUpdates:
+    """The schedule's updates, unless it is too late, too large or invalid.
+
+    Raises:
+        ScheduleExpired: later than the lateness limit allows.
+        InvalidUpdates: the document is over the size limit or not a valid updates object.
+    """
+    if policy.max_lateness_seconds:
+        # A schedule requeued by hand gets a fresh window from the moment it was requeued.
+        due_since = schedule.requeued_at or schedule.scheduled_at
+        if now - due_since > timedelta(seconds=policy.max_lateness_seconds):
+            raise ScheduleExpired(
+                f"not applied within {policy.max_lateness_seconds} s of {due_since.isoformat()}"
+            )
     if schedule.updates_bytes > MAX_UPDATES_BYTES:
         raise InvalidUpdates(
             f"updates is {schedule.updates_bytes} bytes; the limit is {MAX_UPDATES_BYTES}"
         )
-    updates = FlagUpdates.from_document(schedule.updates)
-    # Lock the flag before reading which fields later schedules set: a run that applied a
-    # later schedule to this flag has committed by the time the lock is granted, and the
-    # next statement's snapshot sees it.
-    before = repository.lock_flag(schedule.flag_id)
-    if before is None:
-        raise FlagMissing(f"flag {schedule.flag_id} does not exist")
-    taken = repository.fields_set_later(schedule)
-    fields = {name: value for name, value in updates.fields().items() if name not in taken}
-    if not fields:
-        repository.mark_superseded(schedule.id, now)
-        return None
-    after = repository.update_flag(schedule.flag_id, fields, now)
-    if after is None:
-        raise FlagMissing(f"flag {schedule.flag_id} does not exist")
-    repository.mark_applied(schedule.id, now)
-    return FlagChange(
-        schedule_id=schedule.id,
-        flag_key=schedule.flag_key,
-        environment=schedule.environment,
-        old={name: before.fields()[name] for name in fields},
-        new={name: after.fields()[name] for name in fields},
-    )
+    return FlagUpdates.from_document(schedule.updates)
 
 
-def _record_failure(
-    run: _Run,
-    schedule: DueSchedule,
-    failure: ScheduleFailure,
-    now: datetime,
-    outcome: _BatchOutcome,
-) -> None:
-    repository, policy, summary = run.repository, run.policy, run.summary
+def _failure_outcome(
+    run: _Run, schedule: DueSchedule, failure: ScheduleFailure, now: datetime
+) -> ScheduleOutcome:
+    """What a failed attempt leaves: a scheduled retry, or a permanent failure."""
+    policy = run.policy
     message = str(failure)[:MAX_ERROR_LENGTH]
     last_error = f"{failure.error_class}: {message}"
-    max_retries = schedule.max_retries if schedule.max_retries is not None else policy.max_retries
-    fields = {
-        **_log_fields(schedule),
-        "max_retries": max_retries,
-        "error_class": failure.error_class,
-        "error": last_error,
-    }
+    limit = schedule.max_retries if schedule.max_retries is not None else policy.max_retries
+    attempt = schedule.retry_count + 1
     if failure.retryable:
         run.streak.failed(schedule.flag_id, failure.error_class, last_error)
-    attempt = AttemptRecord(
-        schedule_id=schedule.id,
-        attempt=schedule.retry_count + 1,
-        started_at=now,
-        finished_at=run.clock(),
-        outcome="retry_scheduled",
+    if failure.retryable and schedule.retry_count < limit:
+        return ScheduleOutcome(
+            schedule,
+            "failed",
+            "retry_scheduled",
+            attempt,
+            retry_count=schedule.retry_count + 1,
+            next_retry_at=now + retry_delay(policy.backoff, schedule.retry_count, schedule.id),
+            error_class=failure.error_class,
+            error=message,
+            max_retries=limit,
+        )
+    final = "expired" if isinstance(failure, ScheduleExpired) else "failed_permanently"
+    return ScheduleOutcome(
+        schedule,
+        "failed",
+        final,
+        attempt,
         error_class=failure.error_class,
         error=message,
-        request_id=run.request_id,
+        max_retries=limit,
     )
-    if failure.retryable and schedule.retry_count < max_retries:
-        next_retry_at = now + retry_delay(policy.backoff, schedule.retry_count, schedule.id)
-        repository.mark_retry_scheduled(
-            schedule.id,
-            retry_count=schedule.retry_count + 1,
-            next_retry_at=next_retry_at,
-            last_error=last_error,
-            error_class=failure.error_class,
-            now=now,
-        )
-        repository.record_attempt(attempt)
-        summary.retried += 1
-        logger.warning(
-            "schedule_retry_scheduled",
-            extra={
-                **fields,
-                "retry_count": schedule.retry_count + 1,
-                "next_retry_at": next_retry_at.isoformat(),
-            },
-        )
-        return
-    repository.mark_failed_permanently(
-        schedule.id, last_error=last_error, error_class=failure.error_class, now=now
-    )
-    final = "expired" if isinstance(failure, ScheduleExpired) else "failed_permanently"
-    repository.record_attempt(replace(attempt, outcome=final))
-    summary.failed_permanently += 1
-    if final == "expired":
-        summary.expired += 1
-    outcome.permanent_failures.append(
-        PermanentFailure(
-            schedule_id=schedule.id,
-            flag_key=schedule.flag_key,
-            environment=schedule.environment,
-            scheduled_at=schedule.scheduled_at,
-            retry_count=schedule.retry_count,
-            error_class=failure.error_class,
-            last_error=last_error,
-        )
-    )
-    logger.error("schedule_failed_permanently", extra={**fields, "next_retry_at": None})
+
+
+def _report(run: _Run, outcomes: list[ScheduleOutcome], notifier: Notifier, now: datetime) -> None:
+    """Count, log and notify the outcomes of a committed batch."""
+    summary = run.summary
+    changes: list[FlagChange] = []
+    failures: list[PermanentFailure] = []
+    for outcome in outcomes:
+        schedule = outcome.schedule
+        if outcome.outcome == "applied":
+            run.streak.succeeded()
+            assert outcome.change is not None
+            changes.append(outcome.change)
+            summary.applied += 1
+            lag = now - schedule.scheduled_at
+            summary.record_lag(lag.total_seconds())
+            retried = schedule.retry_count > 0
+            summary.retry_succeeded += retried
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "schedule_retry_succeeded" if retried else "schedule_applied",
+                    extra={
+                        **_log_fields(schedule),
+                        "lag_seconds": round(lag.total_seconds(), 3),
+                        "old": outcome.change.old,
+                        "new": outcome.change.new,
+                    },
+                )
+        elif outcome.outcome == "superseded":
+            run.streak.succeeded()
+            summary.superseded += 1
+            logger.info("schedule_superseded", extra=_log_fields(schedule))
+        elif outcome.outcome == "retry_scheduled":
+            summary.retried += 1
+            assert outcome.next_retry_at is not None
+            logger.warning(
+                "schedule_retry_scheduled",
+                extra={
+                    **_log_fields(schedule),
+                    **_error_fields(outcome),
+                    "retry_count": outcome.retry_count,
+                    "next_retry_at": outcome.next_retry_at.isoformat(),
+                },
+            )
+        else:
+            summary.failed_permanently += 1
+            summary.expired += outcome.outcome == "expired"
+            failures.append(
+                PermanentFailure(
+                    schedule_id=schedule.id,
+                    flag_key=schedule.flag_key,
+                    environment=schedule.environment,
+                    scheduled_at=schedule.scheduled_at,
+                    retry_count=schedule.retry_count,
+                    error_class=outcome.error_class or "unknown",
+                    last_error=outcome.last_error or "",
+                )
+            )
+            logger.error(
+                "schedule_failed_permanently",
+                extra={**_log_fields(schedule), **_error_fields(outcome), "next_retry_at": None},
+            )
+    if failures:
+        notifier.schedules_failed_permanently(failures)
+    if changes:
+        notifier.flags_changed(changes)
+
+
+def _error_fields(outcome: ScheduleOutcome) -> dict[str, object]:
+    return {
+        "max_retries": outcome.max_retries,
+        "error_class": outcome.error_class,
+        "error": outcome.last_error,
+    }
 
 
 def _log_fields(schedule: DueSchedule) -> dict[str, object]:

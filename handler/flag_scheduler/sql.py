@@ -24,65 +24,64 @@ LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED
 """
 
-# Locks one flag row until the transaction ends; NO KEY UPDATE so writers inserting new
-# schedules for the flag (a foreign-key KEY SHARE lock) are not blocked.
-LOCK_FLAG = """
+# Locks the given flags until the transaction ends, in id order (every run locks in the
+# same order, so runs never deadlock on each other); NO KEY UPDATE so writers inserting new
+# schedules for a flag (a foreign-key KEY SHARE lock) are not blocked.
+LOCK_FLAGS = """
 SELECT id, flag_key, environment, enabled, rollout_percentage
 FROM feature_flags
-WHERE id = %(flag_id)s
+WHERE id = ANY(%(flag_ids)s::uuid[])
+ORDER BY id
 FOR NO KEY UPDATE
 """
 
-# Which fields an applied schedule scheduled after this one has already set on the flag.
-FIELDS_SET_BY_LATER_SCHEDULES = """
-SELECT coalesce(bool_or(updates ? 'enabled'), false),
-       coalesce(bool_or(updates ? 'rollout_percentage'), false)
-FROM feature_flag_schedules
-WHERE flag_id = %(flag_id)s
-  AND status = 'applied'
-  AND (scheduled_at, id) > (%(scheduled_at)s, %(schedule_id)s)
+# Applied schedules of each flag scheduled at or after the given time, with the fields
+# they name: what a schedule scheduled earlier must not overwrite.
+APPLIED_SINCE = """
+SELECT s.flag_id, s.scheduled_at, s.id,
+       CASE WHEN jsonb_typeof(s.updates) = 'object'
+            THEN ARRAY(SELECT jsonb_object_keys(s.updates)) ELSE '{}' END AS fields
+FROM unnest(%(flag_ids)s::uuid[], %(since)s::timestamptz[]) AS b(flag_id, since)
+JOIN feature_flag_schedules AS s
+  ON s.flag_id = b.flag_id AND s.status = 'applied' AND s.scheduled_at >= b.since
 """
 
-# Sets the given fields of a flag (NULL leaves a field as it is) and returns the new state.
-UPDATE_FLAG = """
-UPDATE feature_flags
-SET enabled = coalesce(%(enabled)s::boolean, enabled),
-    rollout_percentage = coalesce(%(rollout_percentage)s::integer, rollout_percentage),
+# Writes the resulting fields of every changed flag of a batch in one statement.
+WRITE_FLAGS = """
+UPDATE feature_flags AS f
+SET enabled = v.enabled, rollout_percentage = v.rollout_percentage, updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(enabled)s::boolean[], %(rollout_percentage)s::integer[])
+     AS v(id, enabled, rollout_percentage)
+WHERE f.id = v.id
+"""
+
+# Records the outcome of every schedule of a batch in one statement. applied_at is set
+# only for applied ones; retry_count stays after success so history shows it needed retries.
+WRITE_OUTCOMES = """
+UPDATE feature_flag_schedules AS s
+SET status = v.status,
+    applied_at = CASE WHEN v.status = 'applied' THEN %(now)s::timestamptz END,
+    retry_count = v.retry_count,
+    next_retry_at = v.next_retry_at,
+    last_error = v.last_error,
+    last_error_class = v.last_error_class,
     updated_at = %(now)s
-WHERE id = %(flag_id)s
-RETURNING id, flag_key, environment, enabled, rollout_percentage
+FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(retry_counts)s::integer[],
+            %(next_retry_at)s::timestamptz[], %(last_errors)s::text[],
+            %(error_classes)s::text[])
+     AS v(id, status, retry_count, next_retry_at, last_error, last_error_class)
+WHERE s.id = v.id
 """
 
-# Records a successful application; retry_count stays so history shows it needed retries.
-MARK_APPLIED = """
-UPDATE feature_flag_schedules
-SET status = 'applied', applied_at = %(now)s, next_retry_at = NULL, last_error = NULL,
-    last_error_class = NULL, updated_at = %(now)s
-WHERE id = %(schedule_id)s
-"""
-
-# Records that later-scheduled changes already set every field this schedule would set.
-MARK_SUPERSEDED = """
-UPDATE feature_flag_schedules
-SET status = 'superseded', next_retry_at = NULL, last_error = NULL, last_error_class = NULL,
-    updated_at = %(now)s
-WHERE id = %(schedule_id)s
-"""
-
-# Records a retryable failure and when the next attempt is due.
-MARK_RETRY_SCHEDULED = """
-UPDATE feature_flag_schedules
-SET status = 'failed', retry_count = %(retry_count)s, next_retry_at = %(next_retry_at)s,
-    last_error = %(last_error)s, last_error_class = %(error_class)s, updated_at = %(now)s
-WHERE id = %(schedule_id)s
-"""
-
-# Records a failure that will not be retried automatically.
-MARK_FAILED_PERMANENTLY = """
-UPDATE feature_flag_schedules
-SET status = 'failed', next_retry_at = NULL, last_error = %(last_error)s,
-    last_error_class = %(error_class)s, updated_at = %(now)s
-WHERE id = %(schedule_id)s
+# Appends the history rows of a batch, in the transaction of the outcomes they record.
+INSERT_ATTEMPTS = """
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, error_class, error, request_id)
+SELECT v.schedule_id, v.attempt, %(started_at)s, %(finished_at)s, v.outcome, v.error_class,
+       v.error, %(request_id)s
+FROM unnest(%(ids)s::uuid[], %(attempts)s::integer[], %(outcomes)s::text[],
+            %(error_classes)s::text[], %(errors)s::text[])
+     AS v(schedule_id, attempt, outcome, error_class, error)
 """
 
 # Appends one row to a schedule's history, in the transaction of the outcome it records.

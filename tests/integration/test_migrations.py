@@ -121,6 +121,7 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "ck_feature_flag_schedules_max_retries_range",
         "ix_feature_flag_schedules_due_at",
         "ix_feature_flag_schedules_flag_id_scheduled_at",
+        "ix_feature_flag_schedules_applied_flag_id_scheduled_at",
         "ck_feature_flag_schedules_last_error_class_valid",
         "pk_feature_flag_schedule_attempts",
         "fk_feature_flag_schedule_attempts_schedule_id",

@@ -295,18 +295,37 @@ def test_no_work_starts_when_the_time_budget_is_below_the_margin(
     assert schedule_row(conn, schedule).status == "pending"
 
 
-def test_time_running_out_mid_batch_leaves_the_rest_due(
+def test_time_running_out_between_batches_leaves_the_rest_due(
     database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:
     flags = [catalog.create_flag(f"flag-{i}") for i in range(10)]
     for flag in flags:
         catalog.create_schedule(flag, T0, {"enabled": True})
-    budget = iter([60_000] * 5 + [0] * 100)  # the run check, then 4 schedules, then none left
+    budget = iter([60_000] + [0] * 100)  # enough for one batch, then none left
 
-    summary = run_service(database_url, T0, remaining_ms=lambda: next(budget))
+    summary = run_service(database_url, T0, batch_size=4, remaining_ms=lambda: next(budget))
 
     assert summary.stopped_for_time
-    assert summary.applied == 4
+    assert (summary.batches, summary.applied) == (1, 4)
     statuses = [r[0] for r in conn.execute("SELECT status FROM feature_flag_schedules")]
     assert sorted(statuses) == ["applied"] * 4 + ["pending"] * 6
     assert run_service(database_url, T0).applied == 6
+
+
+def test_time_running_out_in_the_per_schedule_fallback_leaves_the_rest_due(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    flags = [catalog.create_flag(f"flag-{i}") for i in range(10)]
+    for flag in flags:
+        catalog.create_schedule(flag, T0, {"enabled": True})
+    # One poisoned flag makes the batch's bulk write fail: it falls back to one savepoint
+    # per schedule, which checks the time before each.
+    fault_injection.set_fault(conn, flags[0], "40001")
+    budget = iter([60_000] * 4 + [0] * 100)  # the run, then 3 schedules
+
+    summary = run_service(database_url, T0, batch_size=10, remaining_ms=lambda: next(budget))
+
+    assert summary.stopped_for_time
+    statuses = [r[0] for r in conn.execute("SELECT status FROM feature_flag_schedules")]
+    assert statuses.count("pending") == 7
+    assert summary.applied + summary.retried == 3

@@ -49,12 +49,13 @@ RetryLimit = Annotated[int, Field(ge=0, le=10)]
 class Settings(BaseModel):
     """Everything the scheduler can be configured with."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # defer_build: the validator is built on first use, not at import (cold start).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
     # Kept out of repr: it may hold a password, and settings end up in logs and tracebacks.
     database_url: str | None = Field(default=None, repr=False)
     max_retries: RetryLimit = 3
-    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
     # Stop starting work when the invocation has less than this left before its timeout.
     time_margin_seconds: Annotated[int, Field(ge=1, le=900)] = 10
     backoff_base_seconds: Annotated[int, Field(ge=1, le=86_400)] = 120

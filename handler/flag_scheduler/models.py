@@ -21,7 +21,8 @@ class FlagUpdates(BaseModel):
     """A schedule's `updates` document: the flag fields it sets."""
 
     # strict: JSON `1` is not a boolean and `50.0` or `"50"` is not a percentage.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # defer_build: the validator is built on first use, not at import (cold start).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
     enabled: bool | None = None
     rollout_percentage: Annotated[int, Field(ge=0, le=100)] | None = None

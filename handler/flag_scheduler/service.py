@@ -91,7 +91,7 @@ class RunPolicy:
     """The knobs of one run, taken from Settings by the entry point."""
 
     max_retries: int = 3
-    batch_size: int = 500
+    batch_size: int = 1000
     time_margin_ms: int = 10_000
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     lock_timeout_ms: int = 5_000
@@ -219,7 +219,8 @@ def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[S
     """Decide and write a claimed batch; returns outcomes in processing order."""
     # Flag rows are locked in flag_id order by every run, so two runs never wait on each
     # other in a cycle; within a flag, oldest-scheduled first.
-    ordered = sorted(batch, key=lambda s: (s.flag_id, s.scheduled_at, s.id))
+    # (UUID.int orders like PostgreSQL's uuid, and compares far faster than UUID objects.)
+    ordered = sorted(batch, key=lambda s: (s.flag_id.int, s.scheduled_at, s.id.int))
     try:
         with run.repository.savepoint():
             return _apply_group(run, ordered, now)

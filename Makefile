@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run invoke install test lint typecheck pytest lock clean
+.PHONY: run invoke install test lint typecheck pytest lock bench clean
 
 # The main job on a throwaway embedded PostgreSQL: the real handler under a simulated clock.
 run: $(STAMP)
@@ -44,6 +44,11 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.13 \
 		--python-platform aarch64-manylinux_2_28 --generate-hashes --quiet \
 		-o handler/requirements.txt
+
+# The benchmark (not part of test): the handler draining a backlog against the SQL floor.
+# Prints a Markdown table; figures also go to bench-results/latest.json. Takes a few minutes.
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .flag-scheduler .mypy_cache .ruff_cache .pytest_cache

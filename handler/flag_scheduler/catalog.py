@@ -221,18 +221,14 @@ class Catalog:
             NotFound: no such schedule.
             StateConflict: the schedule is not permanently failed; says what it is.
         """
-        with self._conn.transaction():
-            row = self._conn.execute(
-                sql.REQUEUE_SCHEDULE, {"schedule_id": schedule_id, "now": now}
-            ).fetchone()
-            if row is None:
-                current = self.get_schedule(schedule_id)
-                raise StateConflict(
-                    f"schedule {schedule_id} is {_describe_state(current)};"
-                    " only a permanently failed or expired schedule can be retried by hand"
-                )
-            self._record_action(schedule_id, "requeued", now, actor)
-        return self.get_schedule(schedule_id)
+        return self._operator_action(
+            sql.REQUEUE_SCHEDULE,
+            schedule_id,
+            outcome="requeued",
+            allowed="only a permanently failed or expired schedule can be retried by hand",
+            now=now,
+            actor=actor,
+        )
 
     def cancel(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
         """Cancel a pending or waiting-for-retry schedule.
@@ -244,17 +240,39 @@ class Catalog:
             NotFound: no such schedule.
             StateConflict: the schedule is no longer pending or waiting; says what it is.
         """
+        return self._operator_action(
+            sql.CANCEL_SCHEDULE,
+            schedule_id,
+            outcome="cancelled",
+            allowed="only a pending or waiting-for-retry schedule can be cancelled",
+            now=now,
+            actor=actor,
+        )
+
+    def _operator_action(
+        self,
+        statement: str,
+        schedule_id: UUID,
+        *,
+        outcome: str,
+        allowed: str,
+        now: datetime,
+        actor: str,
+    ) -> ScheduleView:
+        """Run a state change that matches only allowed states, and its history row, together.
+
+        Raises:
+            NotFound: no such schedule.
+            StateConflict: the schedule's state does not allow it (`allowed` says which does).
+        """
         with self._conn.transaction():
-            row = self._conn.execute(
-                sql.CANCEL_SCHEDULE, {"schedule_id": schedule_id, "now": now}
-            ).fetchone()
+            row = self._conn.execute(statement, {"schedule_id": schedule_id, "now": now}).fetchone()
             if row is None:
                 current = self.get_schedule(schedule_id)
                 raise StateConflict(
-                    f"schedule {schedule_id} is {_describe_state(current)};"
-                    " only a pending or waiting-for-retry schedule can be cancelled"
+                    f"schedule {schedule_id} is {_describe_state(current)}; {allowed}"
                 )
-            self._record_action(schedule_id, "cancelled", now, actor)
+            self._record_action(schedule_id, outcome, now, actor)
         return self.get_schedule(schedule_id)
 
     def _record_action(self, schedule_id: UUID, outcome: str, now: datetime, actor: str) -> None:

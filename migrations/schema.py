@@ -120,6 +120,7 @@ feature_flag_schedules = Table(
         "ix_feature_flag_schedules_applied_flag_id_scheduled_at",
         "flag_id",
         "scheduled_at",
+        "id",
         postgresql_where=text("status = 'applied'"),
     ),
 )

@@ -131,11 +131,17 @@ class ScheduleRepository:
         rows = self._execute(sql.LOCK_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
         return {row[0]: FlagState(*row) for row in rows}
 
-    def applied_since(self, since_by_flag: Mapping[UUID, datetime]) -> list[AppliedSchedule]:
-        """Applied schedules of each flag scheduled at or after the time given for it."""
+    def applied_since(
+        self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]
+    ) -> list[AppliedSchedule]:
+        """Applied schedules of each flag ordered after the (scheduled_at, id) given for it."""
         rows = self._execute(
             sql.APPLIED_SINCE,
-            {"flag_ids": list(since_by_flag), "since": list(since_by_flag.values())},
+            {
+                "flag_ids": list(since_by_flag),
+                "since": [since for since, _ in since_by_flag.values()],
+                "since_ids": [since_id for _, since_id in since_by_flag.values()],
+            },
         ).fetchall()
         return [AppliedSchedule(row[0], row[1], row[2], tuple(row[3])) for row in rows]
 

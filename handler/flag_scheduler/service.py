@@ -60,7 +60,9 @@ class ScheduleRepository(Protocol):
 
     def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]: ...
 
-    def applied_since(self, since_by_flag: Mapping[UUID, datetime]) -> list[AppliedSchedule]: ...
+    def applied_since(
+        self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]
+    ) -> list[AppliedSchedule]: ...
 
     def write_flags(self, flags: Sequence[FlagState], now: datetime) -> None: ...
 
@@ -262,7 +264,8 @@ def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list
     # a later schedule to one of them has committed by the time its lock is granted, and
     # the next statement's snapshot sees it.
     flags = repository.lock_flags(flag_ids)
-    since = {s.flag_id: s.scheduled_at for s in reversed(schedules)}  # oldest per flag
+    # The first (oldest) schedule of each flag: only applied ones ordered after it matter.
+    since = {s.flag_id: (s.scheduled_at, s.id) for s in reversed(schedules)}
     marks: dict[UUID, dict[str, tuple[datetime, UUID]]] = {}
     for applied in repository.applied_since(since):
         flag_marks = marks.setdefault(applied.flag_id, {})

@@ -37,17 +37,19 @@ ORDER BY id
 FOR NO KEY UPDATE
 """
 
-# Applied schedules of each flag scheduled at or after the given time, with the fields
-# they name: what a schedule scheduled earlier must not overwrite.
+# Applied schedules of each flag ordered after the given (scheduled_at, id), with the
+# fields they name: what a schedule ordered earlier must not overwrite.
 APPLIED_SINCE = """
 SELECT b.flag_id, a.scheduled_at, a.id,
        CASE WHEN jsonb_typeof(a.updates) = 'object'
             THEN ARRAY(SELECT jsonb_object_keys(a.updates)) ELSE '{}' END AS fields
-FROM unnest(%(flag_ids)b::uuid[], %(since)b::timestamptz[]) AS b(flag_id, since)
+FROM unnest(%(flag_ids)b::uuid[], %(since)b::timestamptz[], %(since_ids)b::uuid[])
+     AS b(flag_id, since, since_id)
 CROSS JOIN LATERAL (
     SELECT s.scheduled_at, s.id, s.updates
     FROM feature_flag_schedules AS s
-    WHERE s.flag_id = b.flag_id AND s.status = 'applied' AND s.scheduled_at >= b.since
+    WHERE s.flag_id = b.flag_id AND s.status = 'applied'
+      AND (s.scheduled_at, s.id) > (b.since, b.since_id)
     -- OFFSET 0 keeps this a per-flag index range scan: flattened into a join, the planner
     -- cannot estimate the range and hashes every applied row of the table instead.
     OFFSET 0

@@ -19,12 +19,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # "Applied schedules of this flag scheduled after t" (the supersede check) reads only
-    # applied rows, however many pending or failed ones a flag has.
+    # "Applied schedules of this flag after (scheduled_at, id)" (the supersede check) reads
+    # only applied rows, however many pending or failed ones a flag has, and only later ones
+    # even when many share one scheduled_at.
     op.create_index(
         op.f("ix_feature_flag_schedules_applied_flag_id_scheduled_at"),
         "feature_flag_schedules",
-        ["flag_id", "scheduled_at"],
+        ["flag_id", "scheduled_at", "id"],
         postgresql_where=sa.text("status = 'applied'"),
     )
 

@@ -312,6 +312,10 @@ def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list
     if changed:
         repository.write_flags(list(changed.values()), now)
     repository.write_outcomes(outcomes, now=now, finished_at=run.clock(), request_id=run.request_id)
+    # A flag that took its change breaks a streak of failures: not an outage. (A group holds
+    # no retryable failure: those abort the group, and the fallback retries one by one.)
+    if any(o.outcome in ("applied", "superseded") for o in outcomes):
+        run.streak.succeeded()
     return outcomes
 
 
@@ -379,7 +383,6 @@ def _report(run: _Run, outcomes: list[ScheduleOutcome], notifier: Notifier, now:
     for outcome in outcomes:
         schedule = outcome.schedule
         if outcome.outcome == "applied":
-            run.streak.succeeded()
             assert outcome.change is not None
             changes.append(outcome.change)
             summary.applied += 1
@@ -398,7 +401,6 @@ def _report(run: _Run, outcomes: list[ScheduleOutcome], notifier: Notifier, now:
                     },
                 )
         elif outcome.outcome == "superseded":
-            run.streak.succeeded()
             summary.superseded += 1
             logger.info("schedule_superseded", extra=_log_fields(schedule))
         elif outcome.outcome == "retry_scheduled":

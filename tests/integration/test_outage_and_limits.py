@@ -121,3 +121,19 @@ def test_the_database_url_never_shows_in_the_settings_repr() -> None:
     settings = Settings.from_env({"DATABASE_URL": "postgresql://app:hunter2@db/flags"})
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings)
+
+
+def test_successes_between_failures_break_the_streak(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    # In id order (the order a run takes flags): fail, apply, fail, apply, fail, apply.
+    flags = sorted(catalog.create_flag(f"flag-{i}") for i in range(6))
+    for i, flag in enumerate(flags):
+        catalog.create_schedule(flag, T0, {"enabled": True})
+        if i % 2 == 0:
+            fault_injection.set_fault(conn, flag, "40001")
+
+    summary = run_service(database_url, T0, outage_threshold=3)
+
+    assert (summary.retried, summary.applied) == (3, 3)
+    assert (summary.batches, summary.claimed) == (1, 6)  # no early stop either

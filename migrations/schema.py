@@ -106,6 +106,10 @@ feature_flag_schedules = Table(
         name="status_valid",
     ),
     CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+    CheckConstraint(
+        "scheduled_at >= '0001-01-02 00:00:00+00' AND scheduled_at < '9999-12-31 00:00:00+00'",
+        name="scheduled_at_in_range",
+    ),
     CheckConstraint(_in("last_error_class", ERROR_CLASSES), name="last_error_class_valid"),
     CheckConstraint(
         "max_retries IS NULL OR max_retries BETWEEN 0 AND 10", name="max_retries_range"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,14 @@ class FlagView:
     updated_at: datetime
 
 
+def _readable(updates_text: str) -> object:
+    """The decoded `updates`, or its raw text when no decoder can read it (nested too deep)."""
+    try:
+        return json.loads(updates_text)
+    except (ValueError, RecursionError):
+        return updates_text
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleView:
     """A schedule as an operator sees it."""
@@ -44,6 +53,12 @@ class ScheduleView:
     last_error: str | None
     last_error_class: str | None
     requeued_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ScheduleView:
+        values = list(row)
+        values[5] = _readable(values[5])
+        return cls(*values)
 
     @property
     def state(self) -> str:
@@ -201,14 +216,14 @@ class Catalog:
                 "limit": limit,
             },
         )
-        return [ScheduleView(*row) for row in rows]
+        return [ScheduleView.from_row(row) for row in rows]
 
     def get_schedule(self, schedule_id: UUID) -> ScheduleView:
         """Raises NotFound when there is no such schedule."""
         row = self._conn.execute(sql.GET_SCHEDULE, {"schedule_id": schedule_id}).fetchone()
         if row is None:
             raise NotFound(f"no schedule with id {schedule_id}")
-        return ScheduleView(*row)
+        return ScheduleView.from_row(row)
 
     def history(self, schedule_id: UUID) -> list[HistoryEntry]:
         rows = self._conn.execute(sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id})

@@ -132,7 +132,7 @@ def run_invocation(
         request_id=getattr(context, "aws_request_id", None),
         progress=progress,
     )
-    retry_backlog = repository.count_retry_backlog()
+    retry_backlog = _retry_backlog(repository, settings)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
 
     for name, value in (
@@ -145,7 +145,8 @@ def run_invocation(
         ("SchedulesSuperseded", summary.superseded),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
+    if retry_backlog is not None:
+        metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
     undelivered = notifier.take_failures()
     metrics.add_metric(name="AlertPublishFailures", unit=MetricUnit.Count, value=undelivered.alerts)
     metrics.add_metric(name="FlagEventFailures", unit=MetricUnit.Count, value=undelivered.events)
@@ -156,6 +157,16 @@ def run_invocation(
     result = {**summary.as_dict(), "retry_backlog": retry_backlog, "duration_ms": duration_ms}
     logger.info("run_completed", extra=result)
     return result
+
+
+def _retry_backlog(repository: ScheduleRepository, settings: Settings) -> int | None:
+    """The retry backlog, or None: the run's work is committed, so a failure here is only
+    a missing gauge, never a failed invocation."""
+    try:
+        return repository.count_retry_backlog(statement_timeout_ms=settings.statement_timeout_ms)
+    except FlagSchedulerError as exc:
+        logger.warning("retry_backlog_unavailable", extra={"error": str(exc)})
+        return None
 
 
 def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, Any]:

@@ -89,7 +89,7 @@ class DueSchedule:
     environment: str
     scheduled_at: datetime
     status: str
-    updates: object
+    updates: str | None  # the JSON text; None when over the size limit (not fetched)
     retry_count: int
     max_retries: int | None
     requeued_at: datetime | None = None

@@ -221,7 +221,14 @@ class ScheduleRepository:
             },
         )
 
-    def count_retry_backlog(self) -> int:
-        """How many schedules are waiting for a retry."""
-        row = self._execute(sql.COUNT_RETRY_BACKLOG).fetchone()
+    def count_retry_backlog(self, *, statement_timeout_ms: int) -> int:
+        """How many schedules are waiting for a retry.
+
+        Raises:
+            FlagSchedulerError: the count failed or took longer than the statement timeout.
+        """
+        with self.transaction(
+            lock_timeout_ms=statement_timeout_ms, statement_timeout_ms=statement_timeout_ms
+        ):
+            row = self._execute(sql.COUNT_RETRY_BACKLOG).fetchone()
         return int(row[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -137,6 +138,9 @@ class _Run:
     remaining_ms: Callable[[], int]
     summary: RunSummary = field(default_factory=RunSummary)
     streak: _FailureStreak = field(default_factory=_FailureStreak)
+    # Schedules whose outcome could not be written this run: re-claiming only them again
+    # would loop until the time budget ran out.
+    unrecordable: set[UUID] = field(default_factory=set)
 
 
 def process_due_schedules(
@@ -187,6 +191,8 @@ def process_due_schedules(
         ):
             batch = repository.claim_due(now, policy.batch_size)
             if not batch:
+                break
+            if all(schedule.id in run.unrecordable for schedule in batch):
                 break
             summary.batches += 1
             summary.claimed += len(batch)
@@ -243,10 +249,25 @@ def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[S
             raise
         except ScheduleFailure as failure:
             outcome = _failure_outcome(run, schedule, failure, now)
-            run.repository.write_outcomes(
-                [outcome], now=now, finished_at=run.clock(), request_id=run.request_id
-            )
-            outcomes.append(outcome)
+            try:
+                with run.repository.savepoint():
+                    run.repository.write_outcomes(
+                        [outcome], now=now, finished_at=run.clock(), request_id=run.request_id
+                    )
+                outcomes.append(outcome)
+            except DatabaseUnavailable:
+                raise
+            except ScheduleFailure as unrecordable:
+                # Left untouched: still due and not charged; its neighbours still commit.
+                run.unrecordable.add(schedule.id)
+                logger.error(
+                    "schedule_outcome_unrecordable",
+                    extra={
+                        **_log_fields(schedule),
+                        "error_class": unrecordable.error_class,
+                        "error": str(unrecordable)[:MAX_ERROR_LENGTH],
+                    },
+                )
         if run.streak.is_outage(run.policy.outage_threshold):
             break  # the untried rest of the batch unlocks at commit, uncharged
     return outcomes
@@ -278,23 +299,25 @@ def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list
     changed: dict[UUID, FlagState] = {}
     for schedule in schedules:
         state = changed.get(schedule.flag_id) or flags.get(schedule.flag_id)
-        try:
-            updates = _validate(schedule, now, run.policy)
-            if state is None:
-                raise FlagMissing(f"flag {schedule.flag_id} does not exist")
-        except ScheduleFailure as failure:
-            outcomes.append(_failure_outcome(run, schedule, failure, now))
-            continue
         flag_marks = marks.setdefault(schedule.flag_id, {})
         order = (schedule.scheduled_at, schedule.id)
-        fields = {
-            name: value
-            for name, value in updates.fields().items()
-            if name not in flag_marks or flag_marks[name] < order
-        }
         attempt = schedule.retry_count + 1
-        if not fields:
-            outcomes.append(ScheduleOutcome(schedule, "superseded", "superseded", attempt))
+        try:
+            updates = _validate(schedule)
+            if state is None:
+                raise FlagMissing(f"flag {schedule.flag_id} does not exist")
+            fields = {
+                name: value
+                for name, value in updates.fields().items()
+                if name not in flag_marks or flag_marks[name] < order
+            }
+            if not fields:
+                # Nothing left to set, however late: superseded, not an expiry alert.
+                outcomes.append(ScheduleOutcome(schedule, "superseded", "superseded", attempt))
+                continue
+            _refuse_if_expired(schedule, now, run.policy)
+        except ScheduleFailure as failure:
+            outcomes.append(_failure_outcome(run, schedule, failure, now))
             continue
         before = state.fields()
         state = state.with_fields(fields)
@@ -319,25 +342,35 @@ def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list
     return outcomes
 
 
-def _validate(schedule: DueSchedule, now: datetime, policy: RunPolicy) -> FlagUpdates:
-    """The schedule's updates, unless it is too late, too large or invalid.
+def _validate(schedule: DueSchedule) -> FlagUpdates:
+    """The schedule's updates, unless the document is too large, undecodable or invalid.
 
     Raises:
-        ScheduleExpired: later than the lateness limit allows.
-        InvalidUpdates: the document is over the size limit or not a valid updates object.
+        InvalidUpdates: saying what is wrong with the document.
     """
-    if policy.max_lateness_seconds:
-        # A schedule requeued by hand gets a fresh window from the moment it was requeued.
-        due_since = schedule.requeued_at or schedule.scheduled_at
-        if now - due_since > timedelta(seconds=policy.max_lateness_seconds):
-            raise ScheduleExpired(
-                f"not applied within {policy.max_lateness_seconds} s of {due_since.isoformat()}"
-            )
-    if schedule.updates_bytes > MAX_UPDATES_BYTES:
+    if schedule.updates_bytes > MAX_UPDATES_BYTES or schedule.updates is None:
         raise InvalidUpdates(
             f"updates is {schedule.updates_bytes} bytes; the limit is {MAX_UPDATES_BYTES}"
         )
-    return FlagUpdates.from_document(schedule.updates)
+    try:
+        document = json.loads(schedule.updates)
+    except (ValueError, RecursionError) as exc:
+        # Valid JSONB can still defeat a decoder (nested thousands deep): that is this
+        # schedule's problem, never a reason to fail the whole batch.
+        raise InvalidUpdates(f"updates cannot be decoded: {type(exc).__name__}") from None
+    return FlagUpdates.from_document(document)
+
+
+def _refuse_if_expired(schedule: DueSchedule, now: datetime, policy: RunPolicy) -> None:
+    """Raise ScheduleExpired when the change is later than the lateness limit allows."""
+    if not policy.max_lateness_seconds:
+        return
+    # A schedule requeued by hand gets a fresh window from the moment it was requeued.
+    due_since = schedule.requeued_at or schedule.scheduled_at
+    if now - due_since > timedelta(seconds=policy.max_lateness_seconds):
+        raise ScheduleExpired(
+            f"not applied within {policy.max_lateness_seconds} s of {due_since.isoformat()}"
+        )
 
 
 def _failure_outcome(
@@ -352,13 +385,17 @@ def _failure_outcome(
     if failure.retryable:
         run.streak.failed(schedule.flag_id, failure.error_class, last_error)
     if failure.retryable and schedule.retry_count < limit:
+        # From the moment of failure, not the batch's start: a fallback slowed by lock
+        # timeouts must not commit retries that are already due.
+        failed_at = max(run.clock(), now)
         return ScheduleOutcome(
             schedule,
             "failed",
             "retry_scheduled",
             attempt,
             retry_count=schedule.retry_count + 1,
-            next_retry_at=now + retry_delay(policy.backoff, schedule.retry_count, schedule.id),
+            next_retry_at=failed_at
+            + retry_delay(policy.backoff, schedule.retry_count, schedule.id),
             error_class=failure.error_class,
             error=message,
             max_retries=limit,

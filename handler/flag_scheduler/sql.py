@@ -9,12 +9,13 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
 """
 
 # Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped.
-# An `updates` document over the size limit is not even fetched: only its size is.
+# `updates` comes as text, decoded per schedule (a document no decoder can read must fail
+# its own schedule, not the claim); over the size limit it is not even fetched.
 # `due_at` is a generated column (pending: scheduled_at, failed: next_retry_at) with a
 # partial index, so this stays an index scan however many finished rows the table holds.
 CLAIM_DUE_SCHEDULES = """
 SELECT s.id, s.flag_id, f.flag_key, f.environment, s.scheduled_at, s.status,
-       CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s THEN s.updates END,
+       CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s THEN s.updates::text END,
        s.retry_count, s.max_retries, s.requeued_at, octet_length(s.updates::text)
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
@@ -114,11 +115,11 @@ ON CONFLICT (id) DO UPDATE SET
     last_summary = EXCLUDED.last_summary
 """
 
-# Counts schedules waiting for a retry.
+# Counts schedules waiting for a retry (`due_at IS NOT NULL` lets it use the due index).
 COUNT_RETRY_BACKLOG = """
 SELECT count(*)
 FROM feature_flag_schedules
-WHERE status = 'failed' AND next_retry_at IS NOT NULL
+WHERE due_at IS NOT NULL AND status = 'failed'
 """
 
 # Cheap liveness check of a cached connection.
@@ -142,7 +143,7 @@ RETURNING id
 
 # Schedules with their flag's identity, filtered; NULL filters match everything.
 LIST_SCHEDULES = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text, s.applied_at,
        s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
        s.requeued_at
 FROM feature_flag_schedules AS s
@@ -157,7 +158,7 @@ LIMIT %(limit)s
 
 # One schedule with its flag's identity.
 GET_SCHEDULE = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates, s.applied_at,
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text, s.applied_at,
        s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
        s.requeued_at
 FROM feature_flag_schedules AS s

@@ -123,6 +123,7 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "ix_feature_flag_schedules_flag_id_scheduled_at",
         "ix_feature_flag_schedules_applied_flag_id_scheduled_at",
         "ck_feature_flag_schedules_last_error_class_valid",
+        "ck_feature_flag_schedules_scheduled_at_in_range",
         "pk_feature_flag_schedule_attempts",
         "fk_feature_flag_schedule_attempts_schedule_id",
         "ck_feature_flag_schedule_attempts_outcome_valid",
@@ -144,12 +145,24 @@ def test_contract_constraints_reject_bad_rows(conn: psycopg.Connection[Any]) -> 
     ).fetchone()[0]  # type: ignore[index]
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("INSERT INTO feature_flags (flag_key) VALUES ('x')")
-    for column, value in (("status", "'done'"), ("max_retries", "11"), ("retry_count", "-1")):
+    for column, value in (
+        ("status", "'done'"),
+        ("max_retries", "11"),
+        ("retry_count", "-1"),
+    ):
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(
                 "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, "
                 f"{column}) VALUES (%s, now(), '{{}}', {value})",
                 (flag_id,),
+            )
+    # Real timestamptz values no client can load: refused rather than blocking every claim.
+    for moment in ("-infinity", "infinity", "0044-03-15 BC"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates)"
+                " VALUES (%s, %s::timestamptz, '{}')",
+                (flag_id, moment),
             )
 
 

@@ -137,3 +137,55 @@ def test_successes_between_failures_break_the_streak(
 
     assert (summary.retried, summary.applied) == (3, 3)
     assert (summary.batches, summary.claimed) == (1, 6)  # no early stop either
+
+
+def test_a_document_no_decoder_can_read_fails_alone_and_stays_listable(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    # Valid JSONB under 4 KiB, nested ~2,000 deep: Python's decoder gives up on it. Claimed
+    # first (oldest), it must fail on its own, not fail every claim forever.
+    flag = catalog.create_flag("banner")
+    deep = '{"enabled": true, "x": ' + "[" * 1990 + "]" * 1990 + "}"
+    row = conn.execute(
+        "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates)"
+        " VALUES (%s, %s, %s::jsonb) RETURNING id",
+        (flag, T0 - timedelta(hours=1), deep),
+    ).fetchone()
+    assert row is not None
+    good = catalog.create_schedule(catalog.create_flag("other"), T0, {"enabled": True})
+
+    summary = run_service(database_url, T0)
+
+    bad = schedule_row(conn, row[0])
+    assert (bad.status, bad.last_error) == (
+        "failed",
+        "invalid_updates: updates cannot be decoded: RecursionError",
+    )
+    assert schedule_row(conn, good).status == "applied"
+    assert (summary.applied, summary.failed_permanently) == (1, 1)
+    listed = {s.id: s for s in catalog.schedules()}  # the operator can still see it
+    assert isinstance(listed[row[0]].updates, str)
+
+
+def test_a_failure_that_cannot_be_recorded_leaves_that_schedule_due_and_the_rest_committed(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    broken = catalog.create_flag("broken")
+    fine = catalog.create_flag("fine")
+    stuck = catalog.create_schedule(broken, T0, {"enabled": True})
+    applied = catalog.create_schedule(fine, T0, {"enabled": True})
+    fault_injection.set_fault(conn, broken, "40001")
+    # Recording its retry fails too (as a misbehaving trigger on the history would).
+    conn.execute(
+        "ALTER TABLE feature_flag_schedule_attempts ADD CONSTRAINT no_retries"
+        " CHECK (outcome <> 'retry_scheduled')"
+    )
+
+    summary = run_service(database_url, T0)  # and it ends: no loop re-claiming `stuck`
+
+    assert (schedule_row(conn, stuck).status, schedule_row(conn, stuck).retry_count) == (
+        "pending",
+        0,
+    )
+    assert schedule_row(conn, applied).status == "applied"
+    assert (summary.applied, summary.retried, summary.batches) == (1, 0, 1)

@@ -12,6 +12,9 @@ import pytest
 from flag_scheduler import fault_injection
 from flag_scheduler.backoff import BackoffPolicy, retry_delay
 from flag_scheduler.catalog import Catalog
+from flag_scheduler.notifier import NullNotifier
+from flag_scheduler.repository import ScheduleRepository
+from flag_scheduler.service import RunPolicy, process_due_schedules
 from tests.support import T0, flag_fields, history, run_service, schedule_row
 
 TRANSIENT = [
@@ -329,3 +332,31 @@ def test_time_running_out_in_the_per_schedule_fallback_leaves_the_rest_due(
     statuses = [r[0] for r in conn.execute("SELECT status FROM feature_flag_schedules")]
     assert statuses.count("pending") == 7
     assert summary.applied + summary.retried == 3
+
+
+def test_a_retry_is_timed_from_the_failure_not_from_the_batch_start(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    flag = catalog.create_flag("checkout")
+    schedule = catalog.create_schedule(flag, T0, {"enabled": True})
+    fault_injection.set_fault(conn, flag, "55P03")
+    ticks = itertools.count()
+    policy = RunPolicy(backoff=BackoffPolicy(jitter_seconds=0), time_margin_ms=1)
+    with psycopg.connect(database_url, autocommit=True) as scheduler:
+        process_due_schedules(
+            ScheduleRepository(scheduler),
+            NullNotifier(),
+            clock=lambda: T0 + timedelta(seconds=next(ticks)),  # each reading 1 s later
+            remaining_ms=lambda: 60_000,
+            policy=policy,
+        )
+
+    started = conn.execute(
+        "SELECT started_at FROM feature_flag_schedule_attempts WHERE schedule_id = %s",
+        (schedule,),
+    ).fetchone()
+    row = schedule_row(conn, schedule)
+    assert started is not None
+    assert row.next_retry_at is not None
+    # The batch started at `started`; the failure was noticed later, and counts from then.
+    assert row.next_retry_at - started[0] > timedelta(seconds=120)

@@ -19,7 +19,12 @@ invoke: $(STAMP)
 test: lint typecheck check-template pytest
 
 pytest: $(STAMP)
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 -m "not soak" $(PYTEST_ARGS)
+
+# The long runs: 100,000 schedules under random faults drained by 4 invokers (prints the
+# report line), and the model-based test at length.
+soak: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider -m soak -s tests/reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

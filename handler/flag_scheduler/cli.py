@@ -248,6 +248,9 @@ def _operate(args: argparse.Namespace) -> tuple[str, Any]:
 
     with _database_url(args) as url:
         if args.command == "migrate":
+            from flag_scheduler.local import migrate
+
+            migrate(url)  # (the embedded server is already migrated: then a no-op)
             return "database is at the newest schema", {"migrated": True}
         conn = db.connect(url, application_name="flag-scheduler-cli")
         try:

@@ -25,11 +25,6 @@ def empty_database(server_url: str, worker_id: str) -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CLI bug: with DATABASE_URL set, `migrate` reports 'database is at the newest"
-    " schema' without running Alembic (cli._database_url migrates only the embedded server)",
-)
 def test_migrate_with_database_url_creates_the_schema(empty_database: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "flag_scheduler.cli", "migrate"],

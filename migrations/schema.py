@@ -119,14 +119,7 @@ feature_flag_schedules = Table(
         "due_at",
         postgresql_where=text("due_at IS NOT NULL"),
     ),
-    Index("ix_feature_flag_schedules_flag_id_scheduled_at", "flag_id", "scheduled_at"),
-    Index(
-        "ix_feature_flag_schedules_applied_flag_id_scheduled_at",
-        "flag_id",
-        "scheduled_at",
-        "id",
-        postgresql_where=text("status = 'applied'"),
-    ),
+    Index("ix_feature_flag_schedules_flag_id_scheduled_at_id", "flag_id", "scheduled_at", "id"),
 )
 
 ATTEMPT_OUTCOMES = (

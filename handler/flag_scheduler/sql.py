@@ -51,8 +51,9 @@ CROSS JOIN LATERAL (
     FROM feature_flag_schedules AS s
     WHERE s.flag_id = b.flag_id AND s.status = 'applied'
       AND (s.scheduled_at, s.id) > (b.since, b.since_id)
-    -- OFFSET 0 keeps this a per-flag index range scan: flattened into a join, the planner
-    -- cannot estimate the range and hashes every applied row of the table instead.
+    -- OFFSET 0 keeps this a per-flag index range scan on (flag_id, scheduled_at, id):
+    -- flattened into a join, the planner cannot estimate the range and hashes every
+    -- applied row of the table instead.
     OFFSET 0
 ) AS a
 """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -90,3 +92,17 @@ def _reset_handler_state() -> Iterator[None]:
     if handler is not None:
         handler.reset_container()
         handler.metrics.clear_metrics()
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    """What the handler's Powertools Logger writes during the test (it keeps the stream it
+    had at import, so capsys cannot see it)."""
+    from flag_scheduler import handler
+
+    stream = handler.logger.registered_handler
+    assert isinstance(stream, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = stream.setStream(buffer)
+    yield buffer
+    stream.setStream(previous)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,14 +48,8 @@ class Output:
 
 
 @pytest.fixture
-def output(capsys: pytest.CaptureFixture[str]) -> Iterator[Output]:
-    # The Logger holds the stdout of import time; give it a buffer of this test's own.
-    stream = handler.logger.registered_handler
-    assert isinstance(stream, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = stream.setStream(buffer)
-    yield Output(buffer, capsys)
-    stream.setStream(previous)
+def output(logs: io.StringIO, capsys: pytest.CaptureFixture[str]) -> Output:
+    return Output(logs, capsys)
 
 
 def _due_now(catalog: Catalog, key: str = "banner") -> Any:

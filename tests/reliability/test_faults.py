@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,16 +24,6 @@ from flag_scheduler.repository import ScheduleRepository
 from flag_scheduler.service import RunPolicy, process_due_schedules
 from tests.reliability import invariants
 from tests.support import T0, flag_fields, history, run_service, schedule_row
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    stream = handler.logger.registered_handler
-    assert isinstance(stream, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = stream.setStream(buffer)
-    yield buffer
-    stream.setStream(previous)
 
 
 def _events(logs: io.StringIO) -> list[dict[str, Any]]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,16 +35,6 @@ HOSTILE_TEXT = [
 ]
 # No NUL (PostgreSQL text cannot hold it) and no lone surrogates (not UTF-8).
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    stream = handler.logger.registered_handler
-    assert isinstance(stream, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = stream.setStream(buffer)
-    yield buffer
-    stream.setStream(previous)
 
 
 def test_hostile_keys_and_environments_apply_and_log_exactly(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,16 +20,6 @@ from tests.support import run_service
 
 SCHEDULES = 500
 THRESHOLD = 5
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    stream = handler.logger.registered_handler
-    assert isinstance(stream, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = stream.setStream(buffer)
-    yield buffer
-    stream.setStream(previous)
 
 
 def _counts(conn: psycopg.Connection[Any]) -> dict[tuple[str, int], int]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
@@ -46,16 +44,6 @@ def _exception_text(exc: BaseException) -> str:
         parts += [str(seen), repr(seen), repr(getattr(seen, "args", ""))]
         seen = seen.__cause__ or seen.__context__
     return "\n".join(parts)
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    stream = handler.logger.registered_handler
-    assert isinstance(stream, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = stream.setStream(buffer)
-    yield buffer
-    stream.setStream(previous)
 
 
 @pytest.mark.parametrize("url", BAD_URLS)

@@ -69,6 +69,17 @@ def database_url(server_url: str, template_database: str, worker_id: str) -> Ite
 
 
 @pytest.fixture
+def empty_database(server_url: str, worker_id: str) -> Iterator[str]:
+    """A database with no schema at all, for migration tests."""
+    name = f"fs_empty_{worker_id}_{os.getpid()}_{next(_counter)}"
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield database_url_for(server_url, name)
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """The test's own autocommit connection, with fault injection installed."""
     connection = db.connect(database_url)

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, pool
 
 from flag_scheduler import sql
 from migrations.schema import metadata
-from tests.support import T0, database_url_for
+from tests.support import T0
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = (
@@ -38,17 +38,6 @@ def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
-
-
-@pytest.fixture
-def empty_database(server_url: str) -> Any:
-    name = f"fs_empty_{os.getpid()}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _tables(url: str) -> set[str]:

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
 from tests.e2e import audit
-from tests.support import database_url_for
-
-
-@pytest.fixture
-def empty_database(server_url: str, worker_id: str) -> Iterator[str]:
-    name = f"fs_empty_{worker_id}_{os.getpid()}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migrate_with_database_url_creates_the_schema(empty_database: str) -> None:

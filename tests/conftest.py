@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,26 +58,31 @@ def template_database(server_url: str, worker_id: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def _scratch_database(server_url: str, name: str, template: str | None = None) -> Iterator[str]:
+    """A database created for one test (from a template, or empty) and dropped after it."""
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    yield database_url_for(server_url, name)
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def database_url(server_url: str, template_database: str, worker_id: str) -> Iterator[str]:
     """A fresh migrated database for this test, cloned from the template."""
     name = f"fs_test_{worker_id}_{os.getpid()}_{next(_counter)}"
-    with _admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield database_url_for(server_url, name)
-    with _admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _scratch_database(server_url, name, template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_database(server_url: str, worker_id: str) -> Iterator[str]:
     """A database with no schema at all, for migration tests."""
     name = f"fs_empty_{worker_id}_{os.getpid()}_{next(_counter)}"
-    with _admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(server_url, name)
-    with _admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _scratch_database(server_url, name) as url:
+        yield url
 
 
 @pytest.fixture

@@ -45,11 +45,27 @@ ERROR_CLASSES = (
     "connection_lost",
     "expired",
     "unknown",
+    "unrecordable",
 )
+# The moments every client library can load (0005, 0006): infinity, -infinity and years
+# outside 1..9999 are valid timestamptz values that fail a run or `status` when read.
+EARLIEST_MOMENT = "'0001-01-02 00:00:00+00'"
+LATEST_MOMENT = "'9999-12-31 00:00:00+00'"
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _in_range(*columns: str) -> list[CheckConstraint]:
+    """One check per timestamp column that it holds a loadable moment (or NULL)."""
+    return [
+        CheckConstraint(
+            f"{column} >= {EARLIEST_MOMENT} AND {column} < {LATEST_MOMENT}",
+            name=f"{column}_in_range",
+        )
+        for column in columns
+    ]
 
 
 feature_flags = Table(
@@ -65,6 +81,7 @@ feature_flags = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     CheckConstraint("rollout_percentage BETWEEN 0 AND 100", name="rollout_percentage_range"),
     UniqueConstraint("flag_key", "environment"),
+    *_in_range("created_at", "updated_at"),
 )
 
 feature_flag_schedules = Table(
@@ -105,11 +122,19 @@ feature_flag_schedules = Table(
         "status IN ('pending', 'applied', 'failed', 'cancelled', 'superseded')",
         name="status_valid",
     ),
-    CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
-    CheckConstraint(
-        "scheduled_at >= '0001-01-02 00:00:00+00' AND scheduled_at < '9999-12-31 00:00:00+00'",
-        name="scheduled_at_in_range",
+    # The engine never writes more than 10: retry_count grows only below max_retries (<= 10).
+    CheckConstraint("retry_count BETWEEN 0 AND 10", name="retry_count_range"),
+    *_in_range(
+        "scheduled_at", "applied_at", "next_retry_at", "created_at", "updated_at", "requeued_at"
     ),
+    CheckConstraint(
+        "(status = 'applied') = (applied_at IS NOT NULL)", name="applied_at_iff_applied"
+    ),
+    # Set: waiting for a retry; NULL on a failed row: permanently failed.
+    CheckConstraint(
+        "next_retry_at IS NULL OR status = 'failed'", name="next_retry_at_only_if_failed"
+    ),
+    CheckConstraint("char_length(last_error) <= 2000", name="last_error_length"),
     CheckConstraint(_in("last_error_class", ERROR_CLASSES), name="last_error_class_valid"),
     CheckConstraint(
         "max_retries IS NULL OR max_retries BETWEEN 0 AND 10", name="max_retries_range"
@@ -157,11 +182,14 @@ feature_flag_schedule_attempts = Table(
     Column("request_id", Text, nullable=True),
     CheckConstraint(_in("outcome", ATTEMPT_OUTCOMES), name="outcome_valid"),
     CheckConstraint(_in("error_class", ERROR_CLASSES), name="error_class_valid"),
+    # A schedule parked as unrecordable has no attempt number: it may be what overflowed.
     CheckConstraint(
-        "(attempt IS NULL) = (outcome IN ('requeued', 'cancelled'))",
+        "(attempt IS NULL) = (outcome IN ('requeued', 'cancelled')"
+        " OR coalesce(error_class = 'unrecordable', false))",
         name="attempt_iff_attempted",
     ),
     CheckConstraint("char_length(error) <= 2000", name="error_length"),
+    *_in_range("started_at", "finished_at"),
     Index("ix_feature_flag_schedule_attempts_schedule_id_id", "schedule_id", "id"),
     Index(
         "ix_feature_flag_schedule_attempts_failed_finished_at",
@@ -179,4 +207,5 @@ scheduler_run_state = Table(
     Column("last_request_id", Text, nullable=True),
     Column("last_summary", JSONB, nullable=False),
     CheckConstraint("id = 1", name="single_row"),
+    *_in_range("last_run_started_at", "last_run_finished_at"),
 )

@@ -63,6 +63,13 @@ class ScheduleExpired(ScheduleFailure):
     retryable = False
 
 
+class Unrecordable(ScheduleFailure):
+    """The schedule holds a value the run cannot process or record; it is parked."""
+
+    error_class = "unrecordable"
+    retryable = False
+
+
 class PermanentDatabaseError(ScheduleFailure):
     """The database rejected the change as invalid data; retrying cannot help."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -15,6 +15,13 @@ from flag_scheduler.errors import InvalidUpdates
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
 # Larger `updates` documents are refused unread: a valid one is under 60 bytes.
 MAX_UPDATES_BYTES = 4096
+# retry_count only grows while it is below max_retries (at most 10) and a requeue resets it,
+# so no schedule the engine wrote ever holds more; the schema refuses more (0006).
+MAX_RETRY_COUNT = 10
+# The moments every client library can represent (the schema's *_in_range checks): the
+# claim reads anything outside as a defect instead of failing to load it.
+EARLIEST_MOMENT = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_MOMENT = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 class FlagUpdates(BaseModel):
@@ -94,6 +101,10 @@ class DueSchedule:
     max_retries: int | None
     requeued_at: datetime | None = None
     updates_bytes: int = 0
+    # Why the run can neither process nor record this row (a value the engine cannot
+    # represent); such a row is parked, never decided. scheduled_at is then EARLIEST_MOMENT
+    # when the stored one could not be loaded.
+    defect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +210,9 @@ class RunSummary:
     failed_permanently: int = 0
     expired: int = 0
     superseded: int = 0
+    # Rows whose values the run could not process or whose outcome it could not write:
+    # parked as permanently failed (or, if even that failed, skipped for the rest of the run).
+    unrecordable: int = 0
     batches: int = 0
     stopped_for_time: bool = False
     statements: int = 0
@@ -220,6 +234,7 @@ class RunSummary:
             "failed_permanently": self.failed_permanently,
             "expired": self.expired,
             "superseded": self.superseded,
+            "unrecordable": self.unrecordable,
             "batches": self.batches,
             "stopped_for_time": self.stopped_for_time,
             "statements": self.statements,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,9 @@ from flag_scheduler.errors import (
     TransientDatabaseError,
 )
 from flag_scheduler.models import (
+    EARLIEST_MOMENT,
+    LATEST_MOMENT,
+    MAX_RETRY_COUNT,
     MAX_UPDATES_BYTES,
     AppliedSchedule,
     DueSchedule,
@@ -34,6 +37,8 @@ _TRANSIENT_SQLSTATES = {
     "55P03": "lock_timeout",
     "57014": "statement_timeout",
 }
+# A parking reason is for people, and last_error and the history's error are bounded (2000).
+MAX_PARK_REASON = 1000
 # SQLSTATE classes that mean the data itself is wrong: 22 data exception, 23 integrity.
 _PERMANENT_SQLSTATE_CLASSES = {"22": "data_error", "23": "integrity_error"}
 
@@ -53,6 +58,26 @@ def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSc
             message, error_class=_PERMANENT_SQLSTATE_CLASSES[sqlstate[:2]]
         )
     return TransientDatabaseError(message, error_class="unknown")
+
+
+def _due_schedule(row: Sequence[Any]) -> DueSchedule:
+    """A claimed row; one the claim found defective keeps a placeholder scheduled_at."""
+    (id_, flag_id, flag_key, environment, scheduled_at, status, updates, retry_count,
+     max_retries, requeued_at, updates_bytes, defect) = row  # fmt: skip
+    return DueSchedule(
+        id=id_,
+        flag_id=flag_id,
+        flag_key=flag_key,
+        environment=environment,
+        scheduled_at=scheduled_at if scheduled_at is not None else EARLIEST_MOMENT,
+        status=status,
+        updates=updates,
+        retry_count=retry_count,
+        max_retries=max_retries,
+        requeued_at=requeued_at,
+        updates_bytes=updates_bytes,
+        defect=defect,
+    )
 
 
 class ScheduleRepository:
@@ -118,13 +143,47 @@ class ScheduleRepository:
         """Raises DatabaseUnavailable unless the connection answers."""
         self._execute(sql.PING).fetchall()
 
-    def claim_due(self, now: datetime, limit: int) -> list[DueSchedule]:
-        """Lock and return up to `limit` schedules due at `now`, skipping locked ones."""
+    def claim_due(
+        self, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+    ) -> list[DueSchedule]:
+        """Lock and return up to `limit` schedules due at `now`, skipping locked ones and `skip`.
+
+        A row holding a value the engine cannot represent comes back with `defect` set
+        (and its unloadable timestamps replaced), so one bad row never fails the claim.
+        """
         rows = self._execute(
             sql.CLAIM_DUE_SCHEDULES,
-            {"now": now, "limit": limit, "max_updates_bytes": MAX_UPDATES_BYTES},
+            {
+                "now": now,
+                "limit": limit,
+                "skip": list(skip),
+                "max_updates_bytes": MAX_UPDATES_BYTES,
+                "max_retry_count": MAX_RETRY_COUNT,
+                "earliest": EARLIEST_MOMENT,
+                "latest": LATEST_MOMENT,
+            },
         ).fetchall()
-        return [DueSchedule(*row) for row in rows]
+        return [_due_schedule(row) for row in rows]
+
+    def park_unrecordable(
+        self, reasons: Mapping[UUID, str], *, now: datetime, request_id: str | None
+    ) -> None:
+        """Make the given schedules permanently failed as `unrecordable`, with their reasons.
+
+        Raises:
+            ScheduleFailure: the statement failed (the caller's savepoint undoes it).
+        """
+        if not reasons:
+            return
+        self._execute(
+            sql.PARK_SCHEDULES,
+            {
+                "ids": list(reasons),
+                "reasons": [reason[:MAX_PARK_REASON] for reason in reasons.values()],
+                "now": now,
+                "request_id": request_id,
+            },
+        )
 
     def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
         """Lock flag rows (in id order) for the rest of the transaction; returns their state."""

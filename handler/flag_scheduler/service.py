@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +20,7 @@ from flag_scheduler.errors import (
     ScheduleExpired,
     ScheduleFailure,
     SystemicFailure,
+    Unrecordable,
 )
 from flag_scheduler.models import (
     MAX_UPDATES_BYTES,
@@ -57,7 +58,13 @@ class ScheduleRepository(Protocol):
 
     def savepoint(self) -> AbstractContextManager[None]: ...
 
-    def claim_due(self, now: datetime, limit: int) -> list[DueSchedule]: ...
+    def claim_due(
+        self, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+    ) -> list[DueSchedule]: ...
+
+    def park_unrecordable(
+        self, reasons: Mapping[UUID, str], *, now: datetime, request_id: str | None
+    ) -> None: ...
 
     def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]: ...
 
@@ -189,14 +196,13 @@ def process_due_schedules(
             statement_timeout_ms=policy.statement_timeout_ms,
             idle_in_transaction_timeout_ms=policy.idle_in_transaction_timeout_ms,
         ):
-            batch = repository.claim_due(now, policy.batch_size)
-            if not batch:
+            claimed = repository.claim_due(now, policy.batch_size, skip=run.unrecordable)
+            if not claimed:
                 break
-            if all(schedule.id in run.unrecordable for schedule in batch):
-                break
+            batch = _park_defective(run, claimed, now)
             summary.batches += 1
-            summary.claimed += len(batch)
-            outcomes = _process_batch(run, batch, now)
+            summary.claimed += len(claimed)
+            outcomes = _process_batch(run, batch, now) if batch else []
         summary.transactions += 1
         _report(run, outcomes, notifier, now)
         if progress is not None:
@@ -258,19 +264,53 @@ def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[S
             except DatabaseUnavailable:
                 raise
             except ScheduleFailure as unrecordable:
-                # Left untouched: still due and not charged; its neighbours still commit.
-                run.unrecordable.add(schedule.id)
-                logger.error(
-                    "schedule_outcome_unrecordable",
-                    extra={
-                        **_log_fields(schedule),
-                        "error_class": unrecordable.error_class,
-                        "error": str(unrecordable)[:MAX_ERROR_LENGTH],
-                    },
-                )
+                reason = f"its outcome could not be written: {unrecordable.error_class}: "
+                _park(run, {schedule.id: reason + str(unrecordable)}, [schedule], now)
         if run.streak.is_outage(run.policy.outage_threshold):
             break  # the untried rest of the batch unlocks at commit, uncharged
     return outcomes
+
+
+def _park_defective(run: _Run, claimed: list[DueSchedule], now: datetime) -> list[DueSchedule]:
+    """Park the claimed rows the engine cannot represent; returns the others."""
+    defective = [schedule for schedule in claimed if schedule.defect is not None]
+    if not defective:
+        return claimed
+    _park(run, {s.id: s.defect or "" for s in defective}, defective, now)
+    return [schedule for schedule in claimed if schedule.defect is None]
+
+
+def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now: datetime) -> None:
+    """Take unrecordable schedules out of the queue as permanently failed, and count them.
+
+    Whatever happens they are skipped for the rest of the run, so they can never crowd out
+    the rest; if even parking fails they stay untouched (still due, uncharged) and the
+    next run tries again.
+    """
+    run.unrecordable.update(reasons)
+    run.summary.unrecordable += len(schedules)
+    parked = True
+    try:
+        with run.repository.savepoint():
+            run.repository.park_unrecordable(reasons, now=now, request_id=run.request_id)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        parked = False
+        logger.error(
+            "schedules_park_failed",
+            extra={"error_class": failure.error_class, "error": str(failure)[:MAX_ERROR_LENGTH]},
+        )
+    for schedule in schedules:
+        logger.error(
+            "schedule_unrecordable",
+            extra={
+                **_log_fields(schedule),
+                "error_class": Unrecordable.error_class,
+                "error": reasons[schedule.id][:MAX_ERROR_LENGTH],
+                "parked": parked,
+            },
+        )
 
 
 def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:

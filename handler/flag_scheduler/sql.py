@@ -8,21 +8,71 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true)
 """
 
-# Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped.
+# Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped,
+# and so are the ids in %(skip)s (rows this run already found it cannot record).
 # `updates` comes as text, decoded per schedule (a document no decoder can read must fail
 # its own schedule, not the claim); over the size limit it is not even fetched.
+# A timestamp no client can load (infinity, year 10000) would fail the whole result: the
+# claim returns NULL for it instead, and `defect` says what is wrong with the row (NULL
+# for every row the engine can process and record).
+# KEY SHARE of the flag, skipping a flag row locked FOR UPDATE: a DELETE of the flag takes
+# that lock, then its cascade waits for our schedule rows, so a run that waited for the
+# flag would deadlock with it; taken here, at claim time, the DELETE waits for the run
+# instead. KEY SHARE conflicts with nothing else (not with a run's or a writer's UPDATE).
 # `due_at` is a generated column (pending: scheduled_at, failed: next_retry_at) with a
 # partial index, so this stays an index scan however many finished rows the table holds.
 CLAIM_DUE_SCHEDULES = """
-SELECT s.id, s.flag_id, f.flag_key, f.environment, s.scheduled_at, s.status,
+SELECT s.id, s.flag_id, f.flag_key, f.environment,
+       CASE WHEN s.scheduled_at >= %(earliest)s AND s.scheduled_at < %(latest)s
+            THEN s.scheduled_at END,
+       s.status,
        CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s THEN s.updates::text END,
-       s.retry_count, s.max_retries, s.requeued_at, octet_length(s.updates::text)
+       s.retry_count, s.max_retries,
+       CASE WHEN s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s
+            THEN s.requeued_at END,
+       octet_length(s.updates::text),
+       NULLIF(concat_ws('; ',
+           CASE WHEN s.retry_count NOT BETWEEN 0 AND %(max_retry_count)s
+                THEN format('retry_count %%s is outside 0..%%s', s.retry_count,
+                            %(max_retry_count)s) END,
+           CASE WHEN s.max_retries NOT BETWEEN 0 AND %(max_retry_count)s
+                THEN format('max_retries %%s is outside 0..%%s', s.max_retries,
+                            %(max_retry_count)s) END,
+           CASE WHEN NOT (s.scheduled_at >= %(earliest)s AND s.scheduled_at < %(latest)s)
+                THEN format('scheduled_at %%s is not a representable moment',
+                            s.scheduled_at) END,
+           CASE WHEN NOT (s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s)
+                THEN format('requeued_at %%s is not a representable moment',
+                            s.requeued_at) END
+       ), '')
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE s.due_at <= %(now)s
+WHERE s.due_at <= %(now)s AND s.id <> ALL(%(skip)s::uuid[])
 ORDER BY s.due_at
 LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED
+FOR KEY SHARE OF f SKIP LOCKED
+"""
+
+# Parks schedules the run cannot process or record: permanently failed (out of the queue,
+# visible, requeueable), with a short reason and a history row. The history row carries no
+# attempt number, since that number (retry_count + 1) may be the value that overflows. It
+# writes only constants and the reason, so no value of the row itself can make it fail.
+PARK_SCHEDULES = """
+WITH parked AS (
+    UPDATE feature_flag_schedules AS s
+    SET status = 'failed', applied_at = NULL, next_retry_at = NULL,
+        last_error = 'unrecordable: ' || v.reason, last_error_class = 'unrecordable',
+        updated_at = %(now)s
+    FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS v(id, reason)
+    WHERE s.id = v.id
+    RETURNING s.id, v.reason
+)
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, error_class, error, request_id)
+SELECT parked.id, NULL, %(now)s, %(now)s, 'failed_permanently', 'unrecordable', parked.reason,
+       %(request_id)s
+FROM parked
 """
 
 # (%(name)b sends an array parameter in binary: far cheaper to build than text for

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
 from flag_scheduler import sql
+from flag_scheduler.models import EARLIEST_MOMENT, LATEST_MOMENT, MAX_RETRY_COUNT
 from migrations.schema import metadata
 from tests.support import T0
 
@@ -38,6 +40,20 @@ def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
+# Every timestamp column, by table: each has a <column>_in_range check.
+MOMENT_COLUMNS = {
+    "feature_flags": ("created_at", "updated_at"),
+    "feature_flag_schedules": (
+        "scheduled_at",
+        "applied_at",
+        "next_retry_at",
+        "created_at",
+        "updated_at",
+        "requeued_at",
+    ),
+    "feature_flag_schedule_attempts": ("started_at", "finished_at"),
+    "scheduler_run_state": ("last_run_started_at", "last_run_finished_at"),
+}
 
 
 def _tables(url: str) -> set[str]:
@@ -106,12 +122,19 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "pk_feature_flag_schedules",
         "fk_feature_flag_schedules_flag_id_feature_flags",
         "ck_feature_flag_schedules_status_valid",
-        "ck_feature_flag_schedules_retry_count_non_negative",
+        "ck_feature_flag_schedules_retry_count_range",
+        "ck_feature_flag_schedules_applied_at_iff_applied",
+        "ck_feature_flag_schedules_next_retry_at_only_if_failed",
+        "ck_feature_flag_schedules_last_error_length",
+        *(
+            f"ck_{table}_{column}_in_range"
+            for table, columns in MOMENT_COLUMNS.items()
+            for column in columns
+        ),
         "ck_feature_flag_schedules_max_retries_range",
         "ix_feature_flag_schedules_due_at",
         "ix_feature_flag_schedules_flag_id_scheduled_at_id",
         "ck_feature_flag_schedules_last_error_class_valid",
-        "ck_feature_flag_schedules_scheduled_at_in_range",
         "pk_feature_flag_schedule_attempts",
         "fk_feature_flag_schedule_attempts_schedule_id",
         "ck_feature_flag_schedule_attempts_outcome_valid",
@@ -184,7 +207,15 @@ def test_claim_stays_an_index_scan_with_a_million_applied_rows(
     with conn.transaction():
         plan_rows = conn.execute(
             "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES,
-            {"now": T0, "limit": 500, "max_updates_bytes": 4096},
+            {
+                "now": T0,
+                "limit": 500,
+                "max_updates_bytes": 4096,
+                "skip": [uuid4()],
+                "max_retry_count": MAX_RETRY_COUNT,
+                "earliest": EARLIEST_MOMENT,
+                "latest": LATEST_MOMENT,
+            },
         ).fetchone()
     scans = _scans(plan_rows[0][0]["Plan"])  # type: ignore[index]
     schedule_scans = [

@@ -4,17 +4,78 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import postgres, pq
+from psycopg.adapt import Loader
 from psycopg.types.json import Jsonb
 
 from flag_scheduler import sql
 from flag_scheduler.errors import NotFound, StateConflict
 from flag_scheduler.models import AttemptRecord, FlagUpdates
+
+
+class UnloadableMoment(datetime):
+    """A stored timestamptz no datetime can hold (infinity, -infinity, a year outside 1..9999).
+
+    Written before the schema refused them (or with a check dropped), such a value must
+    not break `status` or `schedules list`: it orders like the last (or first) moment a
+    datetime can hold, and prints as the database's own text.
+    """
+
+    raw: str
+
+    def __new__(cls, raw: str) -> UnloadableMoment:
+        edge = datetime.min if raw.startswith("-") or raw.endswith(" BC") else datetime.max
+        moment = super().__new__(cls, *edge.timetuple()[:6], edge.microsecond, tzinfo=UTC)
+        moment.raw = raw
+        return moment
+
+    def astimezone(self, tz: tzinfo | None = None) -> UnloadableMoment:
+        return self
+
+    def strftime(self, format: str) -> str:
+        return self.raw
+
+    def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+        return self.raw
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def __repr__(self) -> str:
+        return f"UnloadableMoment({self.raw!r})"
+
+    def __copy__(self) -> UnloadableMoment:
+        return self
+
+    def __deepcopy__(self, memo: object) -> UnloadableMoment:
+        return self
+
+
+_TIMESTAMPTZ = postgres.types["timestamptz"].oid
+
+
+class _LenientTimestamptzLoader(Loader):
+    """psycopg's own timestamptz loader, except that a value it refuses becomes an
+    UnloadableMoment instead of failing the whole result."""
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        strict = psycopg.adapters.get_loader(_TIMESTAMPTZ, pq.Format.TEXT)
+        assert strict is not None
+        self._strict = strict(oid, context)
+
+    def load(self, data: Any) -> datetime:
+        try:
+            moment: datetime = self._strict.load(data)
+        except psycopg.DataError:
+            return UnloadableMoment(bytes(data).decode())
+        return moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +174,12 @@ class Catalog:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
+    def _read(self, statement: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
+        """Run a read whose timestamps may include values no datetime can hold."""
+        cursor = self._conn.cursor()
+        cursor.adapters.register_loader(_TIMESTAMPTZ, _LenientTimestamptzLoader)
+        return cursor.execute(statement, params)
+
     # --- flags ---
 
     def create_flag(
@@ -148,12 +215,12 @@ class Catalog:
         return UUID(str(row[0]))
 
     def flags(self, environment: str | None = None) -> list[FlagView]:
-        rows = self._conn.execute(sql.LIST_FLAGS, {"environment": environment})
+        rows = self._read(sql.LIST_FLAGS, {"environment": environment})
         return [FlagView(*row) for row in rows]
 
     def get_flag(self, flag_key: str, environment: str = "production") -> FlagView:
         """Raises NotFound when the flag does not exist in that environment."""
-        row = self._conn.execute(
+        row = self._read(
             sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}
         ).fetchone()
         if row is None:
@@ -206,7 +273,7 @@ class Catalog:
         due_at: datetime | None = None,
         limit: int = 1000,
     ) -> list[ScheduleView]:
-        rows = self._conn.execute(
+        rows = self._read(
             sql.LIST_SCHEDULES,
             {
                 "statuses": statuses,
@@ -220,13 +287,13 @@ class Catalog:
 
     def get_schedule(self, schedule_id: UUID) -> ScheduleView:
         """Raises NotFound when there is no such schedule."""
-        row = self._conn.execute(sql.GET_SCHEDULE, {"schedule_id": schedule_id}).fetchone()
+        row = self._read(sql.GET_SCHEDULE, {"schedule_id": schedule_id}).fetchone()
         if row is None:
             raise NotFound(f"no schedule with id {schedule_id}")
         return ScheduleView.from_row(row)
 
     def history(self, schedule_id: UUID) -> list[HistoryEntry]:
-        rows = self._conn.execute(sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id})
+        rows = self._read(sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id})
         return [HistoryEntry(*row) for row in rows]
 
     def requeue(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
@@ -302,9 +369,9 @@ class Catalog:
         self._conn.execute(sql.INSERT_ATTEMPT, asdict(attempt))
 
     def status(self, now: datetime) -> StatusReport:
-        counts = self._conn.execute(sql.STATUS_COUNTS, {"now": now}).fetchone()
+        counts = self._read(sql.STATUS_COUNTS, {"now": now}).fetchone()
         assert counts is not None
-        run = self._conn.execute(sql.GET_RUN_STATE).fetchone()
+        run = self._read(sql.GET_RUN_STATE).fetchone()
         return StatusReport(
             now,
             counts[0],

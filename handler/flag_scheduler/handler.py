@@ -143,6 +143,7 @@ def run_invocation(
         ("SchedulesFailedPermanently", summary.failed_permanently),
         ("SchedulesExpired", summary.expired),
         ("SchedulesSuperseded", summary.superseded),
+        ("SchedulesUnrecordable", summary.unrecordable),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     if retry_backlog is not None:

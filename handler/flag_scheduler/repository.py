@@ -182,6 +182,9 @@ class ScheduleRepository:
                 "reasons": [reason[:MAX_PARK_REASON] for reason in reasons.values()],
                 "now": now,
                 "request_id": request_id,
+                "max_retry_count": MAX_RETRY_COUNT,
+                "earliest": EARLIEST_MOMENT,
+                "latest": LATEST_MOMENT,
             },
         )
 

@@ -55,14 +55,22 @@ FOR KEY SHARE OF f SKIP LOCKED
 """
 
 # Parks schedules the run cannot process or record: permanently failed (out of the queue,
-# visible, requeueable), with a short reason and a history row. The history row carries no
-# attempt number, since that number (retry_count + 1) may be the value that overflows. It
-# writes only constants and the reason, so no value of the row itself can make it fail.
+# visible, requeueable), with a short reason (naming the bad values) and a history row. The
+# history row carries no attempt number, since that number (retry_count + 1) may be the value
+# that overflows. It also brings every checked value into range (the reason keeps the
+# original; a requeue resets retry_count and requeued_at anyway), so a check added NOT VALID
+# after the row was written cannot refuse the update.
 PARK_SCHEDULES = """
 WITH parked AS (
     UPDATE feature_flag_schedules AS s
     SET status = 'failed', applied_at = NULL, next_retry_at = NULL,
         last_error = 'unrecordable: ' || v.reason, last_error_class = 'unrecordable',
+        retry_count = least(greatest(s.retry_count, 0), %(max_retry_count)s),
+        requeued_at = CASE WHEN s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s
+                           THEN s.requeued_at END,
+        scheduled_at = greatest(least(s.scheduled_at, %(latest)s - interval '1 day'),
+                                %(earliest)s),
+        created_at = greatest(least(s.created_at, %(latest)s - interval '1 day'), %(earliest)s),
         updated_at = %(now)s
     FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS v(id, reason)
     WHERE s.id = v.id

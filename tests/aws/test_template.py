@@ -189,6 +189,7 @@ EXPECTED_ALARMS = {
     "RetryBacklogAlarm": "RetryBacklog",
     "DurationAlarm": "Duration",
     "ScheduleDeadLetterAlarm": "ApproximateNumberOfMessagesVisible",
+    "UnrecordableAlarm": "SchedulesUnrecordable",
 }
 
 

@@ -24,6 +24,7 @@ METRICS = {
     "RetrySucceeded",
     "SchedulesFailedPermanently",
     "SchedulesSuperseded",
+    "SchedulesUnrecordable",
     "RetryBacklog",
 }
 

@@ -320,7 +320,7 @@ def test_cancel_racing_a_run_either_cancels_first_or_reports_the_application(
 
     # A run claims the schedule, then waits for the flag row another transaction holds.
     with psycopg.connect(database_url) as holder:
-        holder.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR UPDATE", (flag,))
+        holder.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (flag,))
         run = threading.Thread(target=run_service, args=(database_url, now), daemon=True)
         run.start()
         _wait_for_lock_waiters(conn, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +17,10 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.catalog import Catalog
 from flag_scheduler.errors import DatabaseUnavailable
-from flag_scheduler.models import RunSummary
+from flag_scheduler.models import DueSchedule, RunSummary
+from flag_scheduler.notifier import NullNotifier
+from flag_scheduler.repository import ScheduleRepository
+from flag_scheduler.service import RunPolicy, process_due_schedules
 from tests.support import T0, flag_fields, run_service, schedule_row
 
 
@@ -77,7 +82,7 @@ def test_a_run_waits_for_a_later_change_being_committed_and_does_not_overwrite_i
 
     with _other_transaction(database_url) as other:
         # Another run is applying the later change: flag row locked, not yet committed.
-        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR UPDATE", (flag,))
+        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (flag,))
         other.execute("UPDATE feature_flags SET enabled = false WHERE id = %s", (flag,))
         other.execute(
             "UPDATE feature_flag_schedules SET status = 'applied', applied_at = %s WHERE id = %s",
@@ -102,7 +107,8 @@ def test_a_flag_locked_past_the_lock_timeout_fails_retryably_and_neighbours_appl
     free = catalog.create_schedule(free_flag, T0, {"enabled": True})
 
     with _other_transaction(database_url) as other:
-        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR UPDATE", (locked_flag,))
+        # An application's UPDATE of the flag holds this lock.
+        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (locked_flag,))
         summary = run_service(database_url, T0, lock_timeout_ms=200)
 
     row = schedule_row(conn, blocked)
@@ -124,7 +130,7 @@ def test_a_connection_severed_mid_batch_fails_the_run_and_charges_no_retry(
     url = _connect_as_scheduler(database_url)
 
     with _other_transaction(database_url) as other:
-        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR UPDATE", (flags[1],))
+        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (flags[1],))
         run = _Run(lambda: run_service(url, T0.replace(minute=1), lock_timeout_ms=20_000))
         run.start()
         pid = _wait_until_blocked_on_a_lock(conn)
@@ -177,3 +183,103 @@ def test_two_runs_over_the_same_flags_in_opposite_order_do_not_deadlock(
     assert all(t.error is None for t in threads), [t.error for t in threads]
     statuses = {r[0] for r in conn.execute("SELECT DISTINCT status FROM feature_flag_schedules")}
     assert statuses <= {"applied", "superseded"}
+
+
+def test_a_flag_held_for_update_leaves_its_schedules_due_and_uncharged(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    held = catalog.create_flag("held")
+    free = catalog.create_flag("free")
+    waiting = catalog.create_schedule(held, T0, {"enabled": True})
+    applied = catalog.create_schedule(free, T0, {"enabled": True})
+
+    # FOR UPDATE is the lock a DELETE of the flag (or a change of its key) takes: the claim
+    # skips the flag's schedules rather than wait for it.
+    with _other_transaction(database_url) as other:
+        other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR UPDATE", (held,))
+        summary = run_service(database_url, T0, lock_timeout_ms=200)
+
+    assert (summary.claimed, summary.applied, summary.retried) == (1, 1, 0)
+    assert (schedule_row(conn, waiting).status, schedule_row(conn, waiting).retry_count) == (
+        "pending",
+        0,
+    )
+    assert schedule_row(conn, applied).status == "applied"
+    assert run_service(database_url, T0).applied == 1
+
+
+class _ClaimThenWaitForDelete(ScheduleRepository):
+    """The real repository, except that right after the claim a separate process deletes the
+    claimed schedule's flag, and the run goes on only once that DELETE waits for a lock."""
+
+    def __init__(self, conn: psycopg.Connection[Any], database_url: str, flag: UUID) -> None:
+        super().__init__(conn)
+        self._database_url = database_url
+        self._flag = flag
+        self.deleter: subprocess.Popen[str] | None = None
+
+    def claim_due(self, now: Any, limit: int, *, skip: Any = ()) -> list[DueSchedule]:
+        claimed = super().claim_due(now, limit, skip=skip)
+        if self.deleter is None:
+            self.deleter = subprocess.Popen(
+                [sys.executable, "-c", _DELETE_FLAG, self._database_url, str(self._flag)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            with psycopg.connect(self._database_url, autocommit=True) as watcher:
+                _wait_until_waiting(watcher, "flag-deleter")
+        return claimed
+
+
+# A writer deleting a flag, as a separate process: prints what happened.
+_DELETE_FLAG = """
+import sys, psycopg
+with psycopg.connect(sys.argv[1], application_name="flag-deleter") as conn:
+    conn.execute("SET deadlock_timeout = '100ms'")
+    deleted = conn.execute("DELETE FROM feature_flags WHERE id = %s", (sys.argv[2],)).rowcount
+print(f"deleted {deleted}")
+"""
+
+
+def _wait_until_waiting(conn: psycopg.Connection[Any], application_name: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{application_name} never waited for a lock")
+
+
+def test_deleting_a_flag_while_a_run_holds_its_schedule_waits_for_the_run_without_deadlock(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    flag = catalog.create_flag("doomed")
+    schedule = catalog.create_schedule(flag, T0, {"enabled": True})
+    other = catalog.create_schedule(catalog.create_flag("kept"), T0, {"enabled": True})
+
+    with psycopg.connect(database_url, autocommit=True) as run_conn:
+        # A short deadlock_timeout: a deadlock, if any, is found at once, not after 1 s.
+        run_conn.execute("SET deadlock_timeout = '100ms'")
+        repository = _ClaimThenWaitForDelete(run_conn, database_url, flag)
+        summary = process_due_schedules(
+            repository,
+            NullNotifier(),
+            clock=lambda: T0,
+            remaining_ms=lambda: 60_000,
+            policy=RunPolicy(lock_timeout_ms=10_000, time_margin_ms=1_000),
+        )
+    assert repository.deleter is not None
+    stdout, stderr = repository.deleter.communicate(timeout=30)
+
+    # The run applied both schedules, charging nothing; then the DELETE went through.
+    assert (summary.applied, summary.retried, summary.failed_permanently) == (2, 0, 0)
+    assert (repository.deleter.returncode, stdout.strip()) == (0, "deleted 1"), stderr
+    assert conn.execute(
+        "SELECT count(*) FROM feature_flag_schedules WHERE id = %s", (schedule,)
+    ).fetchone() == (0,)
+    assert schedule_row(conn, other).status == "applied"

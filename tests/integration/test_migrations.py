@@ -16,9 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
 from flag_scheduler import sql
+from flag_scheduler.catalog import Catalog
 from flag_scheduler.models import EARLIEST_MOMENT, LATEST_MOMENT, MAX_RETRY_COUNT
 from migrations.schema import metadata
-from tests.support import T0
+from tests.support import T0, run_service
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = (
@@ -40,6 +41,8 @@ def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
+
+
 # Every timestamp column, by table: each has a <column>_in_range check.
 MOMENT_COLUMNS = {
     "feature_flags": ("created_at", "updated_at"),
@@ -232,3 +235,102 @@ def _scans(node: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
     for child in node.get("Plans", []):
         found.extend(_scans(child))
     return found
+
+
+# Rows written before 0006 that its checks refuse: (name, status, assignments). Each row
+# starts as a pending schedule due at T0; the assignments make it bad.
+BAD_ROWS = [
+    ("overflowing", "pending", "retry_count = 2147483647"),
+    ("requeued_at_infinity", "pending", "requeued_at = 'infinity'"),
+    ("retry_at_minus_infinity", "failed", "next_retry_at = '-infinity', retry_count = 1"),
+    ("pending_with_leftovers", "pending", "applied_at = %(t0)s, next_retry_at = %(t0)s"),
+    ("applied_without_applied_at", "applied", "updated_at = %(t0)s"),
+    ("cancelled_with_retry", "cancelled", "next_retry_at = %(t0)s"),
+    ("long_error", "cancelled", "last_error = repeat('x', 3000)"),
+    ("applied_in_year_10000", "applied", "applied_at = '10000-01-01', updated_at = %(t0)s"),
+]
+
+
+def test_upgrade_over_rows_the_new_checks_refuse_parks_or_repairs_them(
+    empty_database: str,
+) -> None:
+    url = empty_database
+    assert _alembic(url, "upgrade", "0005").returncode == 0
+    ids: dict[str, Any] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        flag = conn.execute(
+            "INSERT INTO feature_flags (flag_key, updated_at) VALUES ('x', 'infinity') RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+        for name, status, assignments in BAD_ROWS:
+            ids[name] = conn.execute(
+                "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates)"
+                " VALUES (%s, %s, '{\"enabled\": true}') RETURNING id",
+                (flag, T0),
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                f"UPDATE feature_flag_schedules SET status = %(status)s, {assignments}"
+                " WHERE id = %(id)s",
+                {"status": status, "id": ids[name], "t0": T0},
+            )
+        conn.execute(
+            "INSERT INTO feature_flag_schedule_attempts (schedule_id, attempt, started_at,"
+            " finished_at, outcome) VALUES (%s, 1, %s, 'infinity', 'applied')",
+            (ids["long_error"], T0),
+        )
+        conn.execute(
+            "INSERT INTO scheduler_run_state (id, last_run_started_at, last_run_finished_at,"
+            " last_summary) VALUES (1, '-infinity', %s, '{}')",
+            (T0,),
+        )
+
+    up = _alembic(url, "upgrade", "head")
+    assert up.returncode == 0, up.stderr
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = {
+            name: conn.execute(
+                "SELECT status, retry_count, applied_at, next_retry_at, last_error_class,"
+                " char_length(last_error), requeued_at FROM feature_flag_schedules"
+                " WHERE id = %s",
+                (schedule_id,),
+            ).fetchone()
+            for name, schedule_id in ids.items()
+        }
+        parked = ("failed", None, None, "unrecordable")
+        assert rows["overflowing"][:1] + rows["overflowing"][2:5] == parked
+        assert rows["overflowing"][1] == 10
+        assert rows["requeued_at_infinity"][:1] + rows["requeued_at_infinity"][2:5] == parked
+        assert rows["requeued_at_infinity"][6] is None
+        assert rows["retry_at_minus_infinity"][:1] + rows["retry_at_minus_infinity"][2:5] == (
+            parked
+        )
+        assert rows["pending_with_leftovers"][:4] == ("pending", 0, None, None)
+        assert rows["applied_without_applied_at"][:3] == ("applied", 0, T0)
+        assert rows["applied_in_year_10000"][:3] == ("applied", 0, T0)
+        assert rows["cancelled_with_retry"][:4] == ("cancelled", 0, None, None)
+        assert rows["long_error"][5] == 2000
+        reasons = conn.execute(
+            "SELECT s.last_error, a.attempt, a.outcome FROM feature_flag_schedules AS s"
+            " JOIN feature_flag_schedule_attempts AS a ON a.schedule_id = s.id"
+            " WHERE s.id = %s",
+            (ids["overflowing"],),
+        ).fetchall()
+        assert reasons == [
+            (
+                "unrecordable: parked by migration 0006: retry_count 2147483647 is outside 0..10",
+                None,
+                "failed_permanently",
+            )
+        ]
+        assert conn.execute("SELECT count(*) FROM scheduler_run_state").fetchone() == (0,)
+        # Everything is loadable again: the operator's views and a run work.
+        catalog = Catalog(conn)
+        assert len(catalog.schedules()) == len(BAD_ROWS)
+        catalog.status(T0)
+        assert catalog.history(ids["long_error"])[0].finished_at.year < 9999
+    assert run_service(url, T0).applied == 1  # pending_with_leftovers
+
+    down = _alembic(url, "downgrade", "0005")
+    assert down.returncode == 0, down.stderr
+    again = _alembic(url, "upgrade", "head")
+    assert again.returncode == 0, again.stderr

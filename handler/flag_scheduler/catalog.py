@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, tzinfo
-from typing import Any
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any, overload
 from uuid import UUID
 
 import psycopg
@@ -49,6 +49,24 @@ class UnloadableMoment(datetime):
 
     def __repr__(self) -> str:
         return f"UnloadableMoment({self.raw!r})"
+
+    # Arithmetic saturates: infinity plus a retry delay is still infinity (the CLI computes
+    # retry timelines and lateness deadlines from these).
+    def __add__(self, other: timedelta) -> UnloadableMoment:
+        return self
+
+    __radd__ = __add__
+
+    @overload  # type: ignore[override]
+    def __sub__(self, other: timedelta) -> UnloadableMoment: ...
+
+    @overload
+    def __sub__(self, other: datetime) -> timedelta: ...
+
+    def __sub__(self, other: timedelta | datetime) -> UnloadableMoment | timedelta:
+        if isinstance(other, datetime):
+            return timedelta.min if self.year == 1 else timedelta.max
+        return self
 
     def __copy__(self) -> UnloadableMoment:
         return self

@@ -358,3 +358,34 @@ def _wait_for_lock_waiters(conn: psycopg.Connection[Any], count: int) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"expected {count} sessions waiting on a lock")
+
+
+def test_status_list_and_show_print_an_unloadable_moment_instead_of_failing(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    flag = catalog.create_flag("banner")
+    now = datetime.now(UTC)
+    requeued = catalog.create_schedule(flag, now - timedelta(minutes=1), {"enabled": True})
+    waiting = catalog.create_schedule(flag, now + timedelta(hours=1), {"enabled": False})
+    # Rows written before revision 0006's checks (re-added NOT VALID, as they would stand).
+    for column in ("requeued_at", "next_retry_at"):
+        name = f"ck_feature_flag_schedules_{column}_in_range"
+        (definition,) = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s", (name,)
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(f"ALTER TABLE feature_flag_schedules DROP CONSTRAINT {name}")
+        conn.execute(
+            f"UPDATE feature_flag_schedules SET {column} = 'infinity',"
+            " status = CASE WHEN %(column)s = 'next_retry_at' THEN 'failed' ELSE status END"
+            " WHERE id = %(id)s",
+            {"column": column, "id": requeued if column == "requeued_at" else waiting},
+        )
+        conn.execute(
+            f"ALTER TABLE feature_flag_schedules ADD CONSTRAINT {name} {definition} NOT VALID"
+        )
+
+    assert "waiting for retry:            1 (next at infinity)" in cli.ok("status")
+    assert "infinity" in cli.ok("schedules", "list")
+    assert "next retry:  infinity" in cli.ok("schedules", "show", str(waiting))
+    cli.ok("schedules", "show", str(requeued))
+    assert cli.json("schedules", "show", str(requeued))["schedule"]["requeued_at"] == "infinity"

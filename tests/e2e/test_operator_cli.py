@@ -286,7 +286,9 @@ def test_cancel_a_waiting_schedule(
 
     assert (cancelled["status"], cancelled["next_retry_at"]) == ("cancelled", None)
     assert [h[1] for h in history(conn, created["id"])] == ["retry_scheduled", "cancelled"]
-    conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now()")  # no effect now
+    # A retry time on a cancelled row is refused by the schema (0006) rather than ignored.
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now()")
     assert json.loads(cli.ok("invoke"))["claimed"] == 0
 
 

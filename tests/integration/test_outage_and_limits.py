@@ -167,7 +167,7 @@ def test_a_document_no_decoder_can_read_fails_alone_and_stays_listable(
     assert isinstance(listed[row[0]].updates, str)
 
 
-def test_a_failure_that_cannot_be_recorded_leaves_that_schedule_due_and_the_rest_committed(
+def test_a_failure_that_cannot_be_recorded_parks_that_schedule_and_the_rest_commits(
     database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:
     broken = catalog.create_flag("broken")
@@ -183,9 +183,10 @@ def test_a_failure_that_cannot_be_recorded_leaves_that_schedule_due_and_the_rest
 
     summary = run_service(database_url, T0)  # and it ends: no loop re-claiming `stuck`
 
-    assert (schedule_row(conn, stuck).status, schedule_row(conn, stuck).retry_count) == (
-        "pending",
-        0,
-    )
+    # Parked (0006): out of the queue as permanently failed, with no attempt charged.
+    row = schedule_row(conn, stuck)
+    assert (row.status, row.retry_count, row.next_retry_at) == ("failed", 0, None)
+    assert row.last_error is not None
+    assert row.last_error.startswith("unrecordable: its outcome could not be written")
     assert schedule_row(conn, applied).status == "applied"
-    assert (summary.applied, summary.retried, summary.batches) == (1, 0, 1)
+    assert (summary.applied, summary.retried, summary.unrecordable, summary.batches) == (1, 0, 1, 1)

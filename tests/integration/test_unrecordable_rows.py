@@ -137,6 +137,9 @@ def test_with_batches_of_one_a_poison_row_no_longer_blocks_the_queue(
     assert (summary.claimed, summary.applied, summary.unrecordable) == (4, 3, 1)
     assert [schedule_row(conn, s).status for s in others] == ["applied"] * 3
     _assert_parked(conn, poison, "retry_count")
+    # An operator sees it as permanently failed.
+    assert catalog.get_schedule(poison).state == "failed_permanently"
+    assert catalog.status(T0).failed_last_24h == 1
 
 
 def test_an_outcome_that_cannot_be_written_is_parked_and_skipped_for_the_rest_of_the_run(

@@ -189,6 +189,8 @@ EXPECTED_ALARMS = {
     "RetryBacklogAlarm": "RetryBacklog",
     "DurationAlarm": "Duration",
     "ScheduleDeadLetterAlarm": "ApproximateNumberOfMessagesVisible",
+    "NotificationFailuresAlarm": "AlertPublishFailures",
+    "OutboxBacklogAlarm": "OutboxBacklog",
 }
 
 

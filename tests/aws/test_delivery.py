@@ -21,8 +21,9 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from flag_scheduler import handler
+from flag_scheduler import fault_injection, handler
 from flag_scheduler.catalog import Catalog
+from flag_scheduler.errors import SystemicFailure
 from flag_scheduler.local import FakeLambdaContext
 from flag_scheduler.messages import ALERT_DIGEST_THRESHOLD, DIGEST_LISTED_SCHEDULES
 from flag_scheduler.models import MessageKind, OutboxMessage
@@ -320,3 +321,30 @@ def test_two_runs_delivering_at_once_never_send_a_message_twice(
     assert len(received) == 200
     assert Counter(received) == Counter(m.message_id for m in messages)
     assert _outbox(conn) == []
+
+
+def test_an_outage_stop_still_delivers_what_its_batches_committed(
+    env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    topic = create_topic()
+    env.setenv("ALERT_TOPIC_ARN", topic)
+    env.setenv("FLAG_SCHEDULE_MAX_RETRIES", "0")  # each lock timeout fails for good
+    flags = [catalog.create_flag(f"locked-{n}") for n in range(5)]
+    due = datetime.now(UTC) - timedelta(minutes=1)
+    schedules = [catalog.create_schedule(flag, due, {"enabled": True}) for flag in flags]
+    for flag in flags:
+        fault_injection.set_fault(conn, flag, "55P03")
+
+    with pytest.raises(SystemicFailure):
+        handler.lambda_handler(EVENT, FakeLambdaContext())
+
+    # The invocation fails (the outage alarm's job), but the alerts its committed outcomes
+    # queued go out in the same invocation, and their metrics are flushed.
+    assert sorted(_alert_ids(topic)) == sorted(f"alert:{s}:1" for s in schedules)
+    emf = _emf(capsys)
+    assert emf["RunFailed"] == [1.0]
+    assert emf["NotificationsDelivered"] == [5.0]
+    assert emf["OutboxBacklog"] == [0.0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -9,9 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from flag_scheduler import fault_injection
+from flag_scheduler import delivery, fault_injection
+from flag_scheduler.backoff import retry_delay
 from flag_scheduler.catalog import Catalog
-from flag_scheduler.models import ClaimedMessage, MessageKind
+from flag_scheduler.delivery import OUTBOX_BACKOFF, deliver_outbox
+from flag_scheduler.models import ClaimedMessage, MessageKind, OutboxMessage
 from flag_scheduler.notifier import SendReport
 from flag_scheduler.repository import ScheduleRepository
 from flag_scheduler.service import RunPolicy, process_due_schedules
@@ -159,3 +163,79 @@ def test_only_the_kinds_someone_delivers_are_queued(
     _run(database_url, kinds=kinds)
     expected = {f"flag_changed:{applied}:1"} if kinds else set()
     assert set(_outbox(conn)) == expected
+
+
+class _Scripted:
+    """A notifier whose answers are scripted per message id: delivered, failed or untried."""
+
+    kinds = frozenset(MessageKind)
+
+    def __init__(self, deliver: set[str], fail: set[str]) -> None:
+        self.deliver, self.fail = deliver, fail
+        self.sent: list[str] = []
+
+    def send(self, messages: Sequence[ClaimedMessage], *, deadline: float) -> SendReport:
+        self.sent += [m.message_id for m in messages]
+        return SendReport(
+            delivered=[m.id for m in messages if m.message_id in self.deliver],
+            failed={m.id: "Boom: endpoint said no" for m in messages if m.message_id in self.fail},
+        )
+
+
+def _queue(conn: psycopg.Connection[Any], *ids: str) -> None:
+    ScheduleRepository(conn).enqueue_messages(
+        [OutboxMessage(i, MessageKind.FLAG_CHANGED, {"flag_key": i}) for i in ids], now=T0
+    )
+
+
+def _rows(conn: psycopg.Connection[Any]) -> dict[str, tuple[Any, ...]]:
+    return {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            "SELECT message_id, attempts, next_attempt_at, last_error FROM notification_outbox"
+        )
+    }
+
+
+def test_delivery_deletes_what_went_out_and_backs_off_what_failed(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    _queue(conn, "ok", "bad", "later")
+    notifier = _Scripted(deliver={"ok"}, fail={"bad"})
+    now = T0 + timedelta(minutes=1)
+    with psycopg.connect(database_url, autocommit=True) as scheduler:
+        report = deliver_outbox(
+            ScheduleRepository(scheduler),
+            notifier,
+            clock=lambda: now,
+            deadline=time.monotonic() + 30,
+            statement_timeout_ms=5_000,
+        )
+    assert (report.delivered, report.event_failures, report.backlog) == (1, 1, 2)
+    rows = _rows(conn)
+    assert set(rows) == {"bad", "later"}
+    attempts, next_attempt_at, last_error = rows["bad"]
+    assert (attempts, last_error) == (1, "Boom: endpoint said no")
+    assert next_attempt_at == now + retry_delay(
+        OUTBOX_BACKOFF, 0, uuid.uuid5(delivery._JITTER_NAMESPACE, "bad")
+    )
+    assert timedelta(seconds=60) <= next_attempt_at - now <= timedelta(seconds=75)
+    assert rows["later"] == (0, T0, None)  # not tried: due, uncharged
+    assert notifier.sent == ["ok", "bad", "later"]  # its kind failed: not claimed again
+
+
+def test_delivery_with_no_time_left_claims_nothing_but_counts_the_backlog(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    _queue(conn, "a", "b")
+    notifier = _Scripted(deliver={"a", "b"}, fail=set())
+    with psycopg.connect(database_url, autocommit=True) as scheduler:
+        report = deliver_outbox(
+            ScheduleRepository(scheduler),
+            notifier,
+            clock=lambda: T0,
+            deadline=time.monotonic() - 1,
+            statement_timeout_ms=5_000,
+        )
+    assert (report.stopped_for_time, report.delivered, report.backlog) == (True, 0, 2)
+    assert notifier.sent == []

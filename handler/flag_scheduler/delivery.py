@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flag_scheduler.backoff import BackoffPolicy, retry_delay
@@ -26,6 +26,11 @@ OUTBOX_BACKOFF = BackoffPolicy(base_seconds=60, cap_seconds=900, jitter_seconds=
 CLAIM_LIMIT = 50
 # Claims use SKIP LOCKED and deletes touch only claimed rows: nothing should wait at all.
 LOCK_TIMEOUT_MS = 1_000
+# A message of a kind this run cannot deliver is deleted only once it is this old: a run
+# without a topic or bus (`flag-scheduler invoke` pointed at a shared database) must not
+# throw away what the deployed function is about to send; leftovers of a topic or bus since
+# removed go after a day (OutboxBacklogAlarm fires meanwhile).
+DISCARD_AFTER = timedelta(days=1)
 # Jitter is keyed by a UUID (flag_scheduler.backoff); a message's is derived from its id.
 _JITTER_NAMESPACE = uuid.UUID("4f1f7a53-2f0c-4b59-9a3e-0d7c1b2e6a10")
 
@@ -45,7 +50,7 @@ class OutboxStore(Protocol):
         idle_in_transaction_timeout_ms: int,
     ) -> AbstractContextManager[None]: ...
 
-    def discard_messages(self, *, keep: Collection[MessageKind]) -> int: ...
+    def discard_messages(self, *, keep: Collection[MessageKind], before: datetime) -> int: ...
 
     def lock_waiting_alerts(self) -> list[PendingAlert]: ...
 
@@ -101,8 +106,9 @@ def deliver_outbox(
 
     Delivered messages are deleted; failed ones get one attempt more and a backoff; those
     not tried (no time left, or their channel failed earlier in this pass) stay due. More
-    than `digest_threshold` waiting alerts are first folded into one digest. Never raises:
-    what is not delivered now is delivered by a later run.
+    than `digest_threshold` waiting alerts are first folded into one digest; messages of a
+    kind `notifier` cannot deliver are deleted once DISCARD_AFTER old. Never raises: what is
+    not delivered now is delivered by a later run.
     """
     report = DeliveryReport()
     if monotonic() >= deadline:
@@ -156,7 +162,7 @@ def _deliver(
 
     kinds = set(notifier.kinds)
     with transaction():
-        report.discarded = store.discard_messages(keep=kinds)
+        report.discarded = store.discard_messages(keep=kinds, before=clock() - DISCARD_AFTER)
     if report.discarded:
         logger.warning(
             "notifications_discarded",

@@ -224,9 +224,11 @@ class ScheduleRepository:
             },
         )
 
-    def discard_messages(self, *, keep: Collection[MessageKind]) -> int:
-        """Delete waiting messages of every kind not in `keep`; returns how many."""
-        rows = self._execute(sql.DISCARD_OUTBOX, {"kinds": [str(k) for k in keep]}).fetchall()
+    def discard_messages(self, *, keep: Collection[MessageKind], before: datetime) -> int:
+        """Delete messages queued before `before` of every kind not in `keep`; how many."""
+        rows = self._execute(
+            sql.DISCARD_OUTBOX, {"kinds": [str(k) for k in keep], "before": before}
+        ).fetchall()
         return len(rows)
 
     def lock_waiting_alerts(self) -> list[PendingAlert]:

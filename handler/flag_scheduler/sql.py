@@ -135,13 +135,13 @@ FROM unnest(%(message_ids)b::text[], %(kinds)b::text[], %(payloads)b::text[])
 ON CONFLICT (message_id) DO NOTHING
 """
 
-# Deletes waiting messages of kinds nothing delivers any more (topic or bus unset), except
-# rows another run is delivering; returns one row per message deleted.
+# Deletes messages queued before %(before)s of kinds this run cannot deliver (its topic or
+# bus is unset), except rows another run is delivering; one row per message deleted.
 DISCARD_OUTBOX = """
 DELETE FROM notification_outbox
 WHERE id IN (
     SELECT id FROM notification_outbox
-    WHERE kind <> ALL(%(kinds)s::text[])
+    WHERE kind <> ALL(%(kinds)s::text[]) AND created_at < %(before)s
     FOR UPDATE SKIP LOCKED
 )
 RETURNING kind

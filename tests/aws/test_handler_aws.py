@@ -159,7 +159,7 @@ def test_without_topic_or_bus_nothing_is_queued_and_zeros_are_reported(
     assert _outbox(conn) == []  # nobody would deliver them: never queued
 
 
-def test_messages_left_for_a_channel_since_removed_are_discarded(
+def test_messages_left_for_a_channel_since_removed_are_discarded_after_a_day(
     aws_env: pytest.MonkeyPatch,
     conn: psycopg.Connection[Any],
     catalog: Catalog,
@@ -171,12 +171,14 @@ def test_messages_left_for_a_channel_since_removed_are_discarded(
     assert len(_outbox(conn)) == 1
     capsys.readouterr()
 
-    handler.reset_container()  # a new deploy without the topic
+    handler.reset_container()  # a new deploy without the topic (or a local run)
     aws_env.delenv("ALERT_TOPIC_ARN")
-    handler.lambda_handler(EVENT, FakeLambdaContext())
-    emf = _emf(capsys)
-    assert emf["NotificationsDiscarded"] == [1.0]
-    assert emf["OutboxBacklog"] == [0.0]
+    soon = datetime.now(UTC) + timedelta(hours=23)
+    result = handler.run_invocation(FakeLambdaContext(), clock=lambda: soon)
+    assert (result["notifications_discarded"], result["outbox_backlog"]) == (0, 1)
+    later = datetime.now(UTC) + timedelta(hours=25)
+    result = handler.run_invocation(FakeLambdaContext(), clock=lambda: later)
+    assert (result["notifications_discarded"], result["outbox_backlog"]) == (1, 0)
     assert _outbox(conn) == []
 
 

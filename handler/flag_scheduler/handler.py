@@ -184,7 +184,8 @@ def _deliver(
         deadline=time.monotonic() + remaining_ms / 1000,
         statement_timeout_ms=settings.statement_timeout_ms,
     )
-    if report.stopped_for_time:
+    if report.stopped_for_time and report.backlog != 0:
+        # Not an error (the next run delivers), but a sign the runs have no time to spare.
         logger.warning("outbox_delivery_stopped_for_time", extra=report.as_dict())
     return report
 

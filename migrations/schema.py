@@ -209,3 +209,35 @@ scheduler_run_state = Table(
     CheckConstraint("id = 1", name="single_row"),
     *_in_range("last_run_started_at", "last_run_finished_at"),
 )
+
+OUTBOX_KINDS = ("alert", "digest", "flag_changed")
+# The moments every client library can represent (as 0005 requires of scheduled_at).
+_REAL_MOMENT = "{0} >= '0001-01-02 00:00:00+00' AND {0} < '9999-12-31 00:00:00+00'"
+
+# Alerts and FlagChanged events written in the transaction of the outcome they report,
+# deleted once delivered (flag_scheduler.delivery).
+notification_outbox = Table(
+    "notification_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("message_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column(
+        "next_attempt_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    ),
+    Column("last_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    CheckConstraint(_in("kind", OUTBOX_KINDS), name="kind_valid"),
+    CheckConstraint("char_length(message_id) BETWEEN 1 AND 200", name="message_id_length"),
+    CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_is_object"),
+    CheckConstraint("attempts BETWEEN 0 AND 1000000", name="attempts_range"),
+    CheckConstraint("char_length(last_error) <= 2000", name="last_error_length"),
+    CheckConstraint(_REAL_MOMENT.format("created_at"), name="created_at_in_range"),
+    CheckConstraint(_REAL_MOMENT.format("next_attempt_at"), name="next_attempt_at_in_range"),
+    CheckConstraint(_REAL_MOMENT.format("last_attempt_at"), name="last_attempt_at_in_range"),
+    UniqueConstraint("message_id"),
+    Index("ix_notification_outbox_next_attempt_at_id", "next_attempt_at", "id"),
+)

@@ -14,7 +14,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
-from flag_scheduler import service
+from flag_scheduler import delivery, service
 from flag_scheduler.aws.notifier import AwsNotifier
 from flag_scheduler.aws.secrets import connect_database
 from flag_scheduler.aws.settings import AwsSettings
@@ -123,15 +123,21 @@ def run_invocation(
         outage_threshold=settings.outage_threshold,
         idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
     )
-    summary = service.process_due_schedules(
-        repository,
-        notifier,
-        clock=clock,
-        remaining_ms=context.get_remaining_time_in_millis,
-        policy=policy,
-        request_id=getattr(context, "aws_request_id", None),
-        progress=progress,
-    )
+    try:
+        summary = service.process_due_schedules(
+            repository,
+            notifier,
+            clock=clock,
+            remaining_ms=context.get_remaining_time_in_millis,
+            policy=policy,
+            request_id=getattr(context, "aws_request_id", None),
+            progress=progress,
+        )
+    except SystemicFailure:
+        # The batches committed before the outage stop still get their notifications out.
+        _add_delivery_metrics(_deliver(repository, notifier, context, settings, clock))
+        raise
+    outbox = _deliver(repository, notifier, context, settings, clock)
     retry_backlog = _retry_backlog(repository, settings)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
 
@@ -148,16 +154,53 @@ def run_invocation(
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     if retry_backlog is not None:
         metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
-    undelivered = notifier.take_failures()
-    metrics.add_metric(name="AlertPublishFailures", unit=MetricUnit.Count, value=undelivered.alerts)
-    metrics.add_metric(name="FlagEventFailures", unit=MetricUnit.Count, value=undelivered.events)
+    _add_delivery_metrics(outbox)
     metrics.add_metric(name="RunDuration", unit=MetricUnit.Milliseconds, value=duration_ms)
     for lag in summary.lag_seconds:
         metrics.add_metric(name="ScheduleLagSeconds", unit=MetricUnit.Seconds, value=lag)
 
-    result = {**summary.as_dict(), "retry_backlog": retry_backlog, "duration_ms": duration_ms}
+    result = {
+        **summary.as_dict(),
+        "retry_backlog": retry_backlog,
+        **outbox.as_dict(),
+        "duration_ms": duration_ms,
+    }
     logger.info("run_completed", extra=result)
     return result
+
+
+def _deliver(
+    repository: ScheduleRepository,
+    notifier: AwsNotifier,
+    context: Any,
+    settings: Settings,
+    clock: service.Clock,
+) -> delivery.DeliveryReport:
+    """Send the outbox until the time margin before the Lambda timeout (never raises)."""
+    remaining_ms = context.get_remaining_time_in_millis() - settings.time_margin_seconds * 1000
+    report = delivery.deliver_outbox(
+        repository,
+        notifier,
+        clock=clock,
+        deadline=time.monotonic() + remaining_ms / 1000,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
+    if report.stopped_for_time and report.backlog != 0:
+        # Not an error (the next run delivers), but a sign the runs have no time to spare.
+        logger.warning("outbox_delivery_stopped_for_time", extra=report.as_dict())
+    return report
+
+
+def _add_delivery_metrics(report: delivery.DeliveryReport) -> None:
+    for name, value in (
+        ("NotificationsDelivered", report.delivered),
+        ("AlertPublishFailures", report.alert_failures),
+        ("FlagEventFailures", report.event_failures),
+        ("NotificationsDiscarded", report.discarded),
+    ):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if report.backlog is not None:
+        metrics.add_metric(name="OutboxBacklog", unit=MetricUnit.Count, value=report.backlog)
 
 
 def _retry_backlog(repository: ScheduleRepository, settings: Settings) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -181,17 +182,36 @@ class AttemptRecord:
     request_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PermanentFailure:
-    """A schedule that will not be retried automatically, for alerts."""
+class MessageKind(StrEnum):
+    """What an outbox message reports (the outbox's CHECK lists the same values)."""
 
-    schedule_id: UUID
-    flag_key: str
-    environment: str
-    scheduled_at: datetime
-    retry_count: int
-    error_class: str
-    last_error: str
+    ALERT = "alert"  # one schedule failed permanently or expired
+    DIGEST = "digest"  # many alerts folded into one (a mass failure)
+    FLAG_CHANGED = "flag_changed"  # an applied schedule changed a flag
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A notification written in the transaction of the outcome it reports.
+
+    `message_id` is stable (kind, schedule, attempt): delivered more than once, it is the
+    same id, so consumers can drop duplicates.
+    """
+
+    message_id: str
+    kind: MessageKind
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """An outbox row claimed for delivery: the message, its row id and its attempts so far."""
+
+    id: int
+    message_id: str
+    kind: MessageKind
+    payload: dict[str, Any]
+    attempts: int
 
 
 # The first lags of a run are kept for the ScheduleLagSeconds metric; the rest only count

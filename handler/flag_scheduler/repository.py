@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,14 +20,18 @@ from flag_scheduler.errors import (
     PermanentDatabaseError,
     TransientDatabaseError,
 )
+from flag_scheduler.messages import PendingAlert
 from flag_scheduler.models import (
     EARLIEST_MOMENT,
     LATEST_MOMENT,
     MAX_RETRY_COUNT,
     MAX_UPDATES_BYTES,
     AppliedSchedule,
+    ClaimedMessage,
     DueSchedule,
     FlagState,
+    MessageKind,
+    OutboxMessage,
     ScheduleOutcome,
 )
 
@@ -226,8 +231,10 @@ class ScheduleRepository:
         now: datetime,
         finished_at: datetime,
         request_id: str | None,
+        messages: Sequence[OutboxMessage] = (),
     ) -> None:
-        """Record each schedule's new state and its history row (two statements).
+        """Record each schedule's new state, its history row and the notifications it
+        causes (three statements at most, in the caller's transaction).
 
         `now` is when the attempts started (and applied_at); `finished_at` when they ended.
         """
@@ -263,6 +270,86 @@ class ScheduleRepository:
                 "request_id": request_id,
             },
         )
+        self.enqueue_messages(messages, now=now)
+
+    def enqueue_messages(self, messages: Sequence[OutboxMessage], *, now: datetime) -> None:
+        """Queue notifications for delivery after commit (one statement; none if empty)."""
+        if not messages:
+            return
+        self._execute(
+            sql.INSERT_OUTBOX,
+            {
+                "message_ids": [m.message_id for m in messages],
+                "kinds": [str(m.kind) for m in messages],
+                "payloads": [json.dumps(m.payload, sort_keys=True) for m in messages],
+                "now": now,
+            },
+        )
+
+    def discard_messages(self, *, keep: Collection[MessageKind], before: datetime) -> int:
+        """Delete messages queued before `before` of every kind not in `keep`; how many."""
+        rows = self._execute(
+            sql.DISCARD_OUTBOX, {"kinds": [str(k) for k in keep], "before": before}
+        ).fetchall()
+        return len(rows)
+
+    def lock_waiting_alerts(self) -> list[PendingAlert]:
+        """Lock the waiting alerts no other run is delivering, oldest first."""
+        rows = self._execute(sql.LOCK_WAITING_ALERTS).fetchall()
+        return [
+            PendingAlert(
+                id=row[0],
+                message_id=row[1],
+                schedule_id=row[2] or "",
+                environment=row[3] or "",
+                error_class=row[4] or "unknown",
+            )
+            for row in rows
+        ]
+
+    def delete_messages(self, ids: Sequence[int]) -> None:
+        """Delete outbox rows this transaction has locked (delivered or folded)."""
+        if ids:
+            self._execute(sql.DELETE_OUTBOX, {"ids": list(ids)})
+
+    def claim_messages(
+        self, now: datetime, *, kinds: Collection[MessageKind], limit: int
+    ) -> list[ClaimedMessage]:
+        """Lock and return up to `limit` messages due at `now`, skipping locked ones."""
+        rows = self._execute(
+            sql.CLAIM_OUTBOX, {"now": now, "kinds": [str(k) for k in kinds], "limit": limit}
+        ).fetchall()
+        return [
+            ClaimedMessage(
+                id=row[0],
+                message_id=row[1],
+                kind=MessageKind(row[2]),
+                payload=row[3],
+                attempts=row[4],
+            )
+            for row in rows
+        ]
+
+    def reschedule_messages(
+        self, failures: Sequence[tuple[int, datetime, str]], *, now: datetime
+    ) -> None:
+        """Record failed deliveries: (row id, next attempt at, error) each."""
+        if not failures:
+            return
+        self._execute(
+            sql.RESCHEDULE_OUTBOX,
+            {
+                "ids": [row_id for row_id, _, _ in failures],
+                "next_attempt_at": [at for _, at, _ in failures],
+                "errors": [error for _, _, error in failures],
+                "now": now,
+            },
+        )
+
+    def count_outbox(self) -> int:
+        """How many messages wait for delivery."""
+        row = self._execute(sql.COUNT_OUTBOX).fetchone()
+        return int(row[0])
 
     def save_run_state(
         self,

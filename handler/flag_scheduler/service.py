@@ -22,6 +22,7 @@ from flag_scheduler.errors import (
     SystemicFailure,
     Unrecordable,
 )
+from flag_scheduler.messages import outbox_messages
 from flag_scheduler.models import (
     MAX_UPDATES_BYTES,
     AppliedSchedule,
@@ -29,7 +30,8 @@ from flag_scheduler.models import (
     FlagChange,
     FlagState,
     FlagUpdates,
-    PermanentFailure,
+    MessageKind,
+    OutboxMessage,
     RunSummary,
     ScheduleOutcome,
 )
@@ -81,6 +83,7 @@ class ScheduleRepository(Protocol):
         now: datetime,
         finished_at: datetime,
         request_id: str | None,
+        messages: Sequence[OutboxMessage] = (),
     ) -> None: ...
 
     def save_run_state(
@@ -143,6 +146,8 @@ class _Run:
     policy: RunPolicy
     request_id: str | None
     remaining_ms: Callable[[], int]
+    # The notifications someone delivers; only these are queued in the outbox.
+    kinds: frozenset[MessageKind] = frozenset()
     summary: RunSummary = field(default_factory=RunSummary)
     streak: _FailureStreak = field(default_factory=_FailureStreak)
     # Schedules whose outcome could not be written this run: re-claiming only them again
@@ -167,8 +172,9 @@ def process_due_schedules(
     memory in scheduled order, then all flag writes, outcomes and history rows written in
     three statements. Only when one of those statements fails does the batch fall back to
     one savepoint per schedule, so one bad schedule never undoes its neighbours.
-    Notifications go out only after the batch has committed; `progress` is told the
-    running totals after each batch.
+    Each outcome's notifications (of the kinds `notifier` delivers) are queued in the
+    outbox in the same transaction; flag_scheduler.delivery sends them after commit.
+    `progress` is told the running totals after each batch.
 
     Raises:
         DatabaseUnavailable: the connection was lost; the open batch was rolled back by the
@@ -182,6 +188,7 @@ def process_due_schedules(
         policy=policy,
         request_id=request_id,
         remaining_ms=remaining_ms,
+        kinds=notifier.kinds,
     )
     summary = run.summary
     started_at = clock()
@@ -204,7 +211,7 @@ def process_due_schedules(
             summary.claimed += len(claimed)
             outcomes = _process_batch(run, batch, now) if batch else []
         summary.transactions += 1
-        _report(run, outcomes, notifier, now)
+        _report(run, outcomes, now)
         if progress is not None:
             progress(summary)
         if run.streak.is_outage(policy.outage_threshold):
@@ -258,7 +265,11 @@ def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[S
             try:
                 with run.repository.savepoint():
                     run.repository.write_outcomes(
-                        [outcome], now=now, finished_at=run.clock(), request_id=run.request_id
+                        [outcome],
+                        now=now,
+                        finished_at=run.clock(),
+                        request_id=run.request_id,
+                        messages=outbox_messages([outcome], run.kinds),
                     )
                 outcomes.append(outcome)
             except DatabaseUnavailable:
@@ -374,7 +385,13 @@ def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list
         outcomes.append(ScheduleOutcome(schedule, "applied", "applied", attempt, change=change))
     if changed:
         repository.write_flags(list(changed.values()), now)
-    repository.write_outcomes(outcomes, now=now, finished_at=run.clock(), request_id=run.request_id)
+    repository.write_outcomes(
+        outcomes,
+        now=now,
+        finished_at=run.clock(),
+        request_id=run.request_id,
+        messages=outbox_messages(outcomes, run.kinds),
+    )
     # A flag that took its change breaks a streak of failures: not an outage. (A group holds
     # no retryable failure: those abort the group, and the fallback retries one by one.)
     if any(o.outcome in ("applied", "superseded") for o in outcomes):
@@ -452,16 +469,13 @@ def _failure_outcome(
     )
 
 
-def _report(run: _Run, outcomes: list[ScheduleOutcome], notifier: Notifier, now: datetime) -> None:
-    """Count, log and notify the outcomes of a committed batch."""
+def _report(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -> None:
+    """Count and log the outcomes of a committed batch (their notifications are queued)."""
     summary = run.summary
-    changes: list[FlagChange] = []
-    failures: list[PermanentFailure] = []
     for outcome in outcomes:
         schedule = outcome.schedule
         if outcome.outcome == "applied":
             assert outcome.change is not None
-            changes.append(outcome.change)
             summary.applied += 1
             lag = now - schedule.scheduled_at
             summary.record_lag(lag.total_seconds())
@@ -495,25 +509,10 @@ def _report(run: _Run, outcomes: list[ScheduleOutcome], notifier: Notifier, now:
         else:
             summary.failed_permanently += 1
             summary.expired += outcome.outcome == "expired"
-            failures.append(
-                PermanentFailure(
-                    schedule_id=schedule.id,
-                    flag_key=schedule.flag_key,
-                    environment=schedule.environment,
-                    scheduled_at=schedule.scheduled_at,
-                    retry_count=schedule.retry_count,
-                    error_class=outcome.error_class or "unknown",
-                    last_error=outcome.last_error or "",
-                )
-            )
             logger.error(
                 "schedule_failed_permanently",
                 extra={**_log_fields(schedule), **_error_fields(outcome), "next_retry_at": None},
             )
-    if failures:
-        notifier.schedules_failed_permanently(failures)
-    if changes:
-        notifier.flags_changed(changes)
 
 
 def _error_fields(outcome: ScheduleOutcome) -> dict[str, object]:

@@ -181,6 +181,74 @@ FROM feature_flag_schedules
 WHERE due_at IS NOT NULL AND status = 'failed'
 """
 
+# --- Notification outbox (flag_scheduler.delivery). ---
+
+# Queues a batch's notifications in the transaction of the outcomes they report. A message
+# id already queued is the same report (consumers de-duplicate by id): not queued twice.
+INSERT_OUTBOX = """
+INSERT INTO notification_outbox (message_id, kind, payload, created_at, next_attempt_at)
+SELECT v.message_id, v.kind, v.payload::jsonb, %(now)s, %(now)s
+FROM unnest(%(message_ids)b::text[], %(kinds)b::text[], %(payloads)b::text[])
+     AS v(message_id, kind, payload)
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+# Deletes messages queued before %(before)s of kinds this run cannot deliver (its topic or
+# bus is unset), except rows another run is delivering; one row per message deleted.
+DISCARD_OUTBOX = """
+DELETE FROM notification_outbox
+WHERE id IN (
+    SELECT id FROM notification_outbox
+    WHERE kind <> ALL(%(kinds)s::text[]) AND created_at < %(before)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING kind
+"""
+
+# Locks every waiting alert no other run is delivering, oldest first, with what a digest
+# counts; the caller folds them into one digest or leaves them.
+LOCK_WAITING_ALERTS = """
+SELECT id, message_id, payload->>'schedule_id', payload->>'environment',
+       payload->>'error_class'
+FROM notification_outbox
+WHERE kind = 'alert'
+ORDER BY id
+FOR UPDATE SKIP LOCKED
+"""
+
+# Deletes delivered (or folded) messages; their rows are locked by this transaction.
+DELETE_OUTBOX = """
+DELETE FROM notification_outbox WHERE id = ANY(%(ids)b::bigint[])
+"""
+
+# Claims due messages of the given kinds, oldest due first. SKIP LOCKED: a message another
+# run is sending is neither waited for nor sent twice; the lock holds until this transaction
+# records the delivery, so a run killed mid-send leaves the message for the next run.
+CLAIM_OUTBOX = """
+SELECT id, message_id, kind, payload, attempts
+FROM notification_outbox
+WHERE next_attempt_at <= %(now)s AND kind = ANY(%(kinds)s::text[])
+ORDER BY next_attempt_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+# Records failed deliveries: one attempt more (bounded by the column's CHECK), the next
+# attempt after its backoff, and why.
+RESCHEDULE_OUTBOX = """
+UPDATE notification_outbox AS o
+SET attempts = least(o.attempts + 1, 1000000),
+    next_attempt_at = v.next_attempt_at,
+    last_attempt_at = %(now)s,
+    last_error = left(v.error, 2000)
+FROM unnest(%(ids)b::bigint[], %(next_attempt_at)b::timestamptz[], %(errors)b::text[])
+     AS v(id, next_attempt_at, error)
+WHERE o.id = v.id
+"""
+
+# Messages not yet delivered (the OutboxBacklog gauge).
+COUNT_OUTBOX = "SELECT count(*) FROM notification_outbox"
+
 # Cheap liveness check of a cached connection.
 PING = "SELECT 1"
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
+import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every AWS call in the test goes to moto; no real credentials can be used."""
     from moto import mock_aws
 
+    _fake_credentials(monkeypatch)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    secrets.reset_cache()
+    with mock_aws():
+        yield
+    secrets.reset_cache()
+
+
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -34,12 +46,65 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "AWS_DEFAULT_REGION": REGION,
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION"):
+    for name in ("AWS_PROFILE", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)
-    secrets.reset_cache()
-    with mock_aws():
-        yield
-    secrets.reset_cache()
+
+
+@pytest.fixture
+def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto server on a free port that other processes can reach too; AWS_ENDPOINT_URL
+    (inherited by subprocesses) points every client at it. Yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    _fake_credentials(monkeypatch)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    _reset_moto(url)
+    yield url
+    _reset_moto(url)
+    server.stop()
+
+
+def _reset_moto(url: str) -> None:
+    request = urllib.request.Request(f"{url}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+@dataclass
+class SilentEndpoint:
+    """A TCP server that accepts every connection and never sends a byte back."""
+
+    url: str
+    connections: list[socket.socket]
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[SilentEndpoint]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    endpoint = SilentEndpoint(f"http://127.0.0.1:{listener.getsockname()[1]}", [])
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            endpoint.connections.append(connection)  # held open, never read or answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield endpoint
+    stop.set()
+    thread.join()
+    for connection in endpoint.connections:
+        connection.close()
+    listener.close()
 
 
 def client(service: str) -> Any:
@@ -82,8 +147,8 @@ def sent_notifications(topic_arn: str) -> list[dict[str, Any]]:
 
     topic = sns_backends[ACCOUNT][REGION].topics[topic_arn]
     return [
-        {"message_id": message_id, "message": message, "subject": subject}
-        for message_id, message, subject, *_ in topic.sent_notifications
+        {"message_id": message_id, "message": message, "subject": subject, "attributes": attrs}
+        for message_id, message, subject, attrs, *_ in topic.sent_notifications
     ]
 
 
@@ -102,9 +167,14 @@ class EventTap:
             messages = response.get("Messages", [])
             if not messages:
                 return events
-            for message in messages:
-                events.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            events += [json.loads(message["Body"]) for message in messages]
+            sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": message["ReceiptHandle"]}
+                    for n, message in enumerate(messages)
+                ],
+            )
 
 
 def create_event_tap(bus_name: str = "flag-events") -> EventTap:

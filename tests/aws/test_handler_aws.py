@@ -1,4 +1,4 @@
-"""The handler in its AWS configuration (moto): secret, alerts after commit, FlagChanged events."""
+"""The handler in its AWS configuration (moto): secret, outbox alerts and FlagChanged events."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def _due(catalog: Catalog, key: str, updates: object) -> Any:
     return catalog.create_schedule(flag, datetime.now(UTC) - timedelta(minutes=1), updates)
 
 
+def _outbox(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(message_id, kind, attempts) of every message still waiting, oldest first."""
+    return [
+        tuple(row)
+        for row in conn.execute(
+            "SELECT message_id, kind, attempts FROM notification_outbox ORDER BY id"
+        )
+    ]
+
+
 def _emf(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     (emf,) = [line for line in lines if "_aws" in line]
@@ -71,7 +81,9 @@ def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
     assert (message["flag_key"], message["environment"]) == ("search-v3", "production")
     assert message["error_class"] == "invalid_updates"
     assert message["last_error"] == schedule_row(conn, invalid).last_error
+    assert message["message_id"] == f"alert:{invalid}:1"
     assert set(message) == {
+        "message_id",
         "schedule_id",
         "flag_key",
         "environment",
@@ -84,6 +96,7 @@ def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
     (event,) = tap.received()
     assert (event["source"], event["detail-type"]) == ("flag-scheduler", "FlagChanged")
     assert event["detail"] == {
+        "message_id": f"flag_changed:{applied}:1",
         "schedule_id": str(applied),
         "flag_key": "holiday-banner",
         "environment": "production",
@@ -91,6 +104,7 @@ def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
         "new": {"enabled": True, "rollout_percentage": 50},
     }
     assert schedule_row(conn, applied).status == "applied"
+    assert _outbox(conn) == []
 
 
 def test_undeliverable_notifications_leave_the_database_outcome_intact(
@@ -114,16 +128,58 @@ def test_undeliverable_notifications_leave_the_database_outcome_intact(
     emf = _emf(capsys)
     assert emf["AlertPublishFailures"] == [1.0]
     assert emf["FlagEventFailures"] == [1.0]
+    assert emf["NotificationsDelivered"] == [0.0]
+    # Not lost: both wait in the outbox for a later run, one attempt counted.
+    assert emf["OutboxBacklog"] == [2.0]
+    assert sorted(_outbox(conn)) == [
+        (f"alert:{invalid}:1", "alert", 1),
+        (f"flag_changed:{applied}:1", "flag_changed", 1),
+    ]
 
 
-def test_without_topic_or_bus_nothing_is_sent_and_zero_failures_are_reported(
-    aws_env: pytest.MonkeyPatch, catalog: Catalog, capsys: pytest.CaptureFixture[str]
+def test_without_topic_or_bus_nothing_is_queued_and_zeros_are_reported(
+    aws_env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     _due(catalog, "quiet", {"enabled": True})
-    handler.lambda_handler(EVENT, FakeLambdaContext())
+    _due(catalog, "broken", {"enabled": "yes"})
+    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    assert (result["applied"], result["failed_permanently"]) == (1, 1)
     emf = _emf(capsys)
-    assert emf["AlertPublishFailures"] == [0.0]
-    assert emf["FlagEventFailures"] == [0.0]
+    for name in (
+        "AlertPublishFailures",
+        "FlagEventFailures",
+        "NotificationsDelivered",
+        "NotificationsDiscarded",
+        "OutboxBacklog",
+    ):
+        assert emf[name] == [0.0], name
+    assert _outbox(conn) == []  # nobody would deliver them: never queued
+
+
+def test_messages_left_for_a_channel_since_removed_are_discarded_after_a_day(
+    aws_env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws_env.setenv("ALERT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:deleted-topic")
+    _due(catalog, "broken", {"enabled": "yes"})
+    handler.lambda_handler(EVENT, FakeLambdaContext())
+    assert len(_outbox(conn)) == 1
+    capsys.readouterr()
+
+    handler.reset_container()  # a new deploy without the topic (or a local run)
+    aws_env.delenv("ALERT_TOPIC_ARN")
+    soon = datetime.now(UTC) + timedelta(hours=23)
+    result = handler.run_invocation(FakeLambdaContext(), clock=lambda: soon)
+    assert (result["notifications_discarded"], result["outbox_backlog"]) == (0, 1)
+    later = datetime.now(UTC) + timedelta(hours=25)
+    result = handler.run_invocation(FakeLambdaContext(), clock=lambda: later)
+    assert (result["notifications_discarded"], result["outbox_backlog"]) == (1, 0)
+    assert _outbox(conn) == []
 
 
 def test_invalid_aws_setting_fails_before_any_schedule_is_touched(

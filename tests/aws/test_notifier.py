@@ -1,41 +1,58 @@
-"""SNS alerts and FlagChanged events (moto): content, batching, retries, failures counted."""
+"""Sending outbox messages (moto): content, stable ids, batching, failures, the deadline."""
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
-from flag_scheduler.aws.notifier import AwsNotifier, DeliveryFailures
-from flag_scheduler.models import FlagChange, PermanentFailure
+from flag_scheduler.aws.notifier import CALL_BUDGET_SECONDS, AwsNotifier
+from flag_scheduler.models import ClaimedMessage, MessageKind
+from flag_scheduler.notifier import SendReport
 from tests.aws.conftest import client, create_event_tap, create_topic, sent_notifications
 
 pytestmark = pytest.mark.usefixtures("aws")
 
+SCHEDULE_ID = "6f1c1d1e-0000-4000-8000-000000000001"
+# Far enough ahead for any number of calls, unless a test says otherwise.
+LATER = 1e12
 
-def _failure(flag_key: str = "checkout-v2") -> PermanentFailure:
-    return PermanentFailure(
-        schedule_id=UUID("6f1c1d1e-0000-4000-8000-000000000001"),
-        flag_key=flag_key,
-        environment="production",
-        scheduled_at=datetime(2026, 3, 1, 9, 0, tzinfo=UTC),
-        retry_count=3,
-        error_class="lock_timeout",
-        last_error="lock_timeout: canceling statement due to lock timeout",
+
+def _alert(row_id: int = 1, flag_key: str = "checkout-v2") -> ClaimedMessage:
+    return ClaimedMessage(
+        id=row_id,
+        message_id=f"alert:{SCHEDULE_ID}:{row_id}",
+        kind=MessageKind.ALERT,
+        payload={
+            "schedule_id": SCHEDULE_ID,
+            "flag_key": flag_key,
+            "environment": "production",
+            "scheduled_at": "2026-03-01T09:00:00+00:00",
+            "retry_count": 3,
+            "error_class": "lock_timeout",
+            "last_error": "lock_timeout: canceling statement due to lock timeout",
+        },
+        attempts=0,
     )
 
 
-def _change(n: int = 0) -> FlagChange:
-    return FlagChange(
-        schedule_id=uuid4(),
-        flag_key=f"flag-{n}",
-        environment="staging",
-        old={"enabled": False},
-        new={"enabled": True},
+def _change(n: int = 0) -> ClaimedMessage:
+    schedule_id = str(uuid4())
+    return ClaimedMessage(
+        id=100 + n,
+        message_id=f"flag_changed:{schedule_id}:1",
+        kind=MessageKind.FLAG_CHANGED,
+        payload={
+            "schedule_id": schedule_id,
+            "flag_key": f"flag-{n}",
+            "environment": "staging",
+            "old": {"enabled": False},
+            "new": {"enabled": True},
+        },
+        attempts=0,
     )
 
 
@@ -52,7 +69,7 @@ class _Recording:
 
 
 class _Flaky:
-    """A PutEvents client whose answers are scripted: a list of entry indexes to fail."""
+    """A PutEvents client whose answers are scripted: a set of entry indexes to fail."""
 
     def __init__(self, failing: list[set[int] | Exception]) -> None:
         self.failing = failing
@@ -73,14 +90,15 @@ class _Flaky:
         return {"FailedEntryCount": len(script), "Entries": results}
 
 
-def test_one_alert_per_permanent_failure() -> None:
+def test_alerts_carry_their_stable_id_in_body_and_attributes() -> None:
     topic = create_topic()
-    notifier = AwsNotifier(topic_arn=topic)
-    notifier.schedules_failed_permanently([_failure("a"), _failure("b")])
+    report = AwsNotifier(topic_arn=topic).send([_alert(1, "a"), _alert(2, "b")], deadline=LATER)
+    assert report == SendReport(delivered=[1, 2])
     sent = sent_notifications(topic)
     assert [json.loads(n["message"])["flag_key"] for n in sent] == ["a", "b"]
     assert json.loads(sent[0]["message"]) == {
-        "schedule_id": "6f1c1d1e-0000-4000-8000-000000000001",
+        "message_id": f"alert:{SCHEDULE_ID}:1",
+        "schedule_id": SCHEDULE_ID,
         "flag_key": "a",
         "environment": "production",
         "retry_count": 3,
@@ -89,83 +107,106 @@ def test_one_alert_per_permanent_failure() -> None:
         "scheduled_at": "2026-03-01T09:00:00+00:00",
     }
     assert sent[0]["subject"] == "flag-scheduler: a (production) failed permanently"
-    assert notifier.take_failures() == DeliveryFailures()
+    assert sent[0]["attributes"]["message_id"] == {
+        "Type": "String",
+        "Value": f"alert:{SCHEDULE_ID}:1",
+    }
+    assert sent[0]["attributes"]["kind"]["Value"] == "alert"
+
+
+def test_a_digest_says_how_many_in_its_subject() -> None:
+    topic = create_topic()
+    digest = ClaimedMessage(
+        id=7,
+        message_id="digest:abc",
+        kind=MessageKind.DIGEST,
+        payload={"failures": 250, "by_error_class": {"expired": 250}},
+        attempts=0,
+    )
+    AwsNotifier(topic_arn=topic).send([digest], deadline=LATER)
+    (sent,) = sent_notifications(topic)
+    assert sent["subject"] == "flag-scheduler: 250 schedules failed permanently"
+    assert json.loads(sent["message"])["message_id"] == "digest:abc"
 
 
 def test_subject_is_printable_ascii_of_at_most_100_characters() -> None:
     topic = create_topic()
-    AwsNotifier(topic_arn=topic).schedules_failed_permanently([_failure("bannière-" + "x" * 120)])
+    AwsNotifier(topic_arn=topic).send([_alert(1, "bannière-" + "x" * 120)], deadline=LATER)
     (sent,) = sent_notifications(topic)
     assert len(sent["subject"]) == 100
     assert sent["subject"].isascii()
 
 
-def test_failed_alert_is_logged_and_counted_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_alert_is_reported_and_logged_and_the_topic_is_not_tried_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     missing = "arn:aws:sns:eu-west-1:123456789012:no-such-topic"
-    notifier = AwsNotifier(topic_arn=missing)
     with caplog.at_level(logging.ERROR):
-        notifier.schedules_failed_permanently([_failure(), _failure()])
-    assert notifier.take_failures() == DeliveryFailures(alerts=2)
-    assert notifier.take_failures() == DeliveryFailures()  # taking resets
-    assert [r.message for r in caplog.records] == ["alert_publish_failed"] * 2
+        report = AwsNotifier(topic_arn=missing).send([_alert(1), _alert(2)], deadline=LATER)
+    assert report.delivered == []
+    assert list(report.failed) == [1]  # 2 was not tried: it waits for a later run
+    assert "NotFound" in report.failed[1]
+    (record,) = caplog.records
+    assert (record.message, record.message_id) == ("alert_publish_failed", _alert(1).message_id)
 
 
-def test_unconfigured_notifier_creates_no_client() -> None:
+def test_unconfigured_notifier_delivers_no_kind_and_creates_no_client() -> None:
     def refuse() -> Any:
         raise AssertionError("no client may be created")
 
     notifier = AwsNotifier(sns=refuse, events=refuse)
-    notifier.schedules_failed_permanently([_failure()])
-    notifier.flags_changed([_change()])
-    assert notifier.take_failures() == DeliveryFailures()
+    assert notifier.kinds == frozenset()
+    assert notifier.send([_alert(), _change()], deadline=LATER) == SendReport()
+    assert AwsNotifier(topic_arn="t", bus_name="b").kinds == set(MessageKind)
 
 
-def test_flag_changed_events_in_batches_of_at_most_ten() -> None:
+def test_flag_changed_events_in_batches_of_at_most_ten_with_their_message_id() -> None:
     tap = create_event_tap()
     recording = _Recording(client("events"))
     notifier = AwsNotifier(bus_name=tap.bus_name, events=lambda: recording)
     changes = [_change(n) for n in range(23)]
-    notifier.flags_changed(changes)
+    report = notifier.send(changes, deadline=LATER)
     assert recording.calls == [10, 10, 3]
+    assert sorted(report.delivered) == sorted(c.id for c in changes)
     events = tap.received()
-    assert sorted(e["detail"]["flag_key"] for e in events) == sorted(c.flag_key for c in changes)
+    assert sorted(e["detail"]["message_id"] for e in events) == sorted(
+        c.message_id for c in changes
+    )
     first = next(e for e in events if e["detail"]["flag_key"] == "flag-0")
-    assert first["source"] == "flag-scheduler"
-    assert first["detail-type"] == "FlagChanged"
-    assert first["detail"] == {
-        "schedule_id": str(changes[0].schedule_id),
-        "flag_key": "flag-0",
-        "environment": "staging",
-        "old": {"enabled": False},
-        "new": {"enabled": True},
-    }
-    assert notifier.take_failures() == DeliveryFailures()
+    assert (first["source"], first["detail-type"]) == ("flag-scheduler", "FlagChanged")
+    assert first["detail"] == {**changes[0].payload, "message_id": changes[0].message_id}
 
 
-def test_failed_entries_are_retried_once() -> None:
+def test_failed_entries_are_reported_and_the_bus_rests_for_this_send(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     flaky = _Flaky([{1}])
-    notifier = AwsNotifier(bus_name="bus", events=lambda: flaky)
-    notifier.flags_changed([_change(0), _change(1), _change(2)])
-    assert flaky.calls == [["flag-0", "flag-1", "flag-2"], ["flag-1"]]
-    assert notifier.take_failures() == DeliveryFailures()
-
-
-def test_entries_failing_twice_are_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
-    flaky = _Flaky([{0, 2}, {1}])
-    notifier = AwsNotifier(bus_name="bus", events=lambda: flaky)
+    changes = [_change(n) for n in range(13)]
     with caplog.at_level(logging.ERROR):
-        notifier.flags_changed([_change(0), _change(1), _change(2)])
-    assert flaky.calls == [["flag-0", "flag-1", "flag-2"], ["flag-0", "flag-2"]]
-    assert notifier.take_failures() == DeliveryFailures(events=1)
+        report = AwsNotifier(bus_name="bus", events=lambda: flaky).send(changes, deadline=LATER)
+    assert len(flaky.calls) == 1  # the second batch of 3 waits for a later run
+    assert report.delivered == [c.id for c in changes[:10] if c.id != changes[1].id]
+    assert report.failed == {changes[1].id: "ThrottlingException: slow down"}
     (record,) = caplog.records
-    assert (record.message, record.flag_key) == ("flag_event_failed", "flag-2")
-    assert "ThrottlingException" in record.error
+    assert (record.message, record.flag_key) == ("flag_event_failed", "flag-1")
 
 
-def test_a_raising_call_is_retried_once_then_counted() -> None:
-    flaky = _Flaky([ConnectionError("endpoint unreachable"), ConnectionError("still")])
-    notifier = AwsNotifier(bus_name="bus", events=lambda: flaky)
-    notifier.flags_changed([_change(n) for n in range(12)])
-    # The first batch of 10 fails twice; the second batch of 2 gets through.
-    assert [len(call) for call in flaky.calls] == [10, 10, 2]
-    assert notifier.take_failures() == DeliveryFailures(events=10)
+def test_a_raising_call_fails_its_batch_only() -> None:
+    flaky = _Flaky([ConnectionError("endpoint unreachable")])
+    changes = [_change(n) for n in range(12)]
+    report = AwsNotifier(bus_name="bus", events=lambda: flaky).send(changes, deadline=LATER)
+    assert set(report.failed) == {c.id for c in changes[:10]}
+    assert report.delivered == []
+
+
+def test_no_call_starts_that_could_not_finish_before_the_deadline() -> None:
+    topic = create_topic()
+    tap = create_event_tap()
+    now = [100.0]
+    notifier = AwsNotifier(topic_arn=topic, bus_name=tap.bus_name, monotonic=lambda: now[0])
+    report = notifier.send([_alert(), _change()], deadline=100.0 + CALL_BUDGET_SECONDS - 0.001)
+    assert report == SendReport()
+    assert sent_notifications(topic) == []
+    assert tap.received() == []
+    report = notifier.send([_alert(), _change()], deadline=100.0 + CALL_BUDGET_SECONDS)
+    assert sorted(report.delivered) == [1, 100]

@@ -190,6 +190,8 @@ EXPECTED_ALARMS = {
     "DurationAlarm": "Duration",
     "ScheduleDeadLetterAlarm": "ApproximateNumberOfMessagesVisible",
     "UnrecordableAlarm": "SchedulesUnrecordable",
+    "NotificationFailuresAlarm": "AlertPublishFailures",
+    "OutboxBacklogAlarm": "OutboxBacklog",
 }
 
 

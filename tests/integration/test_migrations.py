@@ -27,6 +27,7 @@ TABLES = (
     "feature_flag_schedules",
     "feature_flag_schedule_attempts",
     "scheduler_run_state",
+    "notification_outbox",
 )
 
 
@@ -148,6 +149,17 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "ix_feature_flag_schedule_attempts_failed_finished_at",
         "pk_scheduler_run_state",
         "ck_scheduler_run_state_single_row",
+        "pk_notification_outbox",
+        "uq_notification_outbox_message_id",
+        "ck_notification_outbox_kind_valid",
+        "ck_notification_outbox_message_id_length",
+        "ck_notification_outbox_payload_is_object",
+        "ck_notification_outbox_attempts_range",
+        "ck_notification_outbox_last_error_length",
+        "ck_notification_outbox_created_at_in_range",
+        "ck_notification_outbox_next_attempt_at_in_range",
+        "ck_notification_outbox_last_attempt_at_in_range",
+        "ix_notification_outbox_next_attempt_at_id",
     }
 
 

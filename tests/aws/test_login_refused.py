@@ -21,7 +21,7 @@ from flag_scheduler import handler
 from flag_scheduler.aws.secrets import connect_database
 from flag_scheduler.aws.settings import AwsSettings
 from flag_scheduler.errors import DatabaseLoginRefused
-from flag_scheduler.local import FakeLambdaContext, start_embedded_server
+from flag_scheduler.local import FakeLambdaContext, migrate, start_embedded_server
 from tests.aws.conftest import client, create_secret
 from tests.e2e import audit
 
@@ -61,7 +61,9 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Passwo
         Path(row[0]).write_text("local all all scram-sha-256\n")
         conn.execute("SELECT pg_reload_conf()")
         port = conn.info.port
-    yield PasswordServer(socket_dir=str(conninfo_to_dict(uri)["host"]), port=port)
+    found = PasswordServer(socket_dir=str(conninfo_to_dict(uri)["host"]), port=port)
+    migrate(found.url(RIGHT))
+    yield found
     server.cleanup()
 
 
@@ -121,3 +123,36 @@ def test_the_cli_says_the_login_was_refused_and_exits_2(
     assert "password authentication failed" in result.stderr
     assert WRONG not in result.stdout + result.stderr
     assert "run_aborted_systemic" not in result.stdout + result.stderr
+
+
+def test_an_expired_connection_reconnects_with_the_rotated_password(
+    password_server: PasswordServer, aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn = create_secret(password_server.secret(RIGHT))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DB_SECRET_ARN", arn)
+    clock = [0.0]
+
+    def backend_pid() -> int:
+        handler.run_invocation(FakeLambdaContext(), monotonic=lambda: clock[0])
+        assert handler._container.connection is not None
+        return handler._container.connection.info.backend_pid
+
+    first = backend_pid()
+    rotated = "rotated-Pa55word"
+    with psycopg.connect(password_server.url(RIGHT), autocommit=True) as admin:
+        admin.execute(f"ALTER ROLE postgres PASSWORD '{rotated}'")
+    try:
+        client("secretsmanager").put_secret_value(
+            SecretId=arn, SecretString=json.dumps(password_server.secret(rotated))
+        )
+        clock[0] += 60
+        assert backend_pid() == first  # a young session lives on
+        clock[0] += 900
+        # Old enough: reconnect. The cached secret's password is refused, the secret is
+        # read again, and the new session logs in with the rotated one.
+        assert backend_pid() != first
+    finally:
+        handler.reset_container()
+        with psycopg.connect(password_server.url(rotated), autocommit=True) as admin:
+            admin.execute(f"ALTER ROLE postgres PASSWORD '{RIGHT}'")

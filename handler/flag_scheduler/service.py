@@ -182,13 +182,14 @@ def process_due_schedules(
     started_at = clock()
     statements_before = repository.statements
     while True:
-        if remaining_ms() < policy.time_margin_ms:
+        left_ms = remaining_ms()
+        if left_ms < policy.time_margin_ms:
             summary.stopped_for_time = True
             break
         now = clock()
         with repository.transaction(
             lock_timeout_ms=policy.lock_timeout_ms,
-            statement_timeout_ms=statement_budget_ms(policy, remaining_ms()),
+            statement_timeout_ms=statement_budget_ms(policy, left_ms),
             idle_in_transaction_timeout_ms=policy.idle_in_transaction_timeout_ms,
         ):
             batch = repository.claim_due(now, policy.batch_size)

@@ -24,8 +24,8 @@ RDS_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
 SSLMODE = "verify-full"
 # Never send a password in clear or as an MD5 hash, whatever the server asks for.
 REQUIRE_AUTH = "scram-sha-256"
-# `prefer`, not `require`: RDS Proxy offers SCRAM without channel binding, and a
-# verify-full connection has already authenticated the server.
+# `prefer`, not `require`: RDS Proxy does not offer channel binding in every configuration;
+# a verify-full connection has already authenticated the server.
 CHANNEL_BINDING = "prefer"
 
 

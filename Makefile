@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run invoke install test lint typecheck pytest lock bench clean
+.PHONY: run invoke install test lint typecheck pytest lock bench clean rds-ca-bundle
 
 # The main job on a throwaway embedded PostgreSQL: the real handler under a simulated clock.
 run: $(STAMP)
@@ -54,6 +54,10 @@ lock: $(STAMP)
 # Prints a Markdown table; figures also go to bench-results/latest.json. Takes a few minutes.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# Rebuild the shipped CA bundle from a downloaded global-bundle.pem (README: TLS to the database).
+rds-ca-bundle: $(STAMP)
+	$(BIN)/python scripts/rds_ca_bundle.py $(GLOBAL_BUNDLE) $(if $(AMAZON_ROOTS),--amazon-roots $(AMAZON_ROOTS))
 
 clean:
 	rm -rf $(VENV) .flag-scheduler .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,9 @@ _INT_VARIABLES = (
         1,
         3_600_000,
     ),
+    _IntVariable(
+        "FLAG_SCHEDULE_CONNECTION_MAX_AGE_SECONDS", "connection_max_age_seconds", 0, 86_400
+    ),
 )
 
 RetryLimit = Annotated[int, Field(ge=0, le=10)]
@@ -70,6 +73,9 @@ class Settings(BaseModel):
     outage_threshold: Annotated[int, Field(ge=0, le=1_000)] = 5
     # Bounds what a frozen or killed invocation can hold locked.
     idle_in_transaction_timeout_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 60_000
+    # A warm container reconnects (reading the secret again) once its connection is this
+    # old, so a rotated password or a revoked login takes effect; 0: every invocation.
+    connection_max_age_seconds: Annotated[int, Field(ge=0, le=86_400)] = 900
 
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> Settings:

@@ -4,26 +4,61 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from flag_scheduler.errors import DatabaseUnavailable
+from flag_scheduler.errors import DatabaseLoginRefused, DatabaseUnavailable
 
 APPLICATION_NAME = "flag-scheduler"
 
 
+@dataclass(frozen=True)
+class TcpLiveness:
+    """How soon a TCP connection whose peer vanished (an RDS failover) is declared dead.
+
+    libpq ignores these on Unix sockets.
+    """
+
+    # An idle connection is probed after this many seconds of silence ...
+    keepalives_idle: int = 10
+    # ... then every this many seconds, and given up after this many unanswered probes.
+    keepalives_interval: int = 5
+    keepalives_count: int = 3
+    # Sent data unacknowledged this long (a query sent into a black hole) fails the
+    # connection; Linux also applies it to keepalive probes, so it bounds both cases.
+    tcp_user_timeout_ms: int = 10_000
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle,
+            "keepalives_interval": self.keepalives_interval,
+            "keepalives_count": self.keepalives_count,
+            "tcp_user_timeout": self.tcp_user_timeout_ms,
+        }
+
+
 def connect(
-    url: str, *, connect_timeout: int = 10, application_name: str = APPLICATION_NAME
+    url: str,
+    *,
+    connect_timeout: int = 10,
+    application_name: str = APPLICATION_NAME,
+    liveness: TcpLiveness | None = None,
 ) -> psycopg.Connection[Any]:
     """Open an autocommit connection (transactions are opened explicitly).
 
     Server-side prepared statements are off: RDS Proxy pins a session that prepares one.
+    TCP keepalives and a user timeout make a half-open connection fail in seconds instead
+    of hanging until the Lambda timeout.
 
     Raises:
-        DatabaseUnavailable: the server cannot be reached or refuses the login.
+        DatabaseLoginRefused: the server refused the credentials, or the client refused the
+            server (its certificate, or the authentication method it asked for).
+        DatabaseUnavailable: the server cannot be reached.
     """
     try:
         return psycopg.connect(
@@ -32,6 +67,7 @@ def connect(
             prepare_threshold=None,
             application_name=application_name,
             connect_timeout=connect_timeout,
+            **(liveness or TcpLiveness()).params(),
         )
     except psycopg.Error as exc:
         # A reachable server's refusal names host and user only, but a string libpq cannot
@@ -40,7 +76,31 @@ def connect(
         message = scrub(first_line, url)
     # Raised outside the except block: the driver's error, password and all, must not even
     # ride along as a suppressed __context__ for an error reporter to print.
+    if login_refused(message):
+        raise DatabaseLoginRefused(f"the database login was refused: {message}")
     raise DatabaseUnavailable(f"cannot connect to the database: {message}")
+
+
+# libpq reports these without a SQLSTATE: the server's FATAL text (28P01, 28000) or the
+# client's own refusal of the server (require_auth, channel_binding, certificate checks).
+_LOGIN_REFUSED = re.compile(
+    r"password authentication failed"
+    r"|no pg_hba\.conf entry"
+    r'|role "[^"]*" does not exist'
+    r"|fe_sendauth: no password supplied"
+    r"|authentication method requirement"
+    r"|channel binding"
+    r"|certificate verify failed"
+    r"|does not match host name"
+    r"|root certificate file"
+    r"|server does not support SSL, but SSL was required",
+    re.IGNORECASE,
+)
+
+
+def login_refused(message: str) -> bool:
+    """Whether a connection failure is a refused login (configuration), not an outage."""
+    return _LOGIN_REFUSED.search(message) is not None
 
 
 # `user:password@` in anything URL-like (even with a scheme libpq does not recognise), and

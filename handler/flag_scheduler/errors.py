@@ -14,6 +14,12 @@ class ConfigurationError(FlagSchedulerError):
     """The configuration is invalid."""
 
 
+class DatabaseLoginRefused(ConfigurationError):
+    """The database login was refused (wrong user or password, an authentication method or a
+    server certificate this connection does not accept): retrying cannot help, fix the secret
+    or the connection settings."""
+
+
 class DatabaseUnavailable(FlagSchedulerError):
     """The database connection is lost or cannot be opened; the run cannot continue."""
 

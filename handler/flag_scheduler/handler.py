@@ -44,6 +44,8 @@ class _Container:
     aws: AwsSettings | None = None
     notifier: AwsNotifier | None = None
     connection: psycopg.Connection[Any] | None = None
+    # time.monotonic() when `connection` was opened.
+    connected_at: float = 0.0
 
 
 _container = _Container()
@@ -64,6 +66,7 @@ def reset_container() -> None:
     _container.aws = None
     _container.notifier = None
     _container.connection = None
+    _container.connected_at = 0.0
 
 
 def _settings() -> Settings:
@@ -85,19 +88,25 @@ def _notifier() -> AwsNotifier:
     return _container.notifier
 
 
-def _repository(settings: Settings) -> ScheduleRepository:
-    """The cached connection if it still answers, else a new one (DATABASE_URL or secret)."""
+def _repository(settings: Settings, monotonic: Callable[[], float]) -> ScheduleRepository:
+    """The cached connection if it is young enough and still answers, else a new one
+    (DATABASE_URL or secret)."""
     conn = _container.connection
     if conn is not None and not conn.closed and not conn.broken:
-        try:
-            ScheduleRepository(conn).ping()
-            return ScheduleRepository(conn)
-        except DatabaseUnavailable:
-            logger.warning("cached_connection_lost_reconnecting")
+        age = monotonic() - _container.connected_at
+        if age >= settings.connection_max_age_seconds:
+            logger.info("cached_connection_expired_reconnecting", extra={"age_seconds": age})
+        else:
+            try:
+                ScheduleRepository(conn).ping()
+                return ScheduleRepository(conn)
+            except DatabaseUnavailable:
+                logger.warning("cached_connection_lost_reconnecting")
     if conn is not None:
         conn.close()
     _container.connection = None
     _container.connection = connect_database(_aws_settings(), settings.database_url)
+    _container.connected_at = monotonic()
     return ScheduleRepository(_container.connection)
 
 
@@ -106,11 +115,14 @@ def run_invocation(
     *,
     clock: service.Clock = utc_now,
     progress: Callable[[RunSummary], None] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """One scheduler run against the container's database; returns the run summary."""
+    """One scheduler run against the container's database; returns the run summary.
+
+    `monotonic` measures the cached connection's age (tests pass their own)."""
     started = time.monotonic()
     settings = _settings()
-    repository = _repository(settings)
+    repository = _repository(settings, monotonic)
     notifier = _notifier()
     policy = service.RunPolicy(
         max_retries=settings.max_retries,

@@ -92,6 +92,17 @@ def test_deployable_migration_function_carries_alembic_and_the_revisions() -> No
     assert (migrator / "sqlalchemy").is_dir()
 
 
+@pytest.mark.parametrize("function", ["SchedulerFunction", "MigrationFunction"])
+def test_both_functions_ship_the_rds_ca_bundle(function: str) -> None:
+    """verify-full needs the bundle beside the code in the deployed package."""
+    assert BUILD is not None
+    bundle = Path(BUILD) / function / "flag_scheduler" / "aws" / "rds-ca-bundle.pem"
+    assert bundle.is_file()
+    assert (
+        bundle.read_bytes() == (ROOT / "handler/flag_scheduler/aws/rds-ca-bundle.pem").read_bytes()
+    )
+
+
 def test_built_functions_migrate_and_run_against_the_test_database(
     empty_database_url: str,
 ) -> None:

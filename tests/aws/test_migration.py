@@ -6,6 +6,7 @@ import psycopg
 import pytest
 
 from flag_scheduler.aws import migration
+from flag_scheduler.aws.secrets import RDS_CA_BUNDLE
 from flag_scheduler.errors import ConfigurationError
 from flag_scheduler.local import FakeLambdaContext
 from tests.aws.conftest import create_secret, rds_secret_document
@@ -51,8 +52,22 @@ def test_url_from_the_secret_requires_tls_and_bounds_lock_waits(empty_database_u
     parsed = make_url(url)
     assert parsed.drivername == "postgresql+psycopg"
     assert parsed.password == "p@ss/%"
-    assert parsed.query["sslmode"] == "require"
+    assert parsed.query["sslmode"] == "verify-full"
     assert parsed.query["options"] == f"-c lock_timeout={migration.LOCK_TIMEOUT_MS}"
+
+
+def test_url_to_a_network_host_verifies_tls_and_refuses_cleartext_passwords() -> None:
+    arn = create_secret(
+        {"host": "flags.abc123.eu-west-1.rds.amazonaws.com", "username": "u", "password": "p"}
+    )
+    from sqlalchemy.engine import make_url
+
+    query = make_url(migration.sqlalchemy_url({"DB_SECRET_ARN": arn})).query
+    assert query["sslmode"] == "verify-full"
+    assert query["sslrootcert"] == str(RDS_CA_BUNDLE)
+    assert RDS_CA_BUNDLE.is_file()
+    assert query["require_auth"] == "scram-sha-256"
+    assert query["channel_binding"] == "prefer"
 
 
 def test_without_secret_or_url_it_says_what_to_set() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from flag_scheduler.aws.secrets import connect_database, database_target
+from flag_scheduler.aws.secrets import RDS_CA_BUNDLE, connect_database, database_target
 from flag_scheduler.aws.settings import AwsSettings
 from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
 from tests.aws.conftest import client, create_secret, rds_secret_document
@@ -36,8 +36,14 @@ def test_secret_becomes_a_tls_connection_target() -> None:
         "user": "scheduler",
         "password": "p@ss word'%",
         "dbname": "flags",
-        "sslmode": "require",
+        # The certificate must chain to the shipped RDS bundle and name this host ...
+        "sslmode": "verify-full",
+        "sslrootcert": str(RDS_CA_BUNDLE),
+        # ... and the password never leaves in clear or as MD5, whatever the server asks.
+        "require_auth": "scram-sha-256",
+        "channel_binding": "prefer",
     }
+    assert RDS_CA_BUNDLE.is_file()
     assert "p@ss" not in repr(target)
 
 
@@ -49,7 +55,7 @@ def test_db_host_and_db_name_override_the_secret() -> None:
     assert (target.host, target.dbname, target.sslmode) == (
         "proxy.proxy-xyz.eu-west-1.rds.amazonaws.com",
         "other",
-        "require",
+        "verify-full",
     )
 
 

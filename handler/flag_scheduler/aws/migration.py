@@ -67,13 +67,14 @@ def sqlalchemy_url(environ: Mapping[str, str]) -> str:
         return url
     target = database_target(settings)
     query = {
-        "sslmode": target.sslmode,
+        # Verified TLS and no cleartext password, as the scheduler connects.
+        **target.security_params(),
         "connect_timeout": "10",
         "application_name": "flag-scheduler-migrations",
         "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
     }
     # A Unix-socket directory (a local server) cannot be the URL's host part.
-    socket_dir = target.host.startswith("/")
+    socket_dir = target.is_socket
     if socket_dir:
         query["host"] = target.host
     return URL.create(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,12 +12,21 @@ from psycopg.conninfo import make_conninfo
 
 from flag_scheduler.aws.settings import DB_HOST, DB_NAME, DB_SECRET_ARN, AwsSettings
 from flag_scheduler.db import connect
-from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
+from flag_scheduler.errors import ConfigurationError, DatabaseLoginRefused, DatabaseUnavailable
 
 DEFAULT_PORT = 5432
 DEFAULT_DBNAME = "postgres"
-# TLS always: RDS and RDS Proxy support it, and the secret's password crosses the VPC.
-SSLMODE = "require"
+# The Amazon RDS global CA bundle plus the Amazon Trust Services roots that RDS Proxy's
+# certificates chain to; shipped in the package (README: "Refreshing the CA bundle").
+RDS_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
+# Verify the chain and the host name: `require` encrypts but would hand the password to
+# any server presenting any certificate.
+SSLMODE = "verify-full"
+# Never send a password in clear or as an MD5 hash, whatever the server asks for.
+REQUIRE_AUTH = "scram-sha-256"
+# `prefer`, not `require`: RDS Proxy does not offer channel binding in every configuration;
+# a verify-full connection has already authenticated the server.
+CHANNEL_BINDING = "prefer"
 
 
 @dataclass(frozen=True)
@@ -29,12 +39,34 @@ class DatabaseTarget:
     password: str
     dbname: str
     sslmode: str = SSLMODE
+    sslrootcert: str = str(RDS_CA_BUNDLE)
 
     def __repr__(self) -> str:
         return (
             f"DatabaseTarget(host={self.host!r}, port={self.port}, user={self.user!r},"
             f" dbname={self.dbname!r}, sslmode={self.sslmode!r})"
         )
+
+    @property
+    def is_socket(self) -> bool:
+        """A Unix-socket directory: a server on this machine (tests, local runs)."""
+        return self.host.startswith("/")
+
+    def security_params(self) -> dict[str, str]:
+        """TLS and authentication settings for libpq (the scheduler and migrations alike).
+
+        Over a Unix socket libpq uses no TLS whatever sslmode says, and a local server
+        may trust the socket without asking for any password: require_auth would refuse
+        that, so it applies to network hosts only (every host in AWS).
+        """
+        params = {
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+            "channel_binding": CHANNEL_BINDING,
+        }
+        if not self.is_socket:
+            params["require_auth"] = REQUIRE_AUTH
+        return params
 
     def conninfo(self) -> str:
         """A libpq connection string (quoting handled by psycopg)."""
@@ -44,7 +76,7 @@ class DatabaseTarget:
             user=self.user,
             password=self.password,
             dbname=self.dbname,
-            sslmode=self.sslmode,
+            **self.security_params(),
         )
 
 
@@ -145,7 +177,8 @@ def connect_database(
 
     Raises:
         ConfigurationError: neither or both are set, or the secret is unusable.
-        DatabaseUnavailable: the database cannot be reached or refuses the login.
+        DatabaseLoginRefused: the login is refused, with the secret read afresh too.
+        DatabaseUnavailable: the database cannot be reached.
     """
     if settings.db_secret_arn is None:
         if not database_url:
@@ -162,7 +195,7 @@ def connect_database(
     cached = database_target(settings)
     try:
         return open_connection(cached.conninfo())
-    except DatabaseUnavailable:
+    except (DatabaseLoginRefused, DatabaseUnavailable):
         fresh = database_target(settings, force_fetch=True)
         if fresh == cached:
             raise

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from flag_scheduler import sql
+from flag_scheduler import db, sql
 from flag_scheduler.errors import (
     DatabaseUnavailable,
     FlagSchedulerError,
@@ -24,6 +24,7 @@ from flag_scheduler.models import (
     AppliedSchedule,
     DueSchedule,
     FlagState,
+    LockHolder,
     ScheduleOutcome,
 )
 
@@ -126,10 +127,49 @@ class ScheduleRepository:
         ).fetchall()
         return [DueSchedule(*row) for row in rows]
 
-    def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
-        """Lock flag rows (in id order) for the rest of the transaction; returns their state."""
-        rows = self._execute(sql.LOCK_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
+    def lock_free_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
+        """Lock, for the rest of the transaction, those flags no other transaction holds
+        (and any this one holds already); returns their state. Never waits."""
+        rows = self._execute(sql.LOCK_FREE_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
         return {row[0]: FlagState(*row) for row in rows}
+
+    def wait_for_flag(self, flag_id: UUID, *, nowait: bool = False) -> bool:
+        """Wait until no other transaction holds the flag, and hold nothing afterwards.
+
+        Returns False when there is no such flag. Waits up to the transaction's
+        lock_timeout, or not at all with `nowait`.
+
+        Raises:
+            TransientDatabaseError: `lock_timeout` when the flag is still held.
+        """
+        statement = sql.TRY_FLAG if nowait else sql.WAIT_FOR_FLAG
+        with self._translated(), self._conn.transaction() as savepoint:
+            found = self._execute(statement, {"flag_id": flag_id}).fetchone() is not None
+            # Rolled back: the lock was only a way to wait, and is not kept.
+            raise psycopg.Rollback(savepoint)
+        return found
+
+    def flag_lock_holders(self, flag_id: UUID) -> list[LockHolder]:
+        """The sessions whose open transaction holds the flag's row lock, as far as the
+        server shows them: none when the holder has just finished, or locked the row in a
+        savepoint it has since released (the scheduler never does)."""
+        rows = self._execute(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}).fetchall()
+        if not rows:
+            try:
+                with self._translated(), self._conn.transaction():
+                    rows = self._execute(
+                        sql.FLAG_LOCK_HOLDERS_MULTI, {"flag_id": flag_id}
+                    ).fetchall()
+            except TransientDatabaseError:
+                rows = []  # xmax names no multixact either
+        return [
+            LockHolder(
+                pid=pid,
+                application_name=name or "",
+                is_scheduler=name == db.APPLICATION_NAME,
+            )
+            for pid, name in dict(rows).items()
+        ]
 
     def applied_since(
         self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]

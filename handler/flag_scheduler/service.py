@@ -329,7 +329,7 @@ def _wait_for_flag(run: _Run, flag_id: UUID) -> ScheduleFailure | LockHolder | N
     """Wait up to the lock timeout for a flag, holding nothing after.
 
     Returns None when the flag is free now, the sibling run that held it past the lock
-    timeout, or the failure to charge: lock_timeout when anyone else held it (the
+    timeout, or the failure to charge: the timeout when anyone else held it (the
     scheduler's own locks always show, see sql.LOCK_FREE_FLAGS), flag_missing when the
     flag is gone.
 
@@ -342,7 +342,7 @@ def _wait_for_flag(run: _Run, flag_id: UUID) -> ScheduleFailure | LockHolder | N
     except DatabaseUnavailable:
         raise
     except ScheduleFailure as failure:
-        if failure.error_class != "lock_timeout":
+        if failure.error_class not in ("lock_timeout", "statement_timeout"):
             return failure
         holders = _lock_holders(run, flag_id)
         if blocked_by(holders) is Blocker.UNKNOWN:

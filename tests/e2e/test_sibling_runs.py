@@ -22,6 +22,8 @@ from tests.support import history, schedule_row
 
 pytestmark = pytest.mark.slow
 
+# Flags both runs need: as many as the default outage threshold.
+SHARED = 5
 # The advisory lock key the pause trigger waits for.
 PAUSE_KEY = 4_206_009
 
@@ -53,16 +55,17 @@ class _Scenario:
 
 
 def _scenario(catalog: Catalog) -> _Scenario:
-    """Four shared flags and the application's flag, which sorts last: a run that takes
-    flags in id order has locked the four by the time it waits for it.
+    """Five shared flags and the application's flag, which sorts last: a run that takes
+    flags in id order has locked the five by the time it waits for it.
 
     Run A's batch: one schedule on each shared flag, and one on the application's flag.
     Run B's: one more on each shared flag, due only once the test says so.
-    All with max_retries 0, so a charged wait fails them for good; the application's
-    flag's schedule has one retry, so its lock_timeout shows as a retryable failure.
+    All with max_retries 0, so a charged wait fails them for good (and five such failures
+    in a row look like an outage); the application's flag's schedule has one retry, so its
+    lock_timeout shows as a retryable failure.
     """
-    flags = sorted(catalog.create_flag(f"flag-{i}") for i in range(5))
-    shared, held = flags[:4], flags[4]
+    flags = sorted(catalog.create_flag(f"flag-{i}") for i in range(SHARED + 1))
+    shared, held = flags[:SHARED], flags[SHARED]
     now = datetime.now(UTC)
     first = [
         catalog.create_schedule(f, now - timedelta(minutes=10), {"enabled": True}, max_retries=0)
@@ -111,11 +114,13 @@ def _wait_for_a_run_waiting(conn: psycopg.Connection[Any], wait_event: str | Non
     raise AssertionError(f"no run ever waited on a lock ({wait_event or 'any'})")
 
 
-def _finish(process: subprocess.Popen[str]) -> dict[str, Any]:
+def _finish(process: subprocess.Popen[str]) -> str:
+    """The run's summary, or why it failed."""
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
-    result: dict[str, Any] = json.loads(stdout[stdout.index("{\n") :])
-    return result
+    if process.returncode == 0:
+        summary = json.loads(stdout[stdout.index("{\n") :])
+        return ", ".join(f"{key} {summary[key]}" for key in ("claimed", "applied", "retried"))
+    return f"exit {process.returncode}: {stderr.strip().splitlines()[-1:]}"
 
 
 def _charged(conn: psycopg.Connection[Any], schedules: list[UUID]) -> list[UUID]:
@@ -138,7 +143,9 @@ def test_a_run_waiting_for_an_application_lock_keeps_no_sibling_waiting(
     with _application_holding(database_url, scene.held):
         # A waits for the application's flag for longer than this test takes...
         run_a = audit.start_invoker(
-            database_url, FLAG_SCHEDULE_BATCH_SIZE="5", FLAG_SCHEDULE_LOCK_TIMEOUT_MS="60000"
+            database_url,
+            FLAG_SCHEDULE_BATCH_SIZE=str(SHARED + 1),
+            FLAG_SCHEDULE_LOCK_TIMEOUT_MS="60000",
         )
         _wait_for_a_run_waiting(conn, None)
         # ...and B, needing the shared flags meanwhile, gives up on a lock after 300 ms.
@@ -149,10 +156,11 @@ def test_a_run_waiting_for_an_application_lock_keeps_no_sibling_waiting(
     summary_a = _finish(run_a)  # the application committed: A takes its flag
 
     charged = _charged(conn, scene.second)
-    assert not charged, f"{len(charged)} of 4 charged for waiting on A: {summary_a, summary_b}"
+    assert not charged, f"{len(charged)} of {SHARED} charged; A: {summary_a}; B: {summary_b}"
+    assert summary_b == f"claimed {SHARED}, applied {SHARED}, retried 0"
+    assert summary_a == f"claimed {SHARED + 1}, applied {SHARED + 1}, retried 0"
     everything = [*scene.first, scene.on_held, *scene.second]
-    assert [schedule_row(conn, s).status for s in everything] == ["applied"] * 9
-    assert summary_b["applied"] == 4
+    assert [schedule_row(conn, s).status for s in everything] == ["applied"] * (2 * SHARED + 1)
     audit.check_exactly_once(conn)
 
 
@@ -161,7 +169,7 @@ def test_a_sibling_holding_flags_past_the_lock_timeout_charges_nothing(
 ) -> None:
     scene = _scenario(catalog)
     audit.install(conn, write_delay_seconds=0)
-    # A stops while writing the last shared flag, holding all four, for as long as the
+    # A stops while writing the last shared flag, holding them all, for as long as the
     # test says: far past B's lock timeout, whatever the machine's speed.
     pause_at = scene.shared[-1]
     conn.execute(
@@ -172,7 +180,7 @@ def test_a_sibling_holding_flags_past_the_lock_timeout_charges_nothing(
         with _application_holding(database_url, scene.held):
             run_a = audit.start_invoker(
                 database_url,
-                FLAG_SCHEDULE_BATCH_SIZE="5",
+                FLAG_SCHEDULE_BATCH_SIZE=str(SHARED + 1),
                 FLAG_SCHEDULE_LOCK_TIMEOUT_MS="1000",
                 FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS="120000",
             )
@@ -188,9 +196,13 @@ def test_a_sibling_holding_flags_past_the_lock_timeout_charges_nothing(
             summary_a = _finish(run_a)
 
     charged = charged_while_a_held_them
-    assert not charged, f"{len(charged)} of 4 charged for waiting on A: {summary_a, summary_b}"
+    assert not charged, f"{len(charged)} of {SHARED} charged; A: {summary_a}; B: {summary_b}"
+    assert summary_b == "claimed 0, applied 0, retried 0"  # all handed back
+    # A: its batch; then B's schedules (free again) and, a full lock timeout later, the
+    # application's flag's schedule, charged.
+    assert summary_a == f"claimed {2 * SHARED + 1}, applied {2 * SHARED}, retried 1"
     assert _charged(conn, scene.second) == []
-    assert [schedule_row(conn, s).status for s in scene.first] == ["applied"] * 4
+    assert [schedule_row(conn, s).status for s in scene.first] == ["applied"] * SHARED
     # Left due by B, and applied since (by A's next batch): never charged either way.
     assert {schedule_row(conn, s).status for s in scene.second} <= {"pending", "applied"}
     row = schedule_row(conn, scene.on_held)

@@ -152,15 +152,20 @@ class ScheduleRepository:
     def flag_lock_holders(self, flag_id: UUID) -> list[LockHolder]:
         """The sessions whose open transaction holds the flag's row lock, as far as the
         server shows them: none when the holder has just finished, or locked the row in a
-        savepoint it has since released (the scheduler never does)."""
-        rows = self._execute(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}).fetchall()
+        savepoint it has since released (the scheduler never does).
+
+        Raises:
+            ScheduleFailure: the server could not be asked (the transaction goes on).
+        """
+        with self._translated(), self._conn.transaction():
+            rows = self._execute(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}).fetchall()
         if not rows:
             try:
                 with self._translated(), self._conn.transaction():
                     rows = self._execute(
                         sql.FLAG_LOCK_HOLDERS_MULTI, {"flag_id": flag_id}
                     ).fetchall()
-            except TransientDatabaseError:
+            except (TransientDatabaseError, PermanentDatabaseError):
                 rows = []  # xmax names no multixact either
         return [
             LockHolder(

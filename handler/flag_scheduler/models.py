@@ -128,6 +128,16 @@ class FlagState:
 
 
 @dataclass(frozen=True, slots=True)
+class LockHolder:
+    """A database session whose open transaction holds a flag's row lock."""
+
+    pid: int
+    application_name: str
+    #: Another run of this scheduler (told by its application_name), not an application.
+    is_scheduler: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AppliedSchedule:
     """An applied schedule of a flag: when it was scheduled and which fields it names."""
 

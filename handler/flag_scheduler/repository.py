@@ -13,7 +13,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from flag_scheduler import sql
+from flag_scheduler import db, sql
 from flag_scheduler.errors import (
     DatabaseUnavailable,
     FlagSchedulerError,
@@ -30,6 +30,7 @@ from flag_scheduler.models import (
     ClaimedMessage,
     DueSchedule,
     FlagState,
+    LockHolder,
     MessageKind,
     OutboxMessage,
     ScheduleOutcome,
@@ -149,9 +150,15 @@ class ScheduleRepository:
         self._execute(sql.PING).fetchall()
 
     def claim_due(
-        self, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        skip: Collection[UUID] = (),
+        skip_flags: Collection[UUID] = (),
     ) -> list[DueSchedule]:
-        """Lock and return up to `limit` schedules due at `now`, skipping locked ones and `skip`.
+        """Lock and return up to `limit` schedules due at `now`, skipping locked ones, the
+        schedules in `skip` and the schedules of the flags in `skip_flags`.
 
         A row holding a value the engine cannot represent comes back with `defect` set
         (and its unloadable timestamps replaced), so one bad row never fails the claim.
@@ -162,6 +169,7 @@ class ScheduleRepository:
                 "now": now,
                 "limit": limit,
                 "skip": list(skip),
+                "skip_flags": list(skip_flags),
                 "max_updates_bytes": MAX_UPDATES_BYTES,
                 "max_retry_count": MAX_RETRY_COUNT,
                 "earliest": EARLIEST_MOMENT,
@@ -193,10 +201,54 @@ class ScheduleRepository:
             },
         )
 
-    def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
-        """Lock flag rows (in id order) for the rest of the transaction; returns their state."""
-        rows = self._execute(sql.LOCK_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
+    def lock_free_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
+        """Lock, for the rest of the transaction, those flags no other transaction holds
+        (and any this one holds already); returns their state. Never waits."""
+        rows = self._execute(sql.LOCK_FREE_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
         return {row[0]: FlagState(*row) for row in rows}
+
+    def wait_for_flag(self, flag_id: UUID, *, nowait: bool = False) -> bool:
+        """Wait until no other transaction holds the flag, and hold nothing afterwards.
+
+        Returns False when there is no such flag. Waits up to the transaction's
+        lock_timeout, or not at all with `nowait`.
+
+        Raises:
+            TransientDatabaseError: `lock_timeout` when the flag is still held.
+        """
+        statement = sql.TRY_FLAG if nowait else sql.WAIT_FOR_FLAG
+        with self._translated(), self._conn.transaction() as savepoint:
+            found = self._execute(statement, {"flag_id": flag_id}).fetchone() is not None
+            # Rolled back: the lock was only a way to wait, and is not kept.
+            raise psycopg.Rollback(savepoint)
+        return found
+
+    def flag_lock_holders(self, flag_id: UUID) -> list[LockHolder]:
+        """The sessions whose open transaction holds the flag's row lock, as far as the
+        server shows them: none when the holder has just finished, or locked the row in a
+        savepoint it has since released (the scheduler never does).
+
+        Raises:
+            ScheduleFailure: the server could not be asked (the transaction goes on).
+        """
+        with self._translated(), self._conn.transaction():
+            rows = self._execute(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}).fetchall()
+        if not rows:
+            try:
+                with self._translated(), self._conn.transaction():
+                    rows = self._execute(
+                        sql.FLAG_LOCK_HOLDERS_MULTI, {"flag_id": flag_id}
+                    ).fetchall()
+            except (TransientDatabaseError, PermanentDatabaseError):
+                rows = []  # xmax names no multixact either
+        return [
+            LockHolder(
+                pid=pid,
+                application_name=name or "",
+                is_scheduler=name == db.APPLICATION_NAME,
+            )
+            for pid, name in dict(rows).items()
+        ]
 
     def applied_since(
         self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]

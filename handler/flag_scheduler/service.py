@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from itertools import groupby
 from typing import Any, Protocol
 from uuid import UUID
@@ -30,6 +31,7 @@ from flag_scheduler.models import (
     FlagChange,
     FlagState,
     FlagUpdates,
+    LockHolder,
     MessageKind,
     OutboxMessage,
     RunSummary,
@@ -63,14 +65,23 @@ class ScheduleRepository(Protocol):
     def savepoint(self) -> AbstractContextManager[None]: ...
 
     def claim_due(
-        self, now: datetime, limit: int, *, skip: Collection[UUID] = ()
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        skip: Collection[UUID] = (),
+        skip_flags: Collection[UUID] = (),
     ) -> list[DueSchedule]: ...
 
     def park_unrecordable(
         self, reasons: Mapping[UUID, str], *, now: datetime, request_id: str | None
     ) -> None: ...
 
-    def lock_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]: ...
+    def lock_free_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]: ...
+
+    def wait_for_flag(self, flag_id: UUID, *, nowait: bool = False) -> bool: ...
+
+    def flag_lock_holders(self, flag_id: UUID) -> list[LockHolder]: ...
 
     def applied_since(
         self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]
@@ -155,6 +166,9 @@ class _Run:
     # Schedules whose outcome could not be written this run: re-claiming only them again
     # would loop until the time budget ran out.
     unrecordable: set[UUID] = field(default_factory=set)
+    # Flags another run of the scheduler held past the lock timeout: their schedules are
+    # left due, uncharged, for a later run, rather than waited for again batch after batch.
+    sibling_held: set[UUID] = field(default_factory=set)
 
 
 def process_due_schedules(
@@ -170,10 +184,13 @@ def process_due_schedules(
     """Process due schedules in batches until none is due or time runs short.
 
     Each batch is one transaction holding the claim's row locks. Its schedules are decided
-    together: flags locked in one statement, each flag's resulting fields computed in
-    memory in scheduled order, then all flag writes, outcomes and history rows written in
-    three statements. Only when one of those statements fails does the batch fall back to
-    one savepoint per schedule, so one bad schedule never undoes its neighbours.
+    together: the flags no other transaction holds locked in one statement that never
+    waits, each flag's resulting fields computed in memory in scheduled order, then all
+    flag writes, outcomes and history rows written in three statements. Schedules whose
+    flag is held elsewhere are handed back, still due and uncharged, for a later batch; a
+    batch whose every flag is held waits for one, holding none (see _wait_for_first_flag).
+    Only when one of the write statements fails does the batch fall back to one savepoint
+    per schedule, so one bad schedule never undoes its neighbours.
     Each outcome's notifications (of the kinds `notifier` delivers) are queued in the
     outbox in the same transaction; flag_scheduler.delivery sends them after commit.
     `progress` is told the running totals after each batch.
@@ -206,7 +223,11 @@ def process_due_schedules(
             statement_timeout_ms=statement_budget_ms(policy, left_ms),
             idle_in_transaction_timeout_ms=policy.idle_in_transaction_timeout_ms,
         ):
-            claimed = repository.claim_due(now, policy.batch_size, skip=run.unrecordable)
+            # Neither rows found unrecordable nor flags a sibling run holds may crowd out
+            # the rest of the queue.
+            claimed = repository.claim_due(
+                now, policy.batch_size, skip=run.unrecordable, skip_flags=run.sibling_held
+            )
             if not claimed:
                 break
             batch = _park_defective(run, claimed, now)
@@ -249,20 +270,153 @@ def statement_budget_ms(policy: RunPolicy, remaining_ms: int) -> int:
 
 
 def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:
-    """Decide and write a claimed batch; returns outcomes in processing order."""
-    # Flag rows are locked in flag_id order by every run, so two runs never wait on each
-    # other in a cycle; within a flag, oldest-scheduled first.
-    # (UUID.int orders like PostgreSQL's uuid, and compares far faster than UUID objects.)
-    ordered = sorted(batch, key=lambda s: (s.flag_id.int, s.scheduled_at, s.id.int))
+    """Decide and write a claimed batch; returns outcomes in processing order.
+
+    A run never waits for a flag while it holds another: it locks the flags no one else
+    holds, without waiting, and hands the rest back (left untouched, their claim ends at
+    commit: still due, not charged, and first in a later claim). So a sibling run is only
+    ever kept waiting for the few statements of a batch, never for a lock timeout.
+    """
+    # Within a flag, oldest-scheduled first. (UUID.int orders like PostgreSQL's uuid, and
+    # compares far faster than UUID objects.)
+    ordered = sorted(
+        (schedule for schedule in batch if schedule.flag_id not in run.sibling_held),
+        key=lambda s: (s.flag_id.int, s.scheduled_at, s.id.int),
+    )
+    outcomes: list[ScheduleOutcome] = []
+    flags = run.repository.lock_free_flags(_flag_ids(ordered)) if ordered else {}
+    if ordered and not flags:
+        outcomes, ordered = _wait_for_first_flag(run, ordered, now)
+        flags = run.repository.lock_free_flags(_flag_ids(ordered)) if ordered else {}
+    ready = [schedule for schedule in ordered if schedule.flag_id in flags]
+    # What is handed back is counted by the run that decides it (this one, in a later
+    # batch, or a sibling), so concurrent runs' claimed counts add up.
+    run.summary.claimed -= len(batch) - len(ready) - len(outcomes)
+    return outcomes + _apply_locked(run, ready, flags, now)
+
+
+def _flag_ids(schedules: Sequence[DueSchedule]) -> list[UUID]:
+    """The distinct flags of schedules sorted by flag."""
+    return [flag_id for flag_id, _ in groupby(schedules, key=lambda s: s.flag_id)]
+
+
+class Blocker(StrEnum):
+    """Who kept a run waiting for a flag past the lock timeout."""
+
+    #: Another run of the scheduler: waiting on it is never charged to a schedule.
+    SIBLING = "sibling"
+    #: An application's transaction: the schedule is charged a retryable lock_timeout.
+    APPLICATION = "application"
+    #: Nobody the server shows: the holder has just finished, or hides its transaction.
+    UNKNOWN = "unknown"
+
+
+def blocked_by(holders: Sequence[LockHolder]) -> Blocker:
+    """Classify the sessions holding a flag's lock (only one run can hold it at a time)."""
+    if any(holder.is_scheduler for holder in holders):
+        return Blocker.SIBLING
+    return Blocker.APPLICATION if holders else Blocker.UNKNOWN
+
+
+def _wait_for_first_flag(
+    run: _Run, ordered: list[DueSchedule], now: datetime
+) -> tuple[list[ScheduleOutcome], list[DueSchedule]]:
+    """Wait for the first flag of a batch whose every flag another transaction holds.
+
+    The batch holds no flag lock while it waits, so no run waits on it in turn; and each
+    such batch settles the first flag's schedules (or learns the flag is free now), so
+    runs always move on. Returns the outcomes recorded and the schedules still to try.
+    """
+    policy = run.policy
+    flag_id = ordered[0].flag_id
+    waiting = [schedule for schedule in ordered if schedule.flag_id == flag_id]
+    rest = ordered[len(waiting) :]
+    if run.remaining_ms() - policy.time_margin_ms < policy.lock_timeout_ms:
+        # A wait the time budget would cut short proves nothing about the holder.
+        run.summary.stopped_for_time = True
+        return [], []
+    verdict = _wait_for_flag(run, flag_id)
+    if verdict is None:
+        return [], ordered
+    if isinstance(verdict, LockHolder):
+        run.sibling_held.add(flag_id)
+        logger.warning(
+            "flag_held_by_sibling_run",
+            extra={
+                "flag_id": str(flag_id),
+                "holder_pid": verdict.pid,
+                "schedules_left_due": len(waiting),
+                "lock_timeout_ms": policy.lock_timeout_ms,
+            },
+        )
+        return [], rest
+    outcomes: list[ScheduleOutcome] = []
+    for schedule in waiting:
+        outcomes += _record_failure(run, schedule, verdict, now)
+    return outcomes, rest
+
+
+def _wait_for_flag(run: _Run, flag_id: UUID) -> ScheduleFailure | LockHolder | None:
+    """Wait up to the lock timeout for a flag, holding nothing after.
+
+    Returns None when the flag is free now, the sibling run that held it past the lock
+    timeout, or the failure to charge: the timeout when anyone else held it (the
+    scheduler's own locks always show, see sql.LOCK_FREE_FLAGS), flag_missing when the
+    flag is gone.
+
+    Raises:
+        DatabaseUnavailable: the connection was lost.
+    """
+    repository = run.repository
+    try:
+        found = repository.wait_for_flag(flag_id)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        if failure.error_class not in ("lock_timeout", "statement_timeout"):
+            return failure
+        holders = _lock_holders(run, flag_id)
+        if blocked_by(holders) is Blocker.UNKNOWN:
+            # The holder may have finished since: look once more, without waiting.
+            try:
+                found = repository.wait_for_flag(flag_id, nowait=True)
+            except DatabaseUnavailable:
+                raise
+            except ScheduleFailure:
+                holders = _lock_holders(run, flag_id)
+            else:
+                return None if found else FlagMissing(f"flag {flag_id} does not exist")
+        if blocked_by(holders) is Blocker.SIBLING:
+            return next(holder for holder in holders if holder.is_scheduler)
+        return failure
+    return None if found else FlagMissing(f"flag {flag_id} does not exist")
+
+
+def _lock_holders(run: _Run, flag_id: UUID) -> list[LockHolder]:
+    """Who holds the flag's lock; none known when even asking fails."""
+    try:
+        return run.repository.flag_lock_holders(flag_id)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure:
+        return []
+
+
+def _apply_locked(
+    run: _Run, ready: list[DueSchedule], flags: Mapping[UUID, FlagState], now: datetime
+) -> list[ScheduleOutcome]:
+    """Apply schedules whose flags this transaction holds, in one group if it can."""
+    if not ready:
+        return []
     try:
         with run.repository.savepoint():
-            return _apply_group(run, ordered, now)
+            return _apply_group(run, ready, now, flags)
     except DatabaseUnavailable:
         raise
     except ScheduleFailure:
         pass  # one of them made a bulk statement fail: isolate it below
     outcomes: list[ScheduleOutcome] = []
-    for schedule in ordered:
+    for schedule in ready:
         if run.remaining_ms() < run.policy.time_margin_ms:
             # Unprocessed claims are untouched and unlock at commit: still due.
             run.summary.stopped_for_time = True
@@ -273,22 +427,7 @@ def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[S
         except DatabaseUnavailable:
             raise
         except ScheduleFailure as failure:
-            outcome = _failure_outcome(run, schedule, failure, now)
-            try:
-                with run.repository.savepoint():
-                    run.repository.write_outcomes(
-                        [outcome],
-                        now=now,
-                        finished_at=run.clock(),
-                        request_id=run.request_id,
-                        messages=outbox_messages([outcome], run.kinds),
-                    )
-                outcomes.append(outcome)
-            except DatabaseUnavailable:
-                raise
-            except ScheduleFailure as unrecordable:
-                reason = f"its outcome could not be written: {unrecordable.error_class}: "
-                _park(run, {schedule.id: reason + str(unrecordable)}, [schedule], now)
+            outcomes += _record_failure(run, schedule, failure, now)
         if run.streak.is_outage(run.policy.outage_threshold):
             break  # the untried rest of the batch unlocks at commit, uncharged
     return outcomes
@@ -336,18 +475,50 @@ def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now
         )
 
 
-def _apply_group(run: _Run, schedules: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:
+def _record_failure(
+    run: _Run, schedule: DueSchedule, failure: ScheduleFailure, now: datetime
+) -> list[ScheduleOutcome]:
+    """Write one schedule's failed attempt and its messages in its own savepoint; when
+    that cannot be written, park the schedule and return []."""
+    outcome = _failure_outcome(run, schedule, failure, now)
+    try:
+        with run.repository.savepoint():
+            run.repository.write_outcomes(
+                [outcome],
+                now=now,
+                finished_at=run.clock(),
+                request_id=run.request_id,
+                messages=outbox_messages([outcome], run.kinds),
+            )
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as unrecordable:
+        reason = f"its outcome could not be written: {unrecordable.error_class}: "
+        _park(run, {schedule.id: reason + str(unrecordable)}, [schedule], now)
+        return []
+    return [outcome]
+
+
+def _apply_group(
+    run: _Run,
+    schedules: list[DueSchedule],
+    now: datetime,
+    flags: Mapping[UUID, FlagState] | None = None,
+) -> list[ScheduleOutcome]:
     """Apply schedules sorted by (flag, scheduled_at, id), inside the caller's savepoint.
+
+    Their flags are locked by this transaction already; `flags` is their state, read
+    again when not given (after earlier savepoints of the batch wrote some of them).
 
     Raises:
         ScheduleFailure: a statement failed; the caller's savepoint undoes everything.
     """
     repository = run.repository
-    flag_ids = [flag_id for flag_id, _ in groupby(schedules, key=lambda s: s.flag_id)]
-    # Lock the flags before reading which fields later schedules set: a run that applied
-    # a later schedule to one of them has committed by the time its lock is granted, and
+    # The flags were locked before this reads which fields later schedules set: a run that
+    # applied a later schedule to one of them had committed when the lock was granted, and
     # the next statement's snapshot sees it.
-    flags = repository.lock_flags(flag_ids)
+    if flags is None:
+        flags = repository.lock_free_flags(_flag_ids(schedules))
     # The first (oldest) schedule of each flag: only applied ones ordered after it matter.
     since = {s.flag_id: (s.scheduled_at, s.id) for s in reversed(schedules)}
     marks: dict[UUID, dict[str, tuple[datetime, UUID]]] = {}

@@ -48,6 +48,7 @@ SELECT s.id, s.flag_id, f.flag_key, f.environment,
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.due_at <= %(now)s AND s.id <> ALL(%(skip)s::uuid[])
+  AND s.flag_id <> ALL(%(skip_flags)s::uuid[])
 ORDER BY s.due_at
 LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED
@@ -85,15 +86,52 @@ FROM parked
 
 # (%(name)b sends an array parameter in binary: far cheaper to build than text for
 # thousands of elements.)
-# Locks the given flags until the transaction ends, in id order (every run locks in the
-# same order, so runs never deadlock on each other); NO KEY UPDATE so writers inserting new
-# schedules for a flag (a foreign-key KEY SHARE lock) are not blocked.
-LOCK_FLAGS = """
+# Locks those of the given flags no other transaction holds, until the transaction ends,
+# and returns their state; held ones are skipped, never waited for, so a run never waits
+# for a flag while it holds another (and no two runs can wait on each other). NO KEY UPDATE
+# so writers inserting new schedules for a flag (a foreign-key KEY SHARE lock) are not
+# blocked. Taken outside any savepoint, so the row's xmax names the run's top-level
+# transaction for as long as it holds the lock (see FLAG_LOCK_HOLDERS).
+LOCK_FREE_FLAGS = """
 SELECT id, flag_key, environment, enabled, rollout_percentage
 FROM feature_flags
 WHERE id = ANY(%(flag_ids)b::uuid[])
-ORDER BY id
-FOR NO KEY UPDATE
+FOR NO KEY UPDATE SKIP LOCKED
+"""
+
+# Waits up to lock_timeout for one flag's lock; the caller holds no other flag, takes this
+# in a savepoint and rolls it back at once: it only learns that the flag is free now.
+WAIT_FOR_FLAG = """
+SELECT id FROM feature_flags WHERE id = %(flag_id)s FOR NO KEY UPDATE
+"""
+
+# The same without waiting: fails at once (55P03) while another transaction holds the flag.
+TRY_FLAG = """
+SELECT id FROM feature_flags WHERE id = %(flag_id)s FOR NO KEY UPDATE NOWAIT
+"""
+
+# The sessions whose transaction holds the lock on one flag row, when the row's xmax is a
+# transaction id: the owner of a live transaction id holds a granted lock on it.
+FLAG_LOCK_HOLDERS = """
+SELECT a.pid, a.application_name
+FROM feature_flags AS f
+JOIN pg_locks AS l
+  ON l.locktype = 'transactionid' AND l.transactionid = f.xmax AND l.granted
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE f.id = %(flag_id)s
+"""
+
+# The same when the row's xmax is a multixact (several lockers, e.g. a run's NO KEY UPDATE
+# and a writer's KEY SHARE): its members that block NO KEY UPDATE, i.e. all but KEY SHARE.
+# Fails when xmax names no multixact; the caller runs it in a savepoint.
+FLAG_LOCK_HOLDERS_MULTI = """
+SELECT a.pid, a.application_name
+FROM feature_flags AS f
+CROSS JOIN LATERAL pg_get_multixact_members(f.xmax) AS m
+JOIN pg_locks AS l
+  ON l.locktype = 'transactionid' AND l.transactionid = m.xid AND l.granted
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE f.id = %(flag_id)s AND m.mode <> 'keysh'
 """
 
 # Applied schedules of each flag ordered after the given (scheduled_at, id), with the

@@ -126,3 +126,21 @@ def _first_message(exc: ValidationError) -> str:
     error = exc.errors()[0]
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+# Read by Powertools' Logger when it is created (at import of the handler), which raises a
+# bare ValueError on a name it does not know: checked first, so the error names the variable.
+POWERTOOLS_LOG_LEVEL = "POWERTOOLS_LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Also understood by the logging module (WARN, FATAL: aliases; NOTSET: everything).
+_LOG_LEVEL_ALIASES = ("WARN", "FATAL", "NOTSET")
+
+
+def check_log_level(environ: Mapping[str, str]) -> None:
+    """Raises ConfigurationError when POWERTOOLS_LOG_LEVEL is set to an unknown level."""
+    raw = environ.get(POWERTOOLS_LOG_LEVEL, "")
+    if not raw or raw.upper() in LOG_LEVELS + _LOG_LEVEL_ALIASES:
+        return
+    raise ConfigurationError(
+        f"{POWERTOOLS_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)} (any case), got {raw!r}"
+    )

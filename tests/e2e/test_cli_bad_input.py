@@ -145,6 +145,17 @@ def test_a_preview_running_past_the_last_time_stops_cleanly(cli: Cli) -> None:
     assert "attempt 5 and later would fall after 9999-12-31 00:00:00Z" in cli.ok(*args)
 
 
+def test_a_schedule_near_the_last_time_shows_its_timeline_cut_short(cli: Cli) -> None:
+    cli.env["FLAG_SCHEDULE_BACKOFF_BASE_SECONDS"] = "86400"  # a day: the 2nd attempt is past
+    cli.env["FLAG_SCHEDULE_BACKOFF_CAP_SECONDS"] = "86400"
+    cli.ok("flags", "create", "banner")
+    at = ("--at", "9999-12-30T23:00:00Z", "--enable", "--max-retries", "3")
+    created = cli.json("schedules", "create", "--flag", "banner", *at)
+    for command in ("show", "preview"):
+        text = cli.ok("schedules", command, created["id"])  # was OverflowError
+        assert "attempt 2 and later would fall after 9999-12-31 00:00:00Z" in text
+
+
 def test_a_time_past_the_lateness_limit_needs_force(
     cli: Cli, conn: psycopg.Connection[Any]
 ) -> None:

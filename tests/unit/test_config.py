@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from flag_scheduler.config import Settings
+from flag_scheduler.config import Settings, check_log_level
 from flag_scheduler.errors import ConfigurationError
 
 
@@ -99,3 +103,35 @@ def test_cap_below_base_is_refused() -> None:
 
 def test_empty_values_mean_the_default() -> None:
     assert Settings.from_env({"FLAG_SCHEDULE_MAX_RETRIES": "", "DATABASE_URL": " "}) == Settings()
+
+
+@pytest.mark.parametrize("level", ["", "DEBUG", "info", "Warning", "ERROR", "CRITICAL", "WARN"])
+def test_known_log_levels_pass(level: str) -> None:
+    check_log_level({"POWERTOOLS_LOG_LEVEL": level})
+
+
+@pytest.mark.parametrize("level", ["BOGUS", " INFO", "verbose", "10"])
+def test_an_unknown_log_level_is_named(level: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_log_level({"POWERTOOLS_LOG_LEVEL": level})
+    assert str(refused.value) == (
+        "POWERTOOLS_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case),"
+        f" got {level!r}"
+    )
+
+
+def test_the_lambda_with_a_bad_log_level_fails_at_start_naming_it() -> None:
+    """What Lambda shows as the init error: our line, not Powertools' bare ValueError."""
+    env = {**os.environ, "POWERTOOLS_LOG_LEVEL": "BOGUS"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import flag_scheduler.handler"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "flag_scheduler.errors.ConfigurationError: POWERTOOLS_LOG_LEVEL must be one of DEBUG,"
+        " INFO, WARNING, ERROR, CRITICAL (any case), got 'BOGUS'"
+    )

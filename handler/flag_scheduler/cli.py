@@ -484,18 +484,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FlagSchedulerError as exc:
-        print(f"flag-scheduler: error: {exc}", file=sys.stderr)
+        print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
     except _database_errors() as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if getattr(exc, "sqlstate", None) == _UNDEFINED_TABLE:
-            message = (
-                f"the database has no flag-scheduler tables ({message});"
-                " run `flag-scheduler migrate` first"
-            )
-        else:
-            message = f"database: {message}"
-        print(f"flag-scheduler: error: {message}", file=sys.stderr)
+        print(
+            f"flag-scheduler: error: {_unmigrated(exc) or f'database: {message}'}", file=sys.stderr
+        )
         return EXIT_FAILED
     print(json.dumps(_jsonable(data), indent=2) if args.json else text)
     return EXIT_OK
@@ -518,6 +513,19 @@ def _jsonable(data: Any) -> Any:
 
 # SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.
 _UNDEFINED_TABLE = "42P01"
+
+
+def _unmigrated(exc: BaseException) -> str | None:
+    """The advice to migrate, when `exc` (or the driver error it translates) is a missing
+    table; the handler's repository keeps the driver's error as __cause__."""
+    for error in (exc, exc.__cause__):
+        if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:
+            detail = getattr(getattr(error, "diag", None), "message_primary", None) or error
+            return (
+                f"the database has no flag-scheduler tables ({detail});"
+                " run `flag-scheduler migrate` first"
+            )
+    return None
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,49 @@ def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
 def test_migrate_with_a_bad_database_url_is_one_line(url: str, code: int, message: str) -> None:
     line = _one_line(_run("migrate", env=_env(DATABASE_URL=url)), code)
     assert message in line
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[int]:
+    """A TCP port where a server speaking PostgreSQL's protocol asks for a password and
+    refuses it (SQLSTATE 28P01), as a real server does on a wrong password."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def message(kind: bytes, body: bytes) -> bytes:
+        return kind + struct.pack("!I", len(body) + 4) + body
+
+    def serve() -> None:
+        with listener:
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    return
+                with client:
+                    while True:  # SSL and GSS requests are declined; then the startup
+                        size, code = struct.unpack("!II", client.recv(8))
+                        client.recv(size - 8)
+                        if code not in (80877103, 80877104):
+                            break
+                        client.sendall(b"N")
+                    client.sendall(message(b"R", struct.pack("!I", 3)))  # cleartext password
+                    client.recv(4096)
+                    fields = b"SFATAL\0VFATAL\0C28P01\0M"
+                    fields += b'password authentication failed for user "app"\0\0'
+                    client.sendall(message(b"E", fields))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield port
+    listener.close()
+
+
+def test_migrate_with_a_wrong_password_is_one_line(refusing_server: int) -> None:
+    url = f"postgresql://app:{PASSWORD}@127.0.0.1:{refusing_server}/app?sslmode=disable"
+    line = _one_line(_run("migrate", env=_env(DATABASE_URL=url)), 1)
+    assert "cannot migrate the database" in line
+    assert "password authentication failed" in line
 
 
 def test_migrate_sql_into_a_closed_pipe_exits_quietly() -> None:
@@ -331,12 +378,21 @@ def test_the_embedded_database_is_the_same_from_any_folder(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "args",
-    [("status",), ("flags", "list"), ("schedules", "list"), ("flags", "create", "banner")],
+    [
+        ("status",),
+        ("flags", "list"),
+        ("schedules", "list"),
+        ("flags", "create", "banner"),
+        ("invoke",),  # the handler's error, translated by its repository
+    ],
 )
 def test_an_unmigrated_database_says_to_migrate(empty_database: str, args: tuple[str, ...]) -> None:
-    result = _run(*args, env=_env(DATABASE_URL=empty_database))
+    result = _run(*args, env=_env(DATABASE_URL=empty_database, POWERTOOLS_LOG_LEVEL="CRITICAL"))
+    if args == ("invoke",):  # it says which database first
+        assert result.stderr.startswith("flag-scheduler: database: DATABASE_URL\n")
+        result.stderr = result.stderr.split("\n", 1)[1]
     line = _one_line(result, 1)
-    assert "run `flag-scheduler migrate` first" in line
+    assert "does not exist); run `flag-scheduler migrate` first" in line
 
 
 # --- usage errors ---

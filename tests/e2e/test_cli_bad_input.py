@@ -387,6 +387,7 @@ def test_the_embedded_database_is_the_same_from_any_folder(tmp_path: Path) -> No
     assert listed.returncode == 0, listed.stderr
     assert [f["flag_key"] for f in json.loads(listed.stdout)] == ["banner"]
     status = _run("status", env=env, cwd=second)
+    assert status.stderr == ""  # no runtime-folder warning either
     assert f"database:                     embedded PostgreSQL in {expected}" in status.stdout
     assert (expected / "PG_VERSION").exists()
     assert not (first / ".flag-scheduler").exists()
@@ -395,6 +396,35 @@ def test_the_embedded_database_is_the_same_from_any_folder(tmp_path: Path) -> No
     invoked = _run("invoke", env=env, cwd=second)
     assert invoked.returncode == 0, invoked.stderr
     assert f"flag-scheduler: database: embedded PostgreSQL in {expected}" in invoked.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "message"),
+    [
+        # a file where the folder should be: was initdb's CalledProcessError traceback
+        (lambda p: p.write_text("x"), 2, "is a file, not a folder"),
+        # a folder holding something else: was 40 lines of initdb output and a traceback
+        (
+            lambda p: (p.mkdir(), (p / "notes.txt").write_text("x")),
+            1,
+            "cannot start the embedded PostgreSQL in",
+        ),
+    ],
+)
+def test_a_data_folder_that_cannot_hold_a_database_is_one_line(
+    tmp_path: Path, make: Any, code: int, message: str
+) -> None:
+    folder = tmp_path / "pgdata"
+    make(folder)
+    line = _one_line(_run("status", "--data-dir", str(folder), env=_env()), code)
+    assert message in line
+
+
+def test_a_deeply_nested_event_file_is_one_line(tmp_path: Path) -> None:
+    event = tmp_path / "deep.json"
+    event.write_text("[" * 100_000)  # was RecursionError
+    line = _one_line(_run("invoke", "--event", str(event), env=_env()), 2)
+    assert "is nested too deeply to read" in line
 
 
 # --- a database that was never migrated ---

@@ -498,10 +498,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("demo", "invoke"):
-            # Both import the handler, whose Powertools Logger rejects a bad level at import.
-            from flag_scheduler.config import check_log_level
+            # Both import the handler: Powertools would reject a bad variable with a traceback.
+            from flag_scheduler.config import check_powertools_environment
 
-            check_log_level(os.environ)
+            check_powertools_environment(os.environ)
         if args.command == "demo":
             from flag_scheduler.demo import run_demo
 

@@ -264,6 +264,22 @@ def test_a_bad_powertools_log_level_is_named(cli: Cli, command: tuple[str, ...])
     assert "'BOGUS'" in line
 
 
+def test_a_bad_metrics_switch_is_refused_before_the_run(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    """Powertools reads it only when the metrics are flushed: after the run committed its
+    work, so the invocation failed with a traceback although the schedule was applied."""
+    schedule = catalog.create_schedule(
+        catalog.create_flag("banner"), datetime.now(UTC) - timedelta(minutes=1), {"enabled": True}
+    )
+    cli.env["POWERTOOLS_METRICS_DISABLED"] = "maybe"
+    line = cli.fails(2, "invoke")
+    assert "POWERTOOLS_METRICS_DISABLED must be true or false" in line
+    assert conn.execute(
+        "SELECT status FROM feature_flag_schedules WHERE id = %s", (schedule,)
+    ).fetchone() == ("pending",)
+
+
 def test_invoke_with_a_timeout_inside_the_time_margin_is_refused(
     cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:

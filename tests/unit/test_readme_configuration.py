@@ -30,10 +30,14 @@ def _named_constants(module: object) -> set[str]:
 
 
 def _powertools_variables() -> set[str]:
-    """POWERTOOLS_* variables the code or the template sets or reads."""
-    sources = [p.read_text() for p in PACKAGE.rglob("*.py")]
-    sources.append((ROOT / "template.yaml").read_text())
-    return {m for text in sources for m in re.findall(r"\bPOWERTOOLS_[A-Z_]+\b", text)}
+    """POWERTOOLS_* variables the code names (in string literals) or the template sets."""
+    found = {
+        name
+        for path in PACKAGE.rglob("*.py")
+        for name in re.findall(r"[\"'](POWERTOOLS_[A-Z_]+)[\"']", path.read_text())
+    }
+    template = (ROOT / "template.yaml").read_text()
+    return found | set(re.findall(r"^\s+(POWERTOOLS_[A-Z_]+):", template, re.MULTILINE))
 
 
 def test_every_integer_setting_has_its_default_and_range() -> None:

@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 run: $(STAMP)
 	$(BIN)/flag-scheduler demo
 
-# One real invocation against DATABASE_URL, or the embedded server kept in .flag-scheduler/.
+# One real invocation against DATABASE_URL, or the embedded server kept in the per-user data
+# folder (~/.local/share/flag-scheduler/pgdata; FLAG_SCHEDULER_DATA_DIR to move it).
 invoke: $(STAMP)
 	$(BIN)/flag-scheduler invoke --event events/scheduled-event.json
 
@@ -59,8 +60,9 @@ bench: $(STAMP)
 rds-ca-bundle: $(STAMP)
 	$(BIN)/python scripts/rds_ca_bundle.py $(GLOBAL_BUNDLE) $(if $(AMAZON_ROOTS),--amazon-roots $(AMAZON_ROOTS))
 
+# The embedded database is not here (it lives in the per-user data folder): clean keeps it.
 clean:
-	rm -rf $(VENV) .flag-scheduler .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # --- AWS template checks (tools in their own venv: their pins conflict with the app's) -----
 TOOLS_VENV := .venv-tools

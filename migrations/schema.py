@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from flag_scheduler import limits
+
 # Every constraint and index gets a predictable name (Alembic naming.rst).
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -47,10 +49,6 @@ ERROR_CLASSES = (
     "unknown",
     "unrecordable",
 )
-# The moments every client library can load (0005, 0006): infinity, -infinity and years
-# outside 1..9999 are valid timestamptz values that fail a run or `status` when read.
-EARLIEST_MOMENT = "'0001-01-02 00:00:00+00'"
-LATEST_MOMENT = "'9999-12-31 00:00:00+00'"
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -58,12 +56,11 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 def _in_range(*columns: str) -> list[CheckConstraint]:
-    """One check per timestamp column that it holds a loadable moment (or NULL)."""
+    """One check per timestamp column that it holds a loadable moment (or NULL): infinity,
+    -infinity and years outside 1..9999 are valid timestamptz values that fail a run or
+    `status` when read (0005, 0006)."""
     return [
-        CheckConstraint(
-            f"{column} >= {EARLIEST_MOMENT} AND {column} < {LATEST_MOMENT}",
-            name=f"{column}_in_range",
-        )
+        CheckConstraint(limits.time_in_range_sql(column), name=f"{column}_in_range")
         for column in columns
     ]
 
@@ -83,6 +80,14 @@ feature_flags = Table(
     UniqueConstraint("flag_key", "environment"),
     *_in_range("created_at", "updated_at"),
 )
+
+# Not in the metadata (Alembic compares no triggers): migration 0008 installs a trigger that
+# refuses inserted or renamed flags whose key or environment break these rules, raising
+# check_violation as a CHECK would, but unlike a CHECK it leaves rows that predate the rule
+# updatable. tests/integration/test_migrations.py compares the installed rule with these.
+FLAG_NAMES_TRIGGER = "tr_feature_flags_names_valid"
+FLAG_KEY_REGEX = limits.regex_sql(limits.FLAG_KEY_PATTERN)
+ENVIRONMENT_REGEX = limits.regex_sql(limits.ENVIRONMENT_PATTERN)
 
 feature_flag_schedules = Table(
     "feature_flag_schedules",
@@ -212,7 +217,6 @@ scheduler_run_state = Table(
 
 OUTBOX_KINDS = ("alert", "digest", "flag_changed")
 # The moments every client library can represent (as 0005 requires of scheduled_at).
-_REAL_MOMENT = "{0} >= '0001-01-02 00:00:00+00' AND {0} < '9999-12-31 00:00:00+00'"
 
 # Alerts and FlagChanged events written in the transaction of the outcome they report,
 # deleted once delivered (flag_scheduler.delivery).
@@ -235,9 +239,7 @@ notification_outbox = Table(
     CheckConstraint("jsonb_typeof(payload) = 'object'", name="payload_is_object"),
     CheckConstraint("attempts BETWEEN 0 AND 1000000", name="attempts_range"),
     CheckConstraint("char_length(last_error) <= 2000", name="last_error_length"),
-    CheckConstraint(_REAL_MOMENT.format("created_at"), name="created_at_in_range"),
-    CheckConstraint(_REAL_MOMENT.format("next_attempt_at"), name="next_attempt_at_in_range"),
-    CheckConstraint(_REAL_MOMENT.format("last_attempt_at"), name="last_attempt_at_in_range"),
+    *_in_range("created_at", "next_attempt_at", "last_attempt_at"),
     UniqueConstraint("message_id"),
     Index("ix_notification_outbox_next_attempt_at_id", "next_attempt_at", "id"),
 )

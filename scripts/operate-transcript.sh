@@ -9,10 +9,13 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 unset DATABASE_URL
 export POWERTOOLS_METRICS_DISABLED=true POWERTOOLS_LOG_LEVEL=ERROR
+# The per-user data folder, in a throwaway home (shown as ~).
+export HOME="$work"
+unset XDG_DATA_HOME FLAG_SCHEDULER_DATA_DIR
 
 run() {
     printf '$'; printf ' %q' "$@"; echo
-    "$@" 2>&1 | sed "s#$work#.#g" || true
+    "$@" 2>&1 | sed "s#$work#~#g" || true
     echo
 }
 fs() { run flag-scheduler "$@"; }
@@ -26,8 +29,9 @@ echo "# (a drill: make every update of holiday-banner fail with a serialization 
 "$bin/python" - <<PY
 from flag_scheduler import db, fault_injection
 from flag_scheduler.local import start_embedded_server
-from pathlib import Path
-conn = db.connect(start_embedded_server(Path(".flag-scheduler/pgdata").resolve(), throwaway=False).get_uri())
+from flag_scheduler.local import data_folder
+import os
+conn = db.connect(start_embedded_server(data_folder(os.environ), throwaway=False).get_uri())
 fault_injection.install(conn)
 flag = conn.execute("SELECT id FROM feature_flags WHERE flag_key = 'holiday-banner'").fetchone()[0]
 fault_injection.set_fault(conn, flag, "40001", "could not serialize access due to concurrent update")
@@ -42,8 +46,9 @@ echo "# (skip the wait: make the retry due now, and let it fail again)"
 "$bin/python" - <<PY
 from flag_scheduler import db
 from flag_scheduler.local import start_embedded_server
-from pathlib import Path
-conn = db.connect(start_embedded_server(Path(".flag-scheduler/pgdata").resolve(), throwaway=False).get_uri())
+from flag_scheduler.local import data_folder
+import os
+conn = db.connect(start_embedded_server(data_folder(os.environ), throwaway=False).get_uri())
 conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now()")
 PY
 echo
@@ -54,8 +59,9 @@ echo "# (the outage is over)"
 "$bin/python" - <<PY
 from flag_scheduler import db
 from flag_scheduler.local import start_embedded_server
-from pathlib import Path
-conn = db.connect(start_embedded_server(Path(".flag-scheduler/pgdata").resolve(), throwaway=False).get_uri())
+from flag_scheduler.local import data_folder
+import os
+conn = db.connect(start_embedded_server(data_folder(os.environ), throwaway=False).get_uri())
 conn.execute("DELETE FROM fault_injection")
 PY
 echo

@@ -18,6 +18,12 @@ if not os.environ.get("XDG_RUNTIME_DIR"):
     _runtime.mkdir(mode=0o700, exist_ok=True)
     os.environ["XDG_RUNTIME_DIR"] = str(_runtime)
 
+# The CLI's embedded database defaults to a per-user folder: no test may touch the real one
+# (subprocesses inherit this; a test that wants the default sets XDG_DATA_HOME and drops it).
+os.environ["FLAG_SCHEDULER_DATA_DIR"] = str(
+    Path(tempfile.gettempdir()) / f"flag-scheduler-test-data-{os.getuid()}" / "pgdata"
+)
+
 import psycopg
 import pytest
 

@@ -59,16 +59,20 @@ def retry_timeline(
     max_retries: int,
     *,
     attempts_made: int = 0,
+    until: datetime | None = None,
 ) -> list[PlannedAttempt]:
     """The attempts a schedule has left if each one failed the moment it started.
 
     `first_attempt_at` is when attempt `attempts_made + 1` happens (the scheduled time for a
     new schedule, `next_retry_at` for one waiting for a retry). The last entry is the attempt
-    whose failure makes the schedule permanently failed.
+    whose failure makes the schedule permanently failed, unless attempts at or after `until`
+    are cut off (the end of representable time).
     """
     attempts = [PlannedAttempt(attempt=attempts_made + 1, at=first_attempt_at, delay_before=None)]
     for retry_number in range(attempts_made, max_retries):
         delay = retry_delay(policy, retry_number, schedule_id)
+        if until is not None and until - attempts[-1].at <= delay:
+            break
         attempts.append(
             PlannedAttempt(attempt=retry_number + 2, at=attempts[-1].at + delay, delay_before=delay)
         )

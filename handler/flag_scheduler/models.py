@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from flag_scheduler import limits
 from flag_scheduler.errors import InvalidUpdates
 
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
@@ -21,8 +22,8 @@ MAX_UPDATES_BYTES = 4096
 MAX_RETRY_COUNT = 10
 # The moments every client library can represent (the schema's *_in_range checks): the
 # claim reads anything outside as a defect instead of failing to load it.
-EARLIEST_MOMENT = datetime(1, 1, 2, tzinfo=UTC)
-LATEST_MOMENT = datetime(9999, 12, 31, tzinfo=UTC)
+EARLIEST_MOMENT = limits.EARLIEST_TIME
+LATEST_MOMENT = limits.END_OF_TIME
 
 
 class FlagUpdates(BaseModel):

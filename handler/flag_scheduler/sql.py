@@ -306,14 +306,18 @@ VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(max_retries)s)
 RETURNING id
 """
 
-# Schedules with their flag's identity, filtered; NULL filters match everything.
+# Schedules with their flag's identity, filtered (by status or state); NULL filters match all.
 LIST_SCHEDULES = """
 SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text, s.applied_at,
        s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
        s.requeued_at
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[]))
+WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
+       -- The state operators see (catalog.ScheduleView.state): `failed` split in three.
+       OR (s.status = 'failed' AND CASE WHEN s.next_retry_at IS NOT NULL THEN 'waiting_for_retry'
+                                        WHEN s.last_error_class = 'expired' THEN 'expired'
+                                        ELSE 'failed_permanently' END = ANY(%(statuses)s::text[])))
   AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
   AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
   AND (%(due_at)s::timestamptz IS NULL OR s.due_at <= %(due_at)s::timestamptz)

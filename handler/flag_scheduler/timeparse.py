@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
+from flag_scheduler.limits import TIME_RANGE_TEXT
+
 _RELATIVE = re.compile(r"^\+(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -13,7 +15,8 @@ def parse_time(text: str, now: datetime) -> datetime:
     """A timezone-aware moment from `text`, relative to `now` where it says so.
 
     Raises:
-        ValueError: the text is not a time, or has no offset (we never guess a zone).
+        ValueError: the text is not a time, has no offset (we never guess a zone), or is
+            relative and beyond the last representable time.
     """
     value = text.strip()
     if value.lower() == "now":
@@ -21,7 +24,12 @@ def parse_time(text: str, now: datetime) -> datetime:
     relative = _RELATIVE.match(value)
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
-        return now + timedelta(**{_UNITS[unit]: amount})
+        try:
+            return now + timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            raise ValueError(
+                f"{text!r} is later than any time a schedule can hold ({TIME_RANGE_TEXT})"
+            ) from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

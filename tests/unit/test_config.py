@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
-from flag_scheduler.config import Settings
+from flag_scheduler.config import Settings, check_powertools_environment
 from flag_scheduler.errors import ConfigurationError
 
 
@@ -99,3 +104,68 @@ def test_cap_below_base_is_refused() -> None:
 
 def test_empty_values_mean_the_default() -> None:
     assert Settings.from_env({"FLAG_SCHEDULE_MAX_RETRIES": "", "DATABASE_URL": " "}) == Settings()
+
+
+@pytest.mark.parametrize("level", ["", "DEBUG", "info", "Warning", "ERROR", "CRITICAL", "WARN"])
+def test_known_log_levels_pass(level: str) -> None:
+    check_powertools_environment({"POWERTOOLS_LOG_LEVEL": level})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        # the older name, read when POWERTOOLS_LOG_LEVEL is unset or empty
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of DEBUG"),
+        ({"POWERTOOLS_LOG_LEVEL": "", "LOG_LEVEL": "x"}, "LOG_LEVEL must be one of"),
+        # Powertools reads these switches with strtobool, which refuses anything else (even "")
+        ({"POWERTOOLS_METRICS_DISABLED": "maybe"}, "POWERTOOLS_METRICS_DISABLED must be true"),
+        ({"POWERTOOLS_METRICS_DISABLED": ""}, "got ''"),
+        ({"POWERTOOLS_DEV": "2"}, "POWERTOOLS_DEV must be true or false"),
+        ({"POWERTOOLS_LOGGER_LOG_EVENT": "x"}, "POWERTOOLS_LOGGER_LOG_EVENT must be"),
+        ({"POWERTOOLS_LOGGER_SAMPLE_RATE": "abc"}, "must be a number 0..1, got 'abc'"),
+        ({"POWERTOOLS_LOGGER_SAMPLE_RATE": "1.5"}, "must be a number 0..1"),
+    ],
+)
+def test_other_powertools_variables_are_named(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        check_powertools_environment(environ)
+
+
+def test_readable_powertools_values_pass() -> None:
+    check_powertools_environment(
+        {
+            "POWERTOOLS_LOG_LEVEL": "info",
+            "LOG_LEVEL": "ignored-when-the-new-name-is-set",
+            "POWERTOOLS_METRICS_DISABLED": "TRUE",
+            "POWERTOOLS_DEV": "0",
+            "POWERTOOLS_LOGGER_SAMPLE_RATE": "0.1",
+        }
+    )
+
+
+@pytest.mark.parametrize("level", ["BOGUS", " INFO", "verbose", "10"])
+def test_an_unknown_log_level_is_named(level: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_powertools_environment({"POWERTOOLS_LOG_LEVEL": level})
+    assert str(refused.value) == (
+        "POWERTOOLS_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case),"
+        f" got {level!r}"
+    )
+
+
+@pytest.mark.parametrize("module", ["flag_scheduler.handler", "flag_scheduler.aws.migration"])
+def test_a_function_with_a_bad_log_level_fails_at_start_naming_it(module: str) -> None:
+    """What Lambda shows as the init error: our line, not Powertools' bare ValueError."""
+    env = {**os.environ, "POWERTOOLS_LOG_LEVEL": "BOGUS"}
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "flag_scheduler.errors.ConfigurationError: POWERTOOLS_LOG_LEVEL must be one of DEBUG,"
+        " INFO, WARNING, ERROR, CRITICAL (any case), got 'BOGUS'"
+    )

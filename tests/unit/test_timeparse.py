@@ -42,3 +42,10 @@ def test_accepted_times(text: str, expected: datetime) -> None:
 def test_refused_times(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_time(text, NOW)
+
+
+def test_a_relative_time_beyond_the_last_representable_one_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"later than any time a schedule can hold \(from 0001"):
+        parse_time("+3000000d", NOW)
+    with pytest.raises(ValueError, match="later than any time"):
+        parse_time("+99999999999d", NOW)  # beyond timedelta itself

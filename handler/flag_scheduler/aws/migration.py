@@ -17,8 +17,11 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 
 from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
+from flag_scheduler.config import check_powertools_environment
 from flag_scheduler.errors import ConfigurationError, FlagSchedulerError
 
+# As in handler.py: a bad Powertools variable fails the start with a line naming it.
+check_powertools_environment(os.environ)
 logger = Logger(service="flag-scheduler-migrations")
 # Alembic reports each revision it runs through the standard library's "alembic" logger.
 # Only that one: the scheduler's handler formats the flag_scheduler loggers.

@@ -26,7 +26,7 @@ fs schedules create --flag holiday-banner --at now --enable --rollout 100 --max-
 id=$(flag-scheduler schedules list --json | "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 
 echo "# (a drill: make every update of holiday-banner fail with a serialization failure)"
-"$bin/python" - <<PY
+"$bin/python" -W ignore::Warning - <<PY
 from flag_scheduler import db, fault_injection
 from flag_scheduler.local import start_embedded_server
 from flag_scheduler.local import data_folder
@@ -43,7 +43,7 @@ fs schedules show "$id"
 fs status
 
 echo "# (skip the wait: make the retry due now, and let it fail again)"
-"$bin/python" - <<PY
+"$bin/python" -W ignore::Warning - <<PY
 from flag_scheduler import db
 from flag_scheduler.local import start_embedded_server
 from flag_scheduler.local import data_folder
@@ -56,7 +56,7 @@ fs invoke
 fs schedules list --status failed
 
 echo "# (the outage is over)"
-"$bin/python" - <<PY
+"$bin/python" -W ignore::Warning - <<PY
 from flag_scheduler import db
 from flag_scheduler.local import start_embedded_server
 from flag_scheduler.local import data_folder

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
@@ -93,3 +97,25 @@ def history(conn: psycopg.Connection[Any], schedule_id: UUID) -> list[tuple[Any,
             (schedule_id,),
         )
     ]
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The console script in a subprocess (as a user runs it), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "flag_scheduler.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This process's environment without DATABASE_URL and without metrics, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({"POWERTOOLS_METRICS_DISABLED": "true", **extra})
+    return env

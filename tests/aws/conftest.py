@@ -10,13 +10,16 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from flag_scheduler.aws import secrets
+from flag_scheduler.catalog import Catalog
 from tests.support import database_url_for
 
 REGION = "eu-west-1"
@@ -204,3 +207,26 @@ def empty_database_url(server_url: str, worker_id: str) -> Iterator[str]:
     yield database_url_for(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def due_now(catalog: Catalog, key: str, updates: object) -> UUID:
+    """A new flag `key` with one schedule of `updates` due a minute ago."""
+    flag = catalog.create_flag(key)
+    return catalog.create_schedule(flag, datetime.now(UTC) - timedelta(minutes=1), updates)
+
+
+def outbox_rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(message_id, kind, attempts) of every message still waiting, oldest first."""
+    return [
+        tuple(row)
+        for row in conn.execute(
+            "SELECT message_id, kind, attempts FROM notification_outbox ORDER BY id"
+        )
+    ]
+
+
+def emf_record(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """The one EMF record the handler printed to stdout."""
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    (emf,) = [line for line in lines if "_aws" in line]
+    return emf

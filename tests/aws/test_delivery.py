@@ -16,7 +16,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import psycopg
 import pytest
@@ -35,6 +34,9 @@ from tests.aws.conftest import (
     SilentEndpoint,
     create_event_tap,
     create_topic,
+    due_now,
+    emf_record,
+    outbox_rows,
     sent_notifications,
 )
 from tests.support import schedule_row
@@ -50,27 +52,6 @@ def env(monkeypatch: pytest.MonkeyPatch, database_url: str, moto_server: str) ->
     monkeypatch.delenv("DB_SECRET_ARN", raising=False)
     monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
     return monkeypatch
-
-
-def _due(catalog: Catalog, key: str, updates: object) -> UUID:
-    flag = catalog.create_flag(key)
-    return catalog.create_schedule(flag, datetime.now(UTC) - timedelta(minutes=1), updates)
-
-
-def _outbox(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """(message_id, kind, attempts) of every message still waiting, oldest first."""
-    return [
-        tuple(row)
-        for row in conn.execute(
-            "SELECT message_id, kind, attempts FROM notification_outbox ORDER BY id"
-        )
-    ]
-
-
-def _emf(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    (emf,) = [line for line in lines if "_aws" in line]
-    return emf
 
 
 def _alert_ids(topic: str) -> list[str]:
@@ -92,8 +73,8 @@ def test_a_silent_sns_endpoint_cannot_make_the_run_overrun_its_budget(
     env.setenv("ALERT_TOPIC_ARN", f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts")
     env.setenv("AWS_ENDPOINT_URL_SNS", silent_endpoint.url)  # accepts, never answers
     env.setenv("FLAG_EVENTS_BUS_NAME", tap.bus_name)
-    failing = [_due(catalog, f"broken-{n}", {"enabled": "yes"}) for n in range(4)]
-    applied = _due(catalog, "fine", {"enabled": True})
+    failing = [due_now(catalog, f"broken-{n}", {"enabled": "yes"}) for n in range(4)]
+    applied = due_now(catalog, "fine", {"enabled": True})
 
     started = time.monotonic()
     result = handler.lambda_handler(EVENT, FakeLambdaContext(timeout_seconds=20))
@@ -113,13 +94,13 @@ def test_a_silent_sns_endpoint_cannot_make_the_run_overrun_its_budget(
         )
     # The dead topic did not starve the bus: the event went out and left the outbox.
     assert _event_ids(tap) == [f"flag_changed:{applied}:1"]
-    waiting = _outbox(conn)
+    waiting = outbox_rows(conn)
     assert sorted(message_id for message_id, _, _ in waiting) == sorted(
         f"alert:{schedule}:1" for schedule in failing
     )
     # One publish was tried and charged; the topic then rested, the others wait untried.
     assert sorted(attempts for _, _, attempts in waiting) == [0, 0, 0, 1]
-    emf = _emf(capsys)
+    emf = emf_record(capsys)
     assert emf["AlertPublishFailures"] == [1.0]
     assert emf["NotificationsDelivered"] == [1.0]
     assert emf["OutboxBacklog"] == [4.0]
@@ -175,8 +156,8 @@ def test_a_run_killed_after_commit_loses_no_message(
     env.setenv("ALERT_TOPIC_ARN", topic)
     env.setenv("FLAG_EVENTS_BUS_NAME", tap.bus_name)
     env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    failing = [_due(catalog, f"broken-{n}", {"rollout_percentage": 101}) for n in range(3)]
-    applied = [_due(catalog, f"fine-{n}", {"enabled": True}) for n in range(12)]
+    failing = [due_now(catalog, f"broken-{n}", {"rollout_percentage": 101}) for n in range(3)]
+    applied = [due_now(catalog, f"fine-{n}", {"enabled": True}) for n in range(12)]
     alerts = {f"alert:{s}:1" for s in failing}
     events = {f"flag_changed:{s}:1" for s in applied}
 
@@ -185,7 +166,7 @@ def test_a_run_killed_after_commit_loses_no_message(
     # The outcomes committed with their messages; nothing went out.
     assert {schedule_row(conn, s).status for s in applied} == {"applied"}
     assert {schedule_row(conn, s).status for s in failing} == {"failed"}
-    assert {message_id for message_id, _, _ in _outbox(conn)} == alerts | events
+    assert {message_id for message_id, _, _ in outbox_rows(conn)} == alerts | events
     assert _alert_ids(topic) == []
     assert _event_ids(tap) == []
 
@@ -195,7 +176,7 @@ def test_a_run_killed_after_commit_loses_no_message(
     assert result["notifications_delivered"] == len(alerts | events)
     assert Counter(_alert_ids(topic)) == Counter(alerts)  # each exactly once
     assert Counter(_event_ids(tap)) == Counter(events)
-    assert _outbox(conn) == []
+    assert outbox_rows(conn) == []
 
 
 @pytest.mark.slow
@@ -205,14 +186,14 @@ def test_a_run_killed_mid_delivery_resends_only_its_unrecorded_sends(
     tap = create_event_tap()
     env.setenv("FLAG_EVENTS_BUS_NAME", tap.bus_name)
     env.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    applied = [_due(catalog, f"fine-{n:02d}", {"enabled": True}) for n in range(60)]
+    applied = [due_now(catalog, f"fine-{n:02d}", {"enabled": True}) for n in range(60)]
     events = {f"flag_changed:{s}:1" for s in applied}
 
     _killed_run("mid")  # dies after sending the first claim (50), before recording it
 
     first = _event_ids(tap)
     assert len(first) == 50
-    assert len(_outbox(conn)) == 60
+    assert len(outbox_rows(conn)) == 60
 
     handler.lambda_handler(EVENT, FakeLambdaContext())
 
@@ -223,7 +204,7 @@ def test_a_run_killed_mid_delivery_resends_only_its_unrecorded_sends(
     assert Counter(first + second) == Counter(
         {**dict.fromkeys(events, 1), **dict.fromkeys(first, 2)}
     )
-    assert _outbox(conn) == []
+    assert outbox_rows(conn) == []
 
 
 def test_a_mass_failure_sends_one_digest(
@@ -235,8 +216,8 @@ def test_a_mass_failure_sends_one_digest(
     topic = create_topic()
     env.setenv("ALERT_TOPIC_ARN", topic)
     # A mass failure: 26 schedules fail permanently in one run.
-    failing = [_due(catalog, f"broken-{n:02d}", {"enabled": "yes"}) for n in range(20)]
-    failing += [_due(catalog, f"odd-{n}", {"rollout_percentage": -1}) for n in range(6)]
+    failing = [due_now(catalog, f"broken-{n:02d}", {"enabled": "yes"}) for n in range(20)]
+    failing += [due_now(catalog, f"odd-{n}", {"rollout_percentage": -1}) for n in range(6)]
 
     result = handler.lambda_handler(EVENT, FakeLambdaContext())
 
@@ -252,8 +233,8 @@ def test_a_mass_failure_sends_one_digest(
     assert body["more_schedules"] == 26 - DIGEST_LISTED_SCHEDULES
     assert body["message_id"].startswith("digest:")
     assert result["alerts_folded"] == 26
-    assert _outbox(conn) == []
-    assert _emf(capsys)["NotificationsDelivered"] == [1.0]
+    assert outbox_rows(conn) == []
+    assert emf_record(capsys)["NotificationsDelivered"] == [1.0]
 
 
 def test_up_to_the_threshold_each_failure_has_its_own_alert(
@@ -262,7 +243,8 @@ def test_up_to_the_threshold_each_failure_has_its_own_alert(
     topic = create_topic()
     env.setenv("ALERT_TOPIC_ARN", topic)
     failing = [
-        _due(catalog, f"broken-{n:02d}", {"enabled": "yes"}) for n in range(ALERT_DIGEST_THRESHOLD)
+        due_now(catalog, f"broken-{n:02d}", {"enabled": "yes"})
+        for n in range(ALERT_DIGEST_THRESHOLD)
     ]
     handler.lambda_handler(EVENT, FakeLambdaContext())
     assert sorted(_alert_ids(topic)) == sorted(f"alert:{s}:1" for s in failing)
@@ -343,7 +325,7 @@ def test_two_runs_delivering_at_once_never_send_a_message_twice(
     received = _event_ids(tap)
     assert len(received) == 200
     assert Counter(received) == Counter(m.message_id for m in messages)
-    assert _outbox(conn) == []
+    assert outbox_rows(conn) == []
 
 
 def test_an_outage_stop_still_delivers_what_its_batches_committed(
@@ -367,7 +349,7 @@ def test_an_outage_stop_still_delivers_what_its_batches_committed(
     # The invocation fails (the outage alarm's job), but the alerts its committed outcomes
     # queued go out in the same invocation, and their metrics are flushed.
     assert sorted(_alert_ids(topic)) == sorted(f"alert:{s}:1" for s in schedules)
-    emf = _emf(capsys)
+    emf = emf_record(capsys)
     assert emf["RunFailed"] == [1.0]
     assert emf["NotificationsDelivered"] == [5.0]
     assert emf["OutboxBacklog"] == [0.0]

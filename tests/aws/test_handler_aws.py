@@ -17,6 +17,9 @@ from tests.aws.conftest import (
     create_event_tap,
     create_secret,
     create_topic,
+    due_now,
+    emf_record,
+    outbox_rows,
     rds_secret_document,
     sent_notifications,
 )
@@ -36,27 +39,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> pytest.Monkey
     return monkeypatch
 
 
-def _due(catalog: Catalog, key: str, updates: object) -> Any:
-    flag = catalog.create_flag(key)
-    return catalog.create_schedule(flag, datetime.now(UTC) - timedelta(minutes=1), updates)
-
-
-def _outbox(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """(message_id, kind, attempts) of every message still waiting, oldest first."""
-    return [
-        tuple(row)
-        for row in conn.execute(
-            "SELECT message_id, kind, attempts FROM notification_outbox ORDER BY id"
-        )
-    ]
-
-
-def _emf(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    (emf,) = [line for line in lines if "_aws" in line]
-    return emf
-
-
 def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
     aws_env: pytest.MonkeyPatch,
     conn: psycopg.Connection[Any],
@@ -67,8 +49,8 @@ def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
     tap = create_event_tap()
     aws_env.setenv("ALERT_TOPIC_ARN", topic)
     aws_env.setenv("FLAG_EVENTS_BUS_NAME", tap.bus_name)
-    applied = _due(catalog, "holiday-banner", {"enabled": True, "rollout_percentage": 50})
-    invalid = _due(catalog, "search-v3", {"rollout_percentage": 101})
+    applied = due_now(catalog, "holiday-banner", {"enabled": True, "rollout_percentage": 50})
+    invalid = due_now(catalog, "search-v3", {"rollout_percentage": 101})
 
     result = handler.lambda_handler(EVENT, FakeLambdaContext())
     assert (result["applied"], result["failed_permanently"]) == (1, 1)
@@ -104,7 +86,7 @@ def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
         "new": {"enabled": True, "rollout_percentage": 50},
     }
     assert schedule_row(conn, applied).status == "applied"
-    assert _outbox(conn) == []
+    assert outbox_rows(conn) == []
 
 
 def test_undeliverable_notifications_leave_the_database_outcome_intact(
@@ -116,8 +98,8 @@ def test_undeliverable_notifications_leave_the_database_outcome_intact(
     # Neither the topic nor the bus exists: every publish fails.
     aws_env.setenv("ALERT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:deleted-topic")
     aws_env.setenv("FLAG_EVENTS_BUS_NAME", "deleted-bus")
-    applied = _due(catalog, "checkout-v2", {"enabled": True})
-    invalid = _due(catalog, "legacy-api", {"colour": "red"})
+    applied = due_now(catalog, "checkout-v2", {"enabled": True})
+    invalid = due_now(catalog, "legacy-api", {"colour": "red"})
 
     result = handler.lambda_handler(EVENT, FakeLambdaContext())
 
@@ -125,13 +107,13 @@ def test_undeliverable_notifications_leave_the_database_outcome_intact(
     assert schedule_row(conn, applied).status == "applied"
     failed = schedule_row(conn, invalid)
     assert (failed.status, failed.next_retry_at) == ("failed", None)
-    emf = _emf(capsys)
+    emf = emf_record(capsys)
     assert emf["AlertPublishFailures"] == [1.0]
     assert emf["FlagEventFailures"] == [1.0]
     assert emf["NotificationsDelivered"] == [0.0]
     # Not lost: both wait in the outbox for a later run, one attempt counted.
     assert emf["OutboxBacklog"] == [2.0]
-    assert sorted(_outbox(conn)) == [
+    assert sorted(outbox_rows(conn)) == [
         (f"alert:{invalid}:1", "alert", 1),
         (f"flag_changed:{applied}:1", "flag_changed", 1),
     ]
@@ -143,11 +125,11 @@ def test_without_topic_or_bus_nothing_is_queued_and_zeros_are_reported(
     catalog: Catalog,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _due(catalog, "quiet", {"enabled": True})
-    _due(catalog, "broken", {"enabled": "yes"})
+    due_now(catalog, "quiet", {"enabled": True})
+    due_now(catalog, "broken", {"enabled": "yes"})
     result = handler.lambda_handler(EVENT, FakeLambdaContext())
     assert (result["applied"], result["failed_permanently"]) == (1, 1)
-    emf = _emf(capsys)
+    emf = emf_record(capsys)
     for name in (
         "AlertPublishFailures",
         "FlagEventFailures",
@@ -156,7 +138,7 @@ def test_without_topic_or_bus_nothing_is_queued_and_zeros_are_reported(
         "OutboxBacklog",
     ):
         assert emf[name] == [0.0], name
-    assert _outbox(conn) == []  # nobody would deliver them: never queued
+    assert outbox_rows(conn) == []  # nobody would deliver them: never queued
 
 
 def test_messages_left_for_a_channel_since_removed_are_discarded_after_a_day(
@@ -166,9 +148,9 @@ def test_messages_left_for_a_channel_since_removed_are_discarded_after_a_day(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     aws_env.setenv("ALERT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:deleted-topic")
-    _due(catalog, "broken", {"enabled": "yes"})
+    due_now(catalog, "broken", {"enabled": "yes"})
     handler.lambda_handler(EVENT, FakeLambdaContext())
-    assert len(_outbox(conn)) == 1
+    assert len(outbox_rows(conn)) == 1
     capsys.readouterr()
 
     handler.reset_container()  # a new deploy without the topic (or a local run)
@@ -179,13 +161,13 @@ def test_messages_left_for_a_channel_since_removed_are_discarded_after_a_day(
     later = datetime.now(UTC) + timedelta(hours=25)
     result = handler.run_invocation(FakeLambdaContext(), clock=lambda: later)
     assert (result["notifications_discarded"], result["outbox_backlog"]) == (1, 0)
-    assert _outbox(conn) == []
+    assert outbox_rows(conn) == []
 
 
 def test_invalid_aws_setting_fails_before_any_schedule_is_touched(
     aws_env: pytest.MonkeyPatch, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:
-    schedule = _due(catalog, "untouched", {"enabled": True})
+    schedule = due_now(catalog, "untouched", {"enabled": True})
     aws_env.setenv("ALERT_TOPIC_ARN", "not-an-arn")
     with pytest.raises(ConfigurationError, match="ALERT_TOPIC_ARN must be an SNS topic ARN"):
         handler.lambda_handler(EVENT, FakeLambdaContext())

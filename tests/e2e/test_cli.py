@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,29 +12,17 @@ import psycopg
 import pytest
 
 from flag_scheduler.catalog import Catalog
-from tests.support import schedule_row
+from tests.support import cli_env, run_cli, schedule_row
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flag_scheduler.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["POWERTOOLS_METRICS_DISABLED"] = "true"
-    env.update(extra)
-    return env
+_env = cli_env
 
 
 def _summary(stdout: str) -> dict[str, Any]:

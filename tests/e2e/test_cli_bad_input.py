@@ -4,7 +4,6 @@ changed, and no secret or traceback on the screen."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 from flag_scheduler import fault_injection
 from flag_scheduler.catalog import Catalog
 from tests.e2e.test_operator_cli import Cli, _counts
-from tests.support import run_service
+from tests.support import cli_env, run_cli, run_service
 
 pytestmark = pytest.mark.slow
 
@@ -33,24 +32,10 @@ def cli(database_url: str) -> Cli:
     return Cli(database_url)
 
 
-def _run(
-    *args: str, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flag_scheduler.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+_run = run_cli
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({"POWERTOOLS_METRICS_DISABLED": "true", **extra})
-    return env
+_env = cli_env
 
 
 def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:

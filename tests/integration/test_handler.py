@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,38 @@ def test_log_events_carry_the_stable_keys(
     # Powertools drops null keys: a permanent failure has no next_retry_at at all.
     assert "next_retry_at" not in permanent
     assert permanent["level"] == "ERROR"
+
+
+@dataclass
+class _TimeLeftContext(FakeLambdaContext):
+    """A Lambda context whose remaining time stands still, so the margin's edge is exact."""
+
+    remaining_ms: int = 0
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@pytest.mark.parametrize(("remaining_ms", "works"), [(19_999, False), (20_001, True)])
+def test_the_handler_starts_work_only_with_more_time_left_than_the_margin(
+    env: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    remaining_ms: int,
+    works: bool,
+) -> None:
+    """Kills the mutant that hands the service the time margin in the wrong unit."""
+    schedule = _due_now(catalog)
+    env.setenv("FLAG_SCHEDULE_TIME_MARGIN_SECONDS", "20")
+
+    result = handler.lambda_handler({}, _TimeLeftContext(remaining_ms=remaining_ms))
+
+    assert (result["claimed"], result["applied"], result["stopped_for_time"]) == (
+        int(works),
+        int(works),
+        not works,
+    )
+    assert schedule_row(conn, schedule).status == ("applied" if works else "pending")
 
 
 @pytest.mark.parametrize("value", ["11", "abc", "-1"])

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -212,6 +213,31 @@ def test_a_flag_held_for_update_leaves_its_schedules_due_and_uncharged(
     )
     assert schedule_row(conn, applied).status == "applied"
     assert run_service(database_url, T0).applied == 1
+
+
+def test_a_second_run_skips_the_schedules_another_run_has_claimed(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    """Kills the mutant that drops SKIP LOCKED from the claim's schedule lock."""
+    flags = [catalog.create_flag(f"flag-{i}") for i in range(4)]
+    # The first-due schedule is the one the other run holds: a claim that waited for locked
+    # rows would stop at it first.
+    held = catalog.create_schedule(flags[0], T0 - timedelta(minutes=1), {"enabled": True})
+    others = [catalog.create_schedule(flag, T0, {"enabled": True}) for flag in flags[1:]]
+
+    with psycopg.connect(database_url, autocommit=True) as first:
+        repository = ScheduleRepository(first)
+        with repository.transaction(lock_timeout_ms=200, statement_timeout_ms=10_000):
+            assert [s.id for s in repository.claim_due(T0, 1)] == [held]
+            # With a 200 ms lock timeout, a claim that waited would fail, not merely be slow.
+            summary = run_service(database_url, T0, lock_timeout_ms=200)
+
+    assert (summary.claimed, summary.applied) == (3, 3)
+    assert [schedule_row(conn, s).status for s in others] == ["applied"] * 3
+    assert (schedule_row(conn, held).status, schedule_row(conn, held).retry_count) == (
+        "pending",
+        0,
+    )
 
 
 class _ClaimThenWaitForDelete(ScheduleRepository):

@@ -49,6 +49,27 @@ def test_a_change_with_nothing_left_to_set_is_superseded(
     assert flag_fields(conn, flag) == {"enabled": True, "rollout_percentage": 100}
 
 
+def test_a_pending_change_between_two_applied_ones_never_overwrites_the_latest(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    """Kills the mutant whose supersede marks keep the earliest later-applied change."""
+    flag = catalog.create_flag("banner")
+    catalog.create_schedule(flag, T0 - timedelta(minutes=3), {"rollout_percentage": 10})
+    catalog.create_schedule(flag, T0 - timedelta(minutes=1), {"rollout_percentage": 30})
+    run_service(database_url, T0)  # both apply: 30 is the latest value
+    # Backfilled: one change between the two applied ones, and one before both, which
+    # takes the batch's look at applied changes back past the first of them.
+    between = catalog.create_schedule(flag, T0 - timedelta(minutes=2), {"rollout_percentage": 20})
+    before = catalog.create_schedule(flag, T0 - timedelta(minutes=4), {"enabled": True})
+
+    summary = run_service(database_url, T0 + timedelta(minutes=1))
+
+    assert flag_fields(conn, flag) == {"enabled": True, "rollout_percentage": 30}
+    assert schedule_row(conn, between).status == "superseded"
+    assert schedule_row(conn, before).status == "applied"  # nothing later set enabled
+    assert (summary.claimed, summary.applied, summary.superseded) == (2, 1, 1)
+
+
 def test_changes_due_in_one_batch_apply_in_scheduled_order(
     database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:

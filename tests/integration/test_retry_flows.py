@@ -334,6 +334,26 @@ def test_time_running_out_in_the_per_schedule_fallback_leaves_the_rest_due(
     assert summary.applied + summary.retried == 3
 
 
+def test_the_per_schedule_fallback_stops_at_the_time_margin_not_at_zero(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    """Kills the mutant that weakens the fallback's time check to `remaining <= 0`."""
+    flags = [catalog.create_flag(f"flag-{i}") for i in range(10)]
+    for flag in flags:
+        catalog.create_schedule(flag, T0, {"enabled": True})
+    fault_injection.set_fault(conn, flags[0], "40001")  # the bulk write fails: fallback
+    # run_service's margin is 1 s. The run starts with a minute; in the fallback the time
+    # left crosses the margin after three schedules, yet never reaches zero.
+    budget = itertools.chain([60_000, 3_000, 2_000, 1_000], itertools.repeat(999))
+
+    summary = run_service(database_url, T0, batch_size=10, remaining_ms=lambda: next(budget))
+
+    statuses = [r[0] for r in conn.execute("SELECT status FROM feature_flag_schedules")]
+    assert statuses.count("pending") == 7, statuses
+    assert summary.applied + summary.retried == 3
+    assert summary.stopped_for_time
+
+
 def test_a_retry_is_timed_from_the_failure_not_from_the_batch_start(
     database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:

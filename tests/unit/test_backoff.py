@@ -39,6 +39,24 @@ def test_jitter_stays_within_its_bound_and_is_reproducible() -> None:
     assert retry_delay(policy, 0, SCHEDULE) == retry_delay(policy, 0, SCHEDULE)
 
 
+@pytest.mark.parametrize("retry_number", [0, 9])  # below the cap, and at it
+def test_jitter_spreads_retries_over_its_whole_window(retry_number: int) -> None:
+    """Kills the mutant that shrinks the jitter to part of its window (e.g. half of it)."""
+    policy = BackoffPolicy(base_seconds=120, cap_seconds=3600, jitter_seconds=30)
+    backoff = min(120 * 2**retry_number, 3600)
+    jitters = [
+        (retry_delay(policy, retry_number, UUID(int=i)) - timedelta(seconds=backoff))
+        / timedelta(seconds=30)
+        for i in range(1000)
+    ]
+    # Every tenth of the window is reached, its bottom and its top included: a bound alone
+    # would pass a jitter squeezed into any part of it.
+    tenths = {int(fraction * 10) for fraction in jitters}
+    assert tenths == set(range(10)), sorted(tenths)
+    assert min(jitters) < 0.01, min(jitters)
+    assert max(jitters) > 0.99, max(jitters)
+
+
 def test_jitter_differs_between_retries_of_one_schedule() -> None:
     assert jitter_fraction(SCHEDULE, 0) != jitter_fraction(SCHEDULE, 1)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
@@ -18,6 +18,9 @@ from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
 from flag_scheduler.config import check_powertools_environment
 from flag_scheduler.errors import ConfigurationError, FlagSchedulerError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # As in handler.py: a bad Powertools variable fails the start with a line naming it.
 check_powertools_environment(os.environ)
@@ -94,7 +97,7 @@ def upgrade_head(url: str) -> dict[str, str | None]:
 
 
 @logger.inject_lambda_context
-def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     """Bring the database to the newest schema; the event is ignored."""
     try:
         result = upgrade_head(sqlalchemy_url(os.environ))

@@ -29,10 +29,8 @@ def _uv() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tool install of this checkout in its own folders; returns them."""
-    base = tmp_path_factory.mktemp("tool")
+def _install(base: Path) -> dict[str, Path]:
+    """A tool install of this checkout in its own folders under `base`; returns them."""
     env = {
         **_clean_environ(),
         "UV_TOOL_DIR": str(base / "tools"),
@@ -78,7 +76,19 @@ def _run(installed: dict[str, Path], *args: str) -> subprocess.CompletedProcess[
     )
 
 
-def test_the_installed_package_is_not_the_checkout(installed: dict[str, Path]) -> None:
+def test_the_cli_installed_outside_the_checkout_works_from_an_empty_folder(
+    tmp_path: Path,
+) -> None:
+    # One test, one install: two xdist workers building the same checkout at once would
+    # share setuptools' build/ folder.
+    installed = _install(tmp_path)
+    _check_the_installed_package_is_not_the_checkout(installed)
+    _check_version_is_the_package_version(installed)
+    _check_migrate_sql_prints_every_table_without_a_database(installed)
+    _check_migrate_invoke_and_demo_work_from_an_empty_folder(installed)
+
+
+def _check_the_installed_package_is_not_the_checkout(installed: dict[str, Path]) -> None:
     python = installed["tools"] / "flag-scheduler" / "bin" / "python"
     completed = subprocess.run(
         [str(python), "-c", "import flag_scheduler, migrations;"
@@ -93,20 +103,20 @@ def test_the_installed_package_is_not_the_checkout(installed: dict[str, Path]) -
         assert Path(location).is_relative_to(installed["tools"]), location
 
 
-def test_version_is_the_package_version(installed: dict[str, Path]) -> None:
+def _check_version_is_the_package_version(installed: dict[str, Path]) -> None:
     completed = _run(installed, "--version")
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == f"flag-scheduler {flag_scheduler.__version__}"
 
 
-def test_migrate_sql_prints_every_table_without_a_database(installed: dict[str, Path]) -> None:
+def _check_migrate_sql_prints_every_table_without_a_database(installed: dict[str, Path]) -> None:
     completed = _run(installed, "migrate", "--sql")
     assert completed.returncode == 0, completed.stderr
     for table in ("feature_flags", "feature_flag_schedules", "alembic_version"):
         assert f"CREATE TABLE {table} " in completed.stdout
 
 
-def test_migrate_invoke_and_demo_work_from_an_empty_folder(installed: dict[str, Path]) -> None:
+def _check_migrate_invoke_and_demo_work_from_an_empty_folder(installed: dict[str, Path]) -> None:
     migrated = _run(installed, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "database is at the newest schema" in migrated.stdout

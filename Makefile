@@ -43,13 +43,17 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# Re-resolve the pins (dev lock for every supported Python; runtime-only pins for Lambda).
+# uv.lock (from pyproject.toml's dependencies, cli extra and dependency groups) is the one
+# source of pins; the three requirement files are exported from it, with hashes, so the dev
+# lock, the scheduler's Lambda pins and the migration function's cannot drift apart
+# (tests/unit/test_locks.py checks). `make lock` keeps locked versions; UV_LOCK_ARGS=--upgrade
+# re-resolves them.
+UV_EXPORT := $(BIN)/uv export --frozen --no-emit-project --format requirements-txt --quiet
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
-		--generate-hashes --quiet -o requirements-dev.lock
-	$(BIN)/uv pip compile pyproject.toml --python-version 3.13 \
-		--python-platform aarch64-manylinux_2_28 --generate-hashes --quiet \
-		-o handler/requirements.txt
+	$(BIN)/uv lock $(UV_LOCK_ARGS)
+	$(UV_EXPORT) --extra cli --group dev -o requirements-dev.lock
+	$(UV_EXPORT) --no-default-groups -o handler/requirements.txt
+	$(UV_EXPORT) --no-default-groups --group migration -o migration-function/requirements.txt
 
 # The benchmark (not part of test): the handler draining a backlog against the SQL floor.
 # Prints a Markdown table; figures also go to bench-results/latest.json. Takes a few minutes.
@@ -109,11 +113,8 @@ check-template: $(STAMP) $(TOOLS_STAMP)
 	FLAG_SCHEDULER_BUILD_PYTHON="$$python313" \
 		$(BIN)/pytest -p no:cacheprovider --basetemp=.aws-sam/pytest tests/aws/test_built_functions.py
 
-# Re-resolve the tools lock and the migration function's runtime pins (held to the dev lock).
+# Re-resolve the template tools' lock (their own venv: their pins conflict with the app's;
+# the migration function's pins come from uv.lock, see lock).
 lock-aws: $(STAMP)
 	$(BIN)/uv pip compile tools-requirements.in --universal --python-version 3.11 \
 		--generate-hashes --quiet -o tools-requirements.lock
-	$(BIN)/uv pip compile pyproject.toml migration-function/requirements.in \
-		-c requirements-dev.lock --python-version 3.13 \
-		--python-platform aarch64-manylinux_2_28 --generate-hashes --quiet \
-		-o migration-function/requirements.txt

@@ -7,6 +7,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from flag_scheduler.alembic_runner import driver_url
 from migrations.schema import metadata
 
 config = context.config
@@ -18,11 +19,7 @@ def _database_url() -> str:
     )
     if not url:
         raise SystemExit("DATABASE_URL must be set to the PostgreSQL database to migrate")
-    # Accept the plain URL every other tool uses; SQLAlchemy needs the driver named.
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
+    return driver_url(url)
 
 
 def run_migrations_offline() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
 
-from flag_scheduler import limits
+from flag_scheduler import __version__, limits
 from flag_scheduler.errors import (
     ConfigurationError,
     FlagSchedulerError,
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply scheduled feature-flag changes stored in PostgreSQL, and operate"
         " them. Uses DATABASE_URL, or an embedded PostgreSQL in --data-dir when it is unset.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     migrate = commands.add_parser("migrate", parents=[common], help="alembic upgrade head")

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from aws_lambda_powertools import Logger, Metrics
@@ -27,6 +27,10 @@ from flag_scheduler.errors import (
 from flag_scheduler.models import RunSummary
 from flag_scheduler.repository import ScheduleRepository
 
+if TYPE_CHECKING:
+    # Typing only: nothing more to import at cold start.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
 # Powertools reads its variables now; a bad value fails the cold start (Lambda shows this
 # error as the init error) with a line naming the variable, not a bare ValueError.
 check_powertools_environment(os.environ)
@@ -38,6 +42,13 @@ metrics = Metrics(
 )
 # The service logs through the standard library; give its logger our JSON format and keys.
 copy_config_to_registered_loggers(source_logger=logger, include={"flag_scheduler"})
+
+
+class InvocationContext(Protocol):
+    """What a run reads from its context: Lambda's LambdaContext, or the CLI's and the
+    demo's FakeLambdaContext."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
 
 
 class _Container:
@@ -114,7 +125,7 @@ def _repository(settings: Settings, monotonic: Callable[[], float]) -> ScheduleR
 
 
 def run_invocation(
-    context: Any,
+    context: InvocationContext,
     *,
     clock: service.Clock = utc_now,
     progress: Callable[[RunSummary], None] | None = None,
@@ -187,7 +198,7 @@ def run_invocation(
 def _deliver(
     repository: ScheduleRepository,
     notifier: AwsNotifier,
-    context: Any,
+    context: InvocationContext,
     settings: Settings,
     clock: service.Clock,
 ) -> delivery.DeliveryReport:
@@ -239,9 +250,11 @@ def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, An
     return {"error_class": "connection_lost", "error": str(exc)}
 
 
-@metrics.log_metrics
+# The cold-start metric (ColdStart, by function_name and service) is its own EMF line, written
+# before the run by the first invocation of each container.
+@metrics.log_metrics(capture_cold_start_metric=True)
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
-def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     """EventBridge entry point. The event is only read for its id (the correlation id):
     what is due is decided by the database, whatever the event's shape."""
     try:

@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 
 from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_INI = REPOSITORY_ROOT / "alembic.ini"
 # Where the embedded database lives when DATABASE_URL is unset, whatever the current folder.
 DATA_DIR_VARIABLE = "FLAG_SCHEDULER_DATA_DIR"
 _URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
@@ -133,29 +131,25 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
     With `sql`, print the SQL instead of running it (Alembic's offline mode).
 
     Raises:
-        ConfigurationError: the migrations are not beside the package (not a checkout), or
-            `database_url` is not a PostgreSQL URL.
+        ConfigurationError: the migrations package is not installed, or `database_url`
+            is not a PostgreSQL URL.
         DatabaseUnavailable: the database cannot be reached, refuses the login, or refuses
             a migration; one line, password scrubbed.
     """
     check_database_url(database_url)
-    if not ALEMBIC_INI.exists():
+    try:
+        from sqlalchemy.exc import ArgumentError, DBAPIError
+    except ImportError:
         raise ConfigurationError(
-            f"migrations not found at {ALEMBIC_INI.parent}; run from a source checkout"
-        )
-    from alembic import command
-    from alembic.config import Config
+            "migrating needs alembic and sqlalchemy: install 'flag-scheduler[cli]'"
+            " (or the dev dependencies: make install)"
+        ) from None
 
-    config = Config(str(ALEMBIC_INI))
-    config.set_main_option("script_location", str(REPOSITORY_ROOT / "migrations"))
-    config.cmd_opts = None
-    previous = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = database_url
-    from sqlalchemy.exc import ArgumentError, DBAPIError
+    from flag_scheduler import alembic_runner
 
     message = None
     try:
-        command.upgrade(config, "head", sql=sql)
+        alembic_runner.upgrade(database_url, sql=sql)
     except DBAPIError as exc:
         from flag_scheduler.db import scrub
 
@@ -168,11 +162,6 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
             "DATABASE_URL is not a URL SQLAlchemy can read"
             " (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
         ) from None
-    finally:
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = previous
     if message is not None:
         # Raised outside the except block, so the driver's error (which may quote the URL)
         # does not ride along as __context__.

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -122,7 +126,7 @@ def test_the_migration_function_is_never_scheduled() -> None:
 
 def test_the_migration_function_ships_the_alembic_files() -> None:
     code = ROOT / MIGRATOR["CodeUri"]
-    assert (code / "alembic.ini").resolve() == (ROOT / "alembic.ini").resolve()
+    assert not (code / "alembic.ini").exists()
     assert (code / "migrations").resolve() == (ROOT / "migrations").resolve()
     assert (code / "flag_scheduler").resolve() == (ROOT / "handler" / "flag_scheduler").resolve()
     pins = (code / "requirements.txt").read_text()
@@ -175,6 +179,45 @@ def test_scheduler_reads_exactly_its_secret_and_publishes_to_its_topic_and_bus()
     assert no_metrics_api == []  # metrics are EMF log lines
     assert SCHEDULER_ENV["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
     assert SCHEDULER_ENV["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
+
+
+def test_logs_are_json_at_the_one_level_the_template_sets() -> None:
+    assert TEMPLATE["Globals"]["Function"]["LoggingConfig"] == {
+        "LogFormat": "JSON",
+        "ApplicationLogLevel": {"Ref": "LogLevel"},
+        "SystemLogLevel": "INFO",
+    }
+    assert PARAMETERS["LogLevel"]["Default"] == "INFO"
+    assert set(PARAMETERS["LogLevel"]["AllowedValues"]) <= {"DEBUG", "INFO", "WARN", "ERROR"}
+    # Powertools would warn (and keep Lambda's level) if a second level were set.
+    for function in (SCHEDULER, MIGRATOR):
+        variables = function["Environment"]["Variables"]
+        assert not {"POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"} & variables.keys()
+
+
+def test_both_functions_log_at_the_level_lambda_sets() -> None:
+    """ApplicationLogLevel reaches the code as AWS_LAMBDA_LOG_LEVEL; both Loggers follow it,
+    without a warning (-W error)."""
+    probe = (
+        "from flag_scheduler import handler; from flag_scheduler.aws import migration;"
+        " print(handler.logger.log_level, migration.logger.log_level)"
+    )
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_LAMBDA_LOG_LEVEL": "WARN",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-W", "error", "-c", probe],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == [str(logging.WARNING)] * 2
 
 
 def test_log_groups_have_retention() -> None:

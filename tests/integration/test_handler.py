@@ -83,7 +83,7 @@ def test_every_event_file_runs_the_job(
     assert logs["run_completed"]["applied"] == 1
     assert "cold_start" in logs["run_completed"]
     assert logs["run_completed"].get("correlation_id") == event.get("id")
-    emf = [line for line in lines if "_aws" in line]
+    emf = [line for line in lines if "_aws" in line and "ColdStart" not in line]
     assert len(emf) == 1
     directive = emf[0]["_aws"]["CloudWatchMetrics"][0]
     assert directive["Namespace"] == "FlagScheduler"
@@ -238,7 +238,30 @@ def test_an_outage_fails_the_invocation_with_the_evidence(
     assert aborted["error_class"] == "statement_timeout"
     assert aborted["flags"] == 3
     assert aborted["evidence"] == ["statement_timeout: canceling statement"] * 3
-    emf = next(line for line in lines if "_aws" in line)
+    emf = next(line for line in lines if "_aws" in line and "ColdStart" not in line)
     assert emf["RunFailed"] == [1.0]
     statuses = [r[0] for r in conn.execute("SELECT status FROM feature_flag_schedules")]
     assert sorted(statuses) == ["failed"] * 3 + ["pending"] * 3
+
+
+def test_the_first_invocation_of_a_container_reports_a_cold_start(
+    env: pytest.MonkeyPatch, catalog: Catalog, output: Output
+) -> None:
+    from aws_lambda_powertools.metrics.provider import cold_start
+
+    cold_start.reset_cold_start_flag()  # as in a new container
+    _due_now(catalog)
+    handler.lambda_handler({}, FakeLambdaContext(function_name="flag-scheduler-dev"))
+    handler.lambda_handler({}, FakeLambdaContext(function_name="flag-scheduler-dev"))
+
+    emf = [line for line in output.lines() if "_aws" in line]
+    cold = [line for line in emf if "ColdStart" in line]
+    assert len(cold) == 1, "one ColdStart line per container, not per invocation"
+    assert cold[0]["ColdStart"] == [1.0]
+    assert cold[0]["function_name"] == "flag-scheduler-dev"
+    assert cold[0]["service"] == "flag-scheduler"
+    (directive,) = cold[0]["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "FlagScheduler"
+    assert sorted(directive["Dimensions"][0]) == ["function_name", "service"]
+    runs = [line for line in emf if "SchedulesClaimed" in line]
+    assert [run["SchedulesApplied"] for run in runs] == [[1.0], [0.0]]

@@ -6,19 +6,21 @@ Deployed as its own Lambda function (MigrationFunction) and invoked once after e
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
+from flag_scheduler import alembic_runner
 from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
 from flag_scheduler.config import check_powertools_environment
 from flag_scheduler.errors import ConfigurationError, FlagSchedulerError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 # As in handler.py: a bad Powertools variable fails the start with a line naming it.
 check_powertools_environment(os.environ)
@@ -27,9 +29,6 @@ logger = Logger(service="flag-scheduler-migrations")
 # Only that one: the scheduler's handler formats the flag_scheduler loggers.
 copy_config_to_registered_loggers(source_logger=logger, include={"alembic"})
 
-HERE = Path(__file__).resolve()
-# In the built function alembic.ini sits beside the package; in a checkout, at the root.
-_ALEMBIC_INI_CANDIDATES = (HERE.parents[2] / "alembic.ini", HERE.parents[3] / "alembic.ini")
 # DDL waiting behind a scheduler transaction would block every later statement on the
 # table; give up instead, and let the operator invoke again.
 LOCK_TIMEOUT_MS = 15_000
@@ -37,21 +36,6 @@ LOCK_TIMEOUT_MS = 15_000
 
 class MigrationFailed(FlagSchedulerError):
     """alembic upgrade head failed; the database stays at the last completed revision."""
-
-
-def alembic_ini() -> Path:
-    """The alembic.ini shipped with the function (or the checkout's).
-
-    Raises:
-        ConfigurationError: no alembic.ini was packaged with the function.
-    """
-    for candidate in _ALEMBIC_INI_CANDIDATES:
-        if candidate.is_file():
-            return candidate
-    raise ConfigurationError(
-        "alembic.ini and migrations/ are not packaged with this function"
-        f" (looked in {', '.join(str(c.parent) for c in _ALEMBIC_INI_CANDIDATES)})"
-    )
 
 
 def sqlalchemy_url(environ: Mapping[str, str]) -> str:
@@ -91,42 +75,17 @@ def sqlalchemy_url(environ: Mapping[str, str]) -> str:
     ).render_as_string(hide_password=False)
 
 
-def current_revision(url: str) -> str | None:
-    """The revision the database is at (None before the first migration)."""
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine, pool
-
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine = create_engine(url, poolclass=pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            revision: str | None = MigrationContext.configure(connection).get_current_revision()
-            return revision
-    finally:
-        engine.dispose()
-
-
 def upgrade_head(url: str) -> dict[str, str | None]:
     """Run `alembic upgrade head`; returns the revisions before and after.
 
     Raises:
-        ConfigurationError: the migrations are not packaged.
+        ConfigurationError: the migrations package is not packaged with the function.
         MigrationFailed: a revision failed (its transaction is rolled back).
     """
-    from alembic import command
-    from alembic.config import Config
-
-    ini = alembic_ini()
-    config = Config(str(ini))
-    config.set_main_option("script_location", str(ini.parent / "migrations"))
-    # migrations/env.py takes the URL from `-x url=`; this keeps it out of os.environ and
-    # out of ConfigParser interpolation (a password may contain '%').
-    config.cmd_opts = argparse.Namespace(x=[f"url={url}"])
     try:
-        before = current_revision(url)
-        command.upgrade(config, "head")
-        after = current_revision(url)
+        before = alembic_runner.current_revision(url)
+        alembic_runner.upgrade(url)
+        after = alembic_runner.current_revision(url)
     except FlagSchedulerError:
         raise
     except Exception as exc:
@@ -138,7 +97,7 @@ def upgrade_head(url: str) -> dict[str, str | None]:
 
 
 @logger.inject_lambda_context
-def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     """Bring the database to the newest schema; the event is ignored."""
     try:
         result = upgrade_head(sqlalchemy_url(os.environ))

@@ -26,6 +26,7 @@ from flag_scheduler.errors import (
 )
 from flag_scheduler.models import RunSummary
 from flag_scheduler.repository import ScheduleRepository
+from flag_scheduler.states import ErrorClass
 
 # Powertools reads its variables now; a bad value fails the cold start (Lambda shows this
 # error as the init error) with a line naming the variable, not a bare ValueError.
@@ -236,7 +237,7 @@ def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, An
             "evidence": exc.evidence,
             "error": str(exc),
         }
-    return {"error_class": "connection_lost", "error": str(exc)}
+    return {"error_class": ErrorClass.CONNECTION_LOST, "error": str(exc)}
 
 
 @metrics.log_metrics

@@ -32,6 +32,12 @@ sys.path.insert(0, str(ROOT / "handler"))
 
 from flag_scheduler import sql  # noqa: E402
 from flag_scheduler.local import migrate, start_embedded_server  # noqa: E402
+from flag_scheduler.models import (  # noqa: E402
+    EARLIEST_MOMENT,
+    LATEST_MOMENT,
+    MAX_RETRY_COUNT,
+    MAX_UPDATES_BYTES,
+)
 
 # Due schedules are seeded just before the run (the lateness limit would expire older ones).
 SEED_TIME = datetime.now(UTC).replace(microsecond=0)
@@ -284,7 +290,16 @@ class Bench:
         with psycopg.connect(url) as conn:
             plan = conn.execute(
                 "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES,
-                {"now": datetime.now(UTC), "limit": 500, "max_updates_bytes": 4096},
+                {
+                    "now": datetime.now(UTC),
+                    "limit": 500,
+                    "skip": [],
+                    "skip_flags": [],
+                    "max_updates_bytes": MAX_UPDATES_BYTES,
+                    "max_retry_count": MAX_RETRY_COUNT,
+                    "earliest": EARLIEST_MOMENT,
+                    "latest": LATEST_MOMENT,
+                },
             ).fetchone()
         scans: list[str] = []
 

@@ -227,6 +227,7 @@ def test_claim_stays_an_index_scan_with_a_million_applied_rows(
                 "limit": 500,
                 "max_updates_bytes": 4096,
                 "skip": [uuid4()],
+                "skip_flags": [uuid4()],
                 "max_retry_count": MAX_RETRY_COUNT,
                 "earliest": EARLIEST_MOMENT,
                 "latest": LATEST_MOMENT,

@@ -37,7 +37,7 @@ def outbox_messages(
     events = MessageKind.FLAG_CHANGED in kinds
     for outcome in outcomes:
         schedule = outcome.schedule
-        if outcome.outcome == Outcome.APPLIED and events and outcome.change is not None:
+        if events and outcome.outcome == Outcome.APPLIED and outcome.change is not None:
             change = outcome.change
             messages.append(
                 OutboxMessage(
@@ -52,7 +52,7 @@ def outbox_messages(
                     },
                 )
             )
-        elif outcome.outcome in (Outcome.FAILED_PERMANENTLY, Outcome.EXPIRED) and alerts:
+        elif alerts and outcome.outcome in (Outcome.FAILED_PERMANENTLY, Outcome.EXPIRED):
             messages.append(
                 OutboxMessage(
                     message_id=message_id(MessageKind.ALERT, schedule, outcome.attempt),

@@ -32,12 +32,6 @@ sys.path.insert(0, str(ROOT / "handler"))
 
 from flag_scheduler import sql  # noqa: E402
 from flag_scheduler.local import migrate, start_embedded_server  # noqa: E402
-from flag_scheduler.models import (  # noqa: E402
-    EARLIEST_MOMENT,
-    LATEST_MOMENT,
-    MAX_RETRY_COUNT,
-    MAX_UPDATES_BYTES,
-)
 
 # Due schedules are seeded just before the run (the lateness limit would expire older ones).
 SEED_TIME = datetime.now(UTC).replace(microsecond=0)
@@ -287,6 +281,15 @@ class Bench:
         return "ok" if not problems else "FAILED: " + "; ".join(problems)
 
     def claim_plan(self, url: str) -> str:
+        # Imported here: pydantic in this process would raise every invoker's peak RSS figure
+        # (Linux keeps the forking process's peak in a child's ru_maxrss across exec).
+        from flag_scheduler.models import (
+            EARLIEST_MOMENT,
+            LATEST_MOMENT,
+            MAX_RETRY_COUNT,
+            MAX_UPDATES_BYTES,
+        )
+
         with psycopg.connect(url) as conn:
             plan = conn.execute(
                 "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES,

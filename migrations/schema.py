@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from flag_scheduler import limits
+from flag_scheduler.states import ErrorClass, MessageKind, Outcome, Status
 
 # Every constraint and index gets a predictable name (Alembic naming.rst).
 NAMING_CONVENTION = {
@@ -34,21 +35,11 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
-SCHEDULE_STATUSES = ("pending", "applied", "failed", "cancelled", "superseded")
-ERROR_CLASSES = (
-    "invalid_updates",
-    "flag_missing",
-    "data_error",
-    "integrity_error",
-    "serialization_failure",
-    "deadlock",
-    "lock_timeout",
-    "statement_timeout",
-    "connection_lost",
-    "expired",
-    "unknown",
-    "unrecordable",
-)
+# The CHECK lists, in the order the migrations wrote them (a CHECK's text is compared
+# with the database's by tests/integration/test_schema_checks.py): a value added to one of
+# these enums needs a migration that replaces the check.
+SCHEDULE_STATUSES = tuple(status.value for status in Status)
+ERROR_CLASSES = tuple(error_class.value for error_class in ErrorClass)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -123,10 +114,7 @@ feature_flag_schedules = Table(
             persisted=True,
         ),
     ),
-    CheckConstraint(
-        "status IN ('pending', 'applied', 'failed', 'cancelled', 'superseded')",
-        name="status_valid",
-    ),
+    CheckConstraint(_in("status", SCHEDULE_STATUSES), name="status_valid"),
     # The engine never writes more than 10: retry_count grows only below max_retries (<= 10).
     CheckConstraint("retry_count BETWEEN 0 AND 10", name="retry_count_range"),
     *_in_range(
@@ -152,15 +140,7 @@ feature_flag_schedules = Table(
     Index("ix_feature_flag_schedules_flag_id_scheduled_at_id", "flag_id", "scheduled_at", "id"),
 )
 
-ATTEMPT_OUTCOMES = (
-    "applied",
-    "retry_scheduled",
-    "failed_permanently",
-    "superseded",
-    "expired",
-    "requeued",
-    "cancelled",
-)
+ATTEMPT_OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 feature_flag_schedule_attempts = Table(
     "feature_flag_schedule_attempts",
@@ -215,8 +195,7 @@ scheduler_run_state = Table(
     *_in_range("last_run_started_at", "last_run_finished_at"),
 )
 
-OUTBOX_KINDS = ("alert", "digest", "flag_changed")
-# The moments every client library can represent (as 0005 requires of scheduled_at).
+OUTBOX_KINDS = tuple(kind.value for kind in MessageKind)
 
 # Alerts and FlagChanged events written in the transaction of the outcome they report,
 # deleted once delivered (flag_scheduler.delivery).

@@ -281,10 +281,28 @@ class Bench:
         return "ok" if not problems else "FAILED: " + "; ".join(problems)
 
     def claim_plan(self, url: str) -> str:
+        # Imported here: pydantic in this process would raise every invoker's peak RSS figure
+        # (Linux keeps the forking process's peak in a child's ru_maxrss across exec).
+        from flag_scheduler.models import (
+            EARLIEST_MOMENT,
+            LATEST_MOMENT,
+            MAX_RETRY_COUNT,
+            MAX_UPDATES_BYTES,
+        )
+
         with psycopg.connect(url) as conn:
             plan = conn.execute(
                 "EXPLAIN (FORMAT JSON) " + sql.CLAIM_DUE_SCHEDULES,
-                {"now": datetime.now(UTC), "limit": 500, "max_updates_bytes": 4096},
+                {
+                    "now": datetime.now(UTC),
+                    "limit": 500,
+                    "skip": [],
+                    "skip_flags": [],
+                    "max_updates_bytes": MAX_UPDATES_BYTES,
+                    "max_retry_count": MAX_RETRY_COUNT,
+                    "earliest": EARLIEST_MOMENT,
+                    "latest": LATEST_MOMENT,
+                },
             ).fetchone()
         scans: list[str] = []
 

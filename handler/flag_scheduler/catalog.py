@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 from uuid import UUID
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import postgres, pq
 from psycopg.adapt import Loader
+from psycopg.rows import BaseRowFactory, dict_row
 from psycopg.types.json import Jsonb
 
 from flag_scheduler import sql
 from flag_scheduler.errors import NotFound, StateConflict
 from flag_scheduler.models import AttemptRecord, FlagUpdates
+from flag_scheduler.rows import record_row
+from flag_scheduler.states import ErrorClass, Outcome, State, Status, by_value
+
+T = TypeVar("T")
+E = TypeVar("E")
 
 
 class UnloadableMoment(datetime):
@@ -115,6 +122,11 @@ def _readable(updates_text: str) -> object:
         return updates_text
 
 
+def _optional(members: Mapping[str, E]) -> Callable[[str | None], E | None]:
+    """Decode a nullable text column into one of `members`."""
+    return lambda value: None if value is None else members[value]
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduleView:
     """A schedule as an operator sees it."""
@@ -123,30 +135,24 @@ class ScheduleView:
     flag_key: str
     environment: str
     scheduled_at: datetime
-    status: str
+    status: Status
     updates: object
     applied_at: datetime | None
     retry_count: int
     max_retries: int | None
     next_retry_at: datetime | None
     last_error: str | None
-    last_error_class: str | None
+    last_error_class: ErrorClass | None
     requeued_at: datetime | None
 
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> ScheduleView:
-        values = list(row)
-        values[5] = _readable(values[5])
-        return cls(*values)
-
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         """The status, with `failed` split into waiting for a retry and permanently failed."""
-        if self.status != "failed":
-            return self.status
-        if self.next_retry_at is not None:
-            return "waiting_for_retry"
-        return "expired" if self.last_error_class == "expired" else "failed_permanently"
+        return State.of(
+            self.status,
+            waiting_for_retry=self.next_retry_at is not None,
+            error_class=self.last_error_class,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +160,8 @@ class HistoryEntry:
     attempt: int | None
     started_at: datetime
     finished_at: datetime
-    outcome: str
-    error_class: str | None
+    outcome: Outcome
+    error_class: ErrorClass | None
     error: str | None
     request_id: str | None
 
@@ -171,16 +177,30 @@ class StatusReport:
     next_retry_at: datetime | None
     scheduled_later: int
     failed_last_24h: int
-    last_run_started_at: datetime | None
-    last_run_finished_at: datetime | None
-    last_run_request_id: str | None
-    last_run_summary: dict[str, Any] | None
+    # None when no run has finished yet.
+    last_run_started_at: datetime | None = None
+    last_run_finished_at: datetime | None = None
+    last_run_request_id: str | None = None
+    last_run_summary: dict[str, Any] | None = None
 
     @property
     def oldest_lag_seconds(self) -> float | None:
         if self.oldest_due_at is None:
             return None
         return (self.now - self.oldest_due_at).total_seconds()
+
+
+# Each statement's columns are named as its record's fields (see sql.py).
+_FLAG_VIEW = record_row(FlagView)
+_SCHEDULE_VIEW = record_row(
+    ScheduleView,
+    status=by_value(Status).__getitem__,
+    updates=_readable,
+    last_error_class=_optional(by_value(ErrorClass)),
+)
+_HISTORY_ENTRY = record_row(
+    HistoryEntry, outcome=by_value(Outcome).__getitem__, error_class=_optional(by_value(ErrorClass))
+)
 
 
 class Catalog:
@@ -192,9 +212,12 @@ class Catalog:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
-    def _read(self, statement: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
-        """Run a read whose timestamps may include values no datetime can hold."""
-        cursor = self._conn.cursor()
+    def _read(
+        self, statement: str, params: dict[str, Any] | None, rows: BaseRowFactory[T]
+    ) -> psycopg.Cursor[T]:
+        """Run a read whose timestamps may include values no datetime can hold; `rows`
+        makes each row a record by column name."""
+        cursor = self._conn.cursor(row_factory=rows)
         cursor.adapters.register_loader(_TIMESTAMPTZ, _LenientTimestamptzLoader)
         return cursor.execute(statement, params)
 
@@ -233,17 +256,16 @@ class Catalog:
         return UUID(str(row[0]))
 
     def flags(self, environment: str | None = None) -> list[FlagView]:
-        rows = self._read(sql.LIST_FLAGS, {"environment": environment})
-        return [FlagView(*row) for row in rows]
+        return self._read(sql.LIST_FLAGS, {"environment": environment}, _FLAG_VIEW).fetchall()
 
     def get_flag(self, flag_key: str, environment: str = "production") -> FlagView:
         """Raises NotFound when the flag does not exist in that environment."""
-        row = self._read(
-            sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}
+        flag = self._read(
+            sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}, _FLAG_VIEW
         ).fetchone()
-        if row is None:
+        if flag is None:
             raise NotFound(f"no flag {flag_key!r} in environment {environment!r}")
-        return FlagView(*row)
+        return flag
 
     # --- schedules ---
 
@@ -291,7 +313,7 @@ class Catalog:
         due_at: datetime | None = None,
         limit: int = 1000,
     ) -> list[ScheduleView]:
-        rows = self._read(
+        return self._read(
             sql.LIST_SCHEDULES,
             {
                 "statuses": statuses,
@@ -300,19 +322,22 @@ class Catalog:
                 "due_at": due_at,
                 "limit": limit,
             },
-        )
-        return [ScheduleView.from_row(row) for row in rows]
+            _SCHEDULE_VIEW,
+        ).fetchall()
 
     def get_schedule(self, schedule_id: UUID) -> ScheduleView:
         """Raises NotFound when there is no such schedule."""
-        row = self._read(sql.GET_SCHEDULE, {"schedule_id": schedule_id}).fetchone()
-        if row is None:
+        schedule = self._read(
+            sql.GET_SCHEDULE, {"schedule_id": schedule_id}, _SCHEDULE_VIEW
+        ).fetchone()
+        if schedule is None:
             raise NotFound(f"no schedule with id {schedule_id}")
-        return ScheduleView.from_row(row)
+        return schedule
 
     def history(self, schedule_id: UUID) -> list[HistoryEntry]:
-        rows = self._read(sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id})
-        return [HistoryEntry(*row) for row in rows]
+        return self._read(
+            sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id}, _HISTORY_ENTRY
+        ).fetchall()
 
     def requeue(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
         """Make a permanently failed (or expired) schedule due now, with retries afresh.
@@ -324,7 +349,7 @@ class Catalog:
         return self._operator_action(
             sql.REQUEUE_SCHEDULE,
             schedule_id,
-            outcome="requeued",
+            outcome=Outcome.REQUEUED,
             allowed="only a permanently failed or expired schedule can be retried by hand",
             now=now,
             actor=actor,
@@ -343,7 +368,7 @@ class Catalog:
         return self._operator_action(
             sql.CANCEL_SCHEDULE,
             schedule_id,
-            outcome="cancelled",
+            outcome=Outcome.CANCELLED,
             allowed="only a pending or waiting-for-retry schedule can be cancelled",
             now=now,
             actor=actor,
@@ -354,7 +379,7 @@ class Catalog:
         statement: str,
         schedule_id: UUID,
         *,
-        outcome: str,
+        outcome: Outcome,
         allowed: str,
         now: datetime,
         actor: str,
@@ -375,7 +400,9 @@ class Catalog:
             self._record_action(schedule_id, outcome, now, actor)
         return self.get_schedule(schedule_id)
 
-    def _record_action(self, schedule_id: UUID, outcome: str, now: datetime, actor: str) -> None:
+    def _record_action(
+        self, schedule_id: UUID, outcome: Outcome, now: datetime, actor: str
+    ) -> None:
         attempt = AttemptRecord(
             schedule_id=schedule_id,
             attempt=None,
@@ -387,27 +414,18 @@ class Catalog:
         self._conn.execute(sql.INSERT_ATTEMPT, asdict(attempt))
 
     def status(self, now: datetime) -> StatusReport:
-        counts = self._read(sql.STATUS_COUNTS, {"now": now}).fetchone()
+        counts = self._read(sql.STATUS_COUNTS, {"now": now}, dict_row).fetchone()
         assert counts is not None
-        run = self._read(sql.GET_RUN_STATE).fetchone()
-        return StatusReport(
-            now,
-            counts[0],
-            counts[1],
-            counts[2],
-            counts[3],
-            counts[4],
-            counts[5],
-            *(run if run is not None else (None, None, None, None)),
-        )
+        run = self._read(sql.GET_RUN_STATE, None, dict_row).fetchone()
+        return StatusReport(now=now, **counts, **(run or {}))
 
 
 def _describe_state(schedule: ScheduleView) -> str:
     state = schedule.state
-    if state == "applied" and schedule.applied_at is not None:
+    if state == State.APPLIED and schedule.applied_at is not None:
         return f"already applied (at {schedule.applied_at.isoformat()})"
-    if state == "waiting_for_retry" and schedule.next_retry_at is not None:
+    if state == State.WAITING_FOR_RETRY and schedule.next_retry_at is not None:
         return f"waiting for retry {schedule.retry_count} at {schedule.next_retry_at.isoformat()}"
-    if state == "pending":
+    if state == State.PENDING:
         return f"pending (due at {schedule.scheduled_at.isoformat()})"
     return state.replace("_", " ")

@@ -23,19 +23,12 @@ from flag_scheduler.errors import (
     FlagSchedulerError,
     InvalidUpdates,
 )
+from flag_scheduler.states import State, Status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
-SCHEDULE_STATES = (
-    "pending",
-    "waiting_for_retry",
-    "failed_permanently",
-    "expired",
-    "applied",
-    "superseded",
-    "cancelled",
-    "failed",
-)
+# Plain strings: argparse quotes the repr of its choices in a usage error.
+SCHEDULE_STATES = tuple(state.value for state in (*State, Status.FAILED))
 
 
 class UsageError(Exception):

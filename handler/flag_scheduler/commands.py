@@ -13,6 +13,7 @@ from flag_scheduler.catalog import Catalog, FlagView, ScheduleView
 from flag_scheduler.config import Settings
 from flag_scheduler.limits import END_OF_TIME
 from flag_scheduler.models import FlagUpdates
+from flag_scheduler.states import State
 
 
 @dataclass(frozen=True)
@@ -240,9 +241,9 @@ def _policy_text(settings: Settings) -> str:
 
 def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
     """The attempts still to come for a pending or waiting schedule, with the real jitter."""
-    if schedule.state == "pending":
+    if schedule.state == State.PENDING:
         first, made = max(schedule.scheduled_at, ctx.now), schedule.retry_count
-    elif schedule.state == "waiting_for_retry" and schedule.next_retry_at is not None:
+    elif schedule.state == State.WAITING_FOR_RETRY and schedule.next_retry_at is not None:
         first, made = schedule.next_retry_at, schedule.retry_count
     else:
         return None

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 from flag_scheduler.backoff import BackoffPolicy, retry_delay
 from flag_scheduler.errors import FlagSchedulerError
 from flag_scheduler.messages import ALERT_DIGEST_THRESHOLD, PendingAlert, digest_message
-from flag_scheduler.models import ClaimedMessage, MessageKind, OutboxMessage
+from flag_scheduler.models import ClaimedMessage, OutboxMessage
 from flag_scheduler.notifier import Notifier
+from flag_scheduler.states import MessageKind
 
 logger = logging.getLogger(__name__)
 

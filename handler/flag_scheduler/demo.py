@@ -14,6 +14,7 @@ from typing import Any
 from flag_scheduler import db, fault_injection
 from flag_scheduler.catalog import Catalog, ScheduleView
 from flag_scheduler.local import FakeLambdaContext, migrate, start_embedded_server
+from flag_scheduler.states import Status
 
 START = datetime(2026, 12, 24, 9, 0, tzinfo=UTC)
 TICKS = 12  # one run a minute, as the EventBridge rule does: 09:00 .. 09:11
@@ -24,17 +25,17 @@ def _hhmmss(moment: datetime | None) -> str:
 
 
 def _describe(view: ScheduleView) -> str:
-    if view.status == "applied":
+    if view.status == Status.APPLIED:
         note = f"applied at {_hhmmss(view.applied_at)}"
         if view.retry_count:
             note += f" after {view.retry_count} retr{'y' if view.retry_count == 1 else 'ies'}"
         return note
-    if view.status == "failed" and view.next_retry_at is not None:
+    if view.status == Status.FAILED and view.next_retry_at is not None:
         return (
             f"failed, retry {view.retry_count} due at {_hhmmss(view.next_retry_at)}"
             f"  ({view.last_error})"
         )
-    if view.status == "failed":
+    if view.status == Status.FAILED:
         return f"FAILED PERMANENTLY after {view.retry_count} retries  ({view.last_error})"
     return view.status
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from flag_scheduler.states import ErrorClass
+
 
 class FlagSchedulerError(Exception):
     """flag-scheduler failed."""
@@ -27,7 +29,9 @@ class DatabaseUnavailable(FlagSchedulerError):
 class SystemicFailure(FlagSchedulerError):
     """Retryable failures of one kind across many flags: the run stopped early."""
 
-    def __init__(self, message: str, *, error_class: str, flags: int, evidence: list[str]) -> None:
+    def __init__(
+        self, message: str, *, error_class: ErrorClass, flags: int, evidence: list[str]
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.flags = flags
@@ -38,11 +42,13 @@ class ScheduleFailure(FlagSchedulerError):
     """Applying one schedule failed; the schedule records it and the run goes on."""
 
     #: Stable, machine-readable name of the failure (logs, metrics, last_error prefix).
-    error_class = "unknown"
+    error_class: ErrorClass = ErrorClass.UNKNOWN
     #: Whether another attempt could succeed.
     retryable = True
 
-    def __init__(self, message: str | None = None, *, error_class: str | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, error_class: ErrorClass | None = None
+    ) -> None:
         super().__init__(message)
         if error_class is not None:
             self.error_class = error_class
@@ -51,28 +57,28 @@ class ScheduleFailure(FlagSchedulerError):
 class InvalidUpdates(ScheduleFailure):
     """The schedule's updates document is invalid."""
 
-    error_class = "invalid_updates"
+    error_class = ErrorClass.INVALID_UPDATES
     retryable = False
 
 
 class FlagMissing(ScheduleFailure):
     """The schedule's flag does not exist."""
 
-    error_class = "flag_missing"
+    error_class = ErrorClass.FLAG_MISSING
     retryable = False
 
 
 class ScheduleExpired(ScheduleFailure):
     """The schedule could not be applied within the lateness limit."""
 
-    error_class = "expired"
+    error_class = ErrorClass.EXPIRED
     retryable = False
 
 
 class Unrecordable(ScheduleFailure):
     """The schedule holds a value the run cannot process or record; it is parked."""
 
-    error_class = "unrecordable"
+    error_class = ErrorClass.UNRECORDABLE
     retryable = False
 
 

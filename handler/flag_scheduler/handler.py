@@ -26,6 +26,7 @@ from flag_scheduler.errors import (
 )
 from flag_scheduler.models import RunSummary
 from flag_scheduler.repository import ScheduleRepository
+from flag_scheduler.states import ErrorClass
 
 if TYPE_CHECKING:
     # Typing only: nothing more to import at cold start.
@@ -247,7 +248,7 @@ def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, An
             "evidence": exc.evidence,
             "error": str(exc),
         }
-    return {"error_class": "connection_lost", "error": str(exc)}
+    return {"error_class": ErrorClass.CONNECTION_LOST, "error": str(exc)}
 
 
 # The cold-start metric (ColdStart, by function_name and service) is its own EMF line, written

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 
-from flag_scheduler.models import DueSchedule, MessageKind, OutboxMessage, ScheduleOutcome
+from flag_scheduler.models import DueSchedule, OutboxMessage, ScheduleOutcome
+from flag_scheduler.states import ErrorClass, MessageKind, Outcome
 
 # More alerts than this waiting at once (a mass expiry after an outage) go out as one digest.
 ALERT_DIGEST_THRESHOLD = 10
@@ -36,7 +37,7 @@ def outbox_messages(
     events = MessageKind.FLAG_CHANGED in kinds
     for outcome in outcomes:
         schedule = outcome.schedule
-        if outcome.outcome == "applied" and events and outcome.change is not None:
+        if events and outcome.outcome == Outcome.APPLIED and outcome.change is not None:
             change = outcome.change
             messages.append(
                 OutboxMessage(
@@ -51,7 +52,7 @@ def outbox_messages(
                     },
                 )
             )
-        elif outcome.outcome in ("failed_permanently", "expired") and alerts:
+        elif alerts and outcome.outcome in (Outcome.FAILED_PERMANENTLY, Outcome.EXPIRED):
             messages.append(
                 OutboxMessage(
                     message_id=message_id(MessageKind.ALERT, schedule, outcome.attempt),
@@ -62,7 +63,7 @@ def outbox_messages(
                         "environment": schedule.environment,
                         "scheduled_at": schedule.scheduled_at.isoformat(),
                         "retry_count": schedule.retry_count,
-                        "error_class": outcome.error_class or "unknown",
+                        "error_class": outcome.error_class or ErrorClass.UNKNOWN,
                         "last_error": outcome.last_error or "",
                     },
                 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from flag_scheduler import limits
 from flag_scheduler.errors import InvalidUpdates
+from flag_scheduler.states import ErrorClass, MessageKind, Outcome, Status
 
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
 # Larger `updates` documents are refused unread: a valid one is under 60 bytes.
@@ -97,7 +97,7 @@ class DueSchedule:
     flag_key: str
     environment: str
     scheduled_at: datetime
-    status: str
+    status: Status
     updates: str | None  # the JSON text; None when over the size limit (not fetched)
     retry_count: int
     max_retries: int | None
@@ -153,12 +153,12 @@ class ScheduleOutcome:
     """What processing one schedule decided: its new state and its history row."""
 
     schedule: DueSchedule
-    status: str  # the schedule's new status
-    outcome: str  # the history row's outcome
+    status: Status  # the schedule's new status
+    outcome: Outcome  # the history row's outcome
     attempt: int
     retry_count: int | None = None  # None: unchanged
     next_retry_at: datetime | None = None
-    error_class: str | None = None
+    error_class: ErrorClass | None = None
     error: str | None = None
     max_retries: int | None = None
     change: FlagChange | None = None
@@ -187,18 +187,10 @@ class AttemptRecord:
     attempt: int | None
     started_at: datetime
     finished_at: datetime
-    outcome: str
-    error_class: str | None = None
+    outcome: Outcome
+    error_class: ErrorClass | None = None
     error: str | None = None
     request_id: str | None = None
-
-
-class MessageKind(StrEnum):
-    """What an outbox message reports (the outbox's CHECK lists the same values)."""
-
-    ALERT = "alert"  # one schedule failed permanently or expired
-    DIGEST = "digest"  # many alerts folded into one (a mass failure)
-    FLAG_CHANGED = "flag_changed"  # an applied schedule changed a flag
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from flag_scheduler.models import ClaimedMessage, MessageKind
+from flag_scheduler.models import ClaimedMessage
+from flag_scheduler.states import MessageKind
 
 
 @dataclass

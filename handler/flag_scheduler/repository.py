@@ -6,11 +6,12 @@ import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.rows import BaseRowFactory, dict_row
 from psycopg.types.json import Jsonb
 
 from flag_scheduler import db, sql
@@ -31,22 +32,32 @@ from flag_scheduler.models import (
     DueSchedule,
     FlagState,
     LockHolder,
-    MessageKind,
     OutboxMessage,
     ScheduleOutcome,
 )
+from flag_scheduler.rows import record_row
+from flag_scheduler.states import ErrorClass, MessageKind, Status, by_value
+
+T = TypeVar("T")
 
 # SQLSTATEs a later attempt can get past, by the name we record them under.
 _TRANSIENT_SQLSTATES = {
-    "40001": "serialization_failure",
-    "40P01": "deadlock",
-    "55P03": "lock_timeout",
-    "57014": "statement_timeout",
+    "40001": ErrorClass.SERIALIZATION_FAILURE,
+    "40P01": ErrorClass.DEADLOCK,
+    "55P03": ErrorClass.LOCK_TIMEOUT,
+    "57014": ErrorClass.STATEMENT_TIMEOUT,
 }
 # A parking reason is for people, and last_error and the history's error are bounded (2000).
 MAX_PARK_REASON = 1000
 # SQLSTATE classes that mean the data itself is wrong: 22 data exception, 23 integrity.
-_PERMANENT_SQLSTATE_CLASSES = {"22": "data_error", "23": "integrity_error"}
+_PERMANENT_SQLSTATE_CLASSES = {"22": ErrorClass.DATA_ERROR, "23": ErrorClass.INTEGRITY_ERROR}
+
+# Each statement's columns are named as its record's fields (see sql.py).
+_DUE_SCHEDULE = record_row(DueSchedule, status=by_value(Status).__getitem__)
+_FLAG_STATE = record_row(FlagState)
+_APPLIED_SCHEDULE = record_row(AppliedSchedule, fields=tuple)
+_PENDING_ALERT = record_row(PendingAlert)
+_CLAIMED_MESSAGE = record_row(ClaimedMessage, kind=by_value(MessageKind).__getitem__)
 
 
 def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSchedulerError:
@@ -63,27 +74,7 @@ def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSc
         return PermanentDatabaseError(
             message, error_class=_PERMANENT_SQLSTATE_CLASSES[sqlstate[:2]]
         )
-    return TransientDatabaseError(message, error_class="unknown")
-
-
-def _due_schedule(row: Sequence[Any]) -> DueSchedule:
-    """A claimed row; one the claim found defective keeps a placeholder scheduled_at."""
-    (id_, flag_id, flag_key, environment, scheduled_at, status, updates, retry_count,
-     max_retries, requeued_at, updates_bytes, defect) = row  # fmt: skip
-    return DueSchedule(
-        id=id_,
-        flag_id=flag_id,
-        flag_key=flag_key,
-        environment=environment,
-        scheduled_at=scheduled_at if scheduled_at is not None else EARLIEST_MOMENT,
-        status=status,
-        updates=updates,
-        retry_count=retry_count,
-        max_retries=max_retries,
-        requeued_at=requeued_at,
-        updates_bytes=updates_bytes,
-        defect=defect,
-    )
+    return TransientDatabaseError(message, error_class=ErrorClass.UNKNOWN)
 
 
 class ScheduleRepository:
@@ -114,6 +105,15 @@ class ScheduleRepository:
         with self._translated():
             # Binary results: cheaper to parse for the thousands of rows a claim returns.
             return self._conn.execute(statement, params, binary=True)
+
+    def _fetch(
+        self, statement: str, params: Mapping[str, Any] | None, rows: BaseRowFactory[T]
+    ) -> list[T]:
+        """Run a query and return its rows as records (`rows`: a factory by column name)."""
+        self._statements += 1
+        with self._translated():
+            cursor = self._conn.cursor(row_factory=rows)
+            return cursor.execute(statement, params, binary=True).fetchall()
 
     @contextmanager
     def transaction(
@@ -163,7 +163,7 @@ class ScheduleRepository:
         A row holding a value the engine cannot represent comes back with `defect` set
         (and its unloadable timestamps replaced), so one bad row never fails the claim.
         """
-        rows = self._execute(
+        return self._fetch(
             sql.CLAIM_DUE_SCHEDULES,
             {
                 "now": now,
@@ -175,8 +175,8 @@ class ScheduleRepository:
                 "earliest": EARLIEST_MOMENT,
                 "latest": LATEST_MOMENT,
             },
-        ).fetchall()
-        return [_due_schedule(row) for row in rows]
+            _DUE_SCHEDULE,
+        )
 
     def park_unrecordable(
         self, reasons: Mapping[UUID, str], *, now: datetime, request_id: str | None
@@ -204,8 +204,8 @@ class ScheduleRepository:
     def lock_free_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
         """Lock, for the rest of the transaction, those flags no other transaction holds
         (and any this one holds already); returns their state. Never waits."""
-        rows = self._execute(sql.LOCK_FREE_FLAGS, {"flag_ids": list(flag_ids)}).fetchall()
-        return {row[0]: FlagState(*row) for row in rows}
+        flags = self._fetch(sql.LOCK_FREE_FLAGS, {"flag_ids": list(flag_ids)}, _FLAG_STATE)
+        return {flag.id: flag for flag in flags}
 
     def wait_for_flag(self, flag_id: UUID, *, nowait: bool = False) -> bool:
         """Wait until no other transaction holds the flag, and hold nothing afterwards.
@@ -232,37 +232,37 @@ class ScheduleRepository:
             ScheduleFailure: the server could not be asked (the transaction goes on).
         """
         with self._translated(), self._conn.transaction():
-            rows = self._execute(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}).fetchall()
+            rows = self._fetch(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}, dict_row)
         if not rows:
             try:
                 with self._translated(), self._conn.transaction():
-                    rows = self._execute(
-                        sql.FLAG_LOCK_HOLDERS_MULTI, {"flag_id": flag_id}
-                    ).fetchall()
+                    rows = self._fetch(sql.FLAG_LOCK_HOLDERS_MULTI, {"flag_id": flag_id}, dict_row)
             except (TransientDatabaseError, PermanentDatabaseError):
                 rows = []  # xmax names no multixact either
+        # One holder per session, however many times the server lists it.
+        sessions = {row["pid"]: row["application_name"] for row in rows}
         return [
             LockHolder(
                 pid=pid,
                 application_name=name or "",
                 is_scheduler=name == db.APPLICATION_NAME,
             )
-            for pid, name in dict(rows).items()
+            for pid, name in sessions.items()
         ]
 
     def applied_since(
         self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]
     ) -> list[AppliedSchedule]:
         """Applied schedules of each flag ordered after the (scheduled_at, id) given for it."""
-        rows = self._execute(
+        return self._fetch(
             sql.APPLIED_SINCE,
             {
                 "flag_ids": list(since_by_flag),
                 "since": [since for since, _ in since_by_flag.values()],
                 "since_ids": [since_id for _, since_id in since_by_flag.values()],
             },
-        ).fetchall()
-        return [AppliedSchedule(row[0], row[1], row[2], tuple(row[3])) for row in rows]
+            _APPLIED_SCHEDULE,
+        )
 
     def write_flags(self, flags: Sequence[FlagState], now: datetime) -> None:
         """Set the fields of every given flag (whose rows this transaction has locked)."""
@@ -347,17 +347,7 @@ class ScheduleRepository:
 
     def lock_waiting_alerts(self) -> list[PendingAlert]:
         """Lock the waiting alerts no other run is delivering, oldest first."""
-        rows = self._execute(sql.LOCK_WAITING_ALERTS).fetchall()
-        return [
-            PendingAlert(
-                id=row[0],
-                message_id=row[1],
-                schedule_id=row[2] or "",
-                environment=row[3] or "",
-                error_class=row[4] or "unknown",
-            )
-            for row in rows
-        ]
+        return self._fetch(sql.LOCK_WAITING_ALERTS, None, _PENDING_ALERT)
 
     def delete_messages(self, ids: Sequence[int]) -> None:
         """Delete outbox rows this transaction has locked (delivered or folded)."""
@@ -368,19 +358,11 @@ class ScheduleRepository:
         self, now: datetime, *, kinds: Collection[MessageKind], limit: int
     ) -> list[ClaimedMessage]:
         """Lock and return up to `limit` messages due at `now`, skipping locked ones."""
-        rows = self._execute(
-            sql.CLAIM_OUTBOX, {"now": now, "kinds": [str(k) for k in kinds], "limit": limit}
-        ).fetchall()
-        return [
-            ClaimedMessage(
-                id=row[0],
-                message_id=row[1],
-                kind=MessageKind(row[2]),
-                payload=row[3],
-                attempts=row[4],
-            )
-            for row in rows
-        ]
+        return self._fetch(
+            sql.CLAIM_OUTBOX,
+            {"now": now, "kinds": [str(k) for k in kinds], "limit": limit},
+            _CLAIMED_MESSAGE,
+        )
 
     def reschedule_messages(
         self, failures: Sequence[tuple[int, datetime, str]], *, now: datetime

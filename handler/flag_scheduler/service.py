@@ -32,12 +32,12 @@ from flag_scheduler.models import (
     FlagState,
     FlagUpdates,
     LockHolder,
-    MessageKind,
     OutboxMessage,
     RunSummary,
     ScheduleOutcome,
 )
 from flag_scheduler.notifier import Notifier
+from flag_scheduler.states import ErrorClass, MessageKind, Outcome, Status
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ class RunPolicy:
 class _FailureStreak:
     """Consecutive retryable failures of one class: evidence of an outage, not bad data."""
 
-    error_class: str | None = None
+    error_class: ErrorClass | None = None
     flags: set[UUID] = field(default_factory=set)
     evidence: list[str] = field(default_factory=list)
 
-    def failed(self, flag_id: UUID, error_class: str, last_error: str) -> None:
+    def failed(self, flag_id: UUID, error_class: ErrorClass, last_error: str) -> None:
         if error_class != self.error_class:
             self.error_class, self.flags, self.evidence = error_class, set(), []
         self.flags.add(flag_id)
@@ -243,7 +243,7 @@ def process_due_schedules(
             raise SystemicFailure(
                 f"{len(streak.flags)} different flags failed in a row with"
                 f" {streak.error_class}; stopped the run to spare the rest their retries",
-                error_class=streak.error_class or "unknown",
+                error_class=streak.error_class or ErrorClass.UNKNOWN,
                 flags=len(streak.flags),
                 evidence=streak.evidence,
             )
@@ -373,7 +373,7 @@ def _wait_for_flag(run: _Run, flag_id: UUID) -> ScheduleFailure | LockHolder | N
     except DatabaseUnavailable:
         raise
     except ScheduleFailure as failure:
-        if failure.error_class not in ("lock_timeout", "statement_timeout"):
+        if failure.error_class not in (ErrorClass.LOCK_TIMEOUT, ErrorClass.STATEMENT_TIMEOUT):
             return failure
         holders = _lock_holders(run, flag_id)
         if blocked_by(holders) is Blocker.UNKNOWN:
@@ -547,7 +547,14 @@ def _apply_group(
             }
             if not fields:
                 # Nothing left to set, however late: superseded, not an expiry alert.
-                outcomes.append(ScheduleOutcome(schedule, "superseded", "superseded", attempt))
+                outcomes.append(
+                    ScheduleOutcome(
+                        schedule,
+                        status=Status.SUPERSEDED,
+                        outcome=Outcome.SUPERSEDED,
+                        attempt=attempt,
+                    )
+                )
                 continue
             _refuse_if_expired(schedule, now, run.policy)
         except ScheduleFailure as failure:
@@ -565,7 +572,15 @@ def _apply_group(
             old={name: before[name] for name in fields},
             new=dict(fields),
         )
-        outcomes.append(ScheduleOutcome(schedule, "applied", "applied", attempt, change=change))
+        outcomes.append(
+            ScheduleOutcome(
+                schedule,
+                status=Status.APPLIED,
+                outcome=Outcome.APPLIED,
+                attempt=attempt,
+                change=change,
+            )
+        )
     if changed:
         repository.write_flags(list(changed.values()), now)
     repository.write_outcomes(
@@ -577,7 +592,7 @@ def _apply_group(
     )
     # A flag that took its change breaks a streak of failures: not an outage. (A group holds
     # no retryable failure: those abort the group, and the fallback retries one by one.)
-    if any(o.outcome in ("applied", "superseded") for o in outcomes):
+    if any(o.outcome in (Outcome.APPLIED, Outcome.SUPERSEDED) for o in outcomes):
         run.streak.succeeded()
     return outcomes
 
@@ -630,9 +645,9 @@ def _failure_outcome(
         failed_at = max(run.clock(), now)
         return ScheduleOutcome(
             schedule,
-            "failed",
-            "retry_scheduled",
-            attempt,
+            status=Status.FAILED,
+            outcome=Outcome.RETRY_SCHEDULED,
+            attempt=attempt,
             retry_count=schedule.retry_count + 1,
             next_retry_at=failed_at
             + retry_delay(policy.backoff, schedule.retry_count, schedule.id),
@@ -640,12 +655,12 @@ def _failure_outcome(
             error=message,
             max_retries=limit,
         )
-    final = "expired" if isinstance(failure, ScheduleExpired) else "failed_permanently"
+    final = Outcome.EXPIRED if isinstance(failure, ScheduleExpired) else Outcome.FAILED_PERMANENTLY
     return ScheduleOutcome(
         schedule,
-        "failed",
-        final,
-        attempt,
+        status=Status.FAILED,
+        outcome=final,
+        attempt=attempt,
         error_class=failure.error_class,
         error=message,
         max_retries=limit,
@@ -657,7 +672,7 @@ def _report(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -> None:
     summary = run.summary
     for outcome in outcomes:
         schedule = outcome.schedule
-        if outcome.outcome == "applied":
+        if outcome.outcome == Outcome.APPLIED:
             assert outcome.change is not None
             summary.applied += 1
             lag = now - schedule.scheduled_at
@@ -674,10 +689,10 @@ def _report(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -> None:
                         "new": outcome.change.new,
                     },
                 )
-        elif outcome.outcome == "superseded":
+        elif outcome.outcome == Outcome.SUPERSEDED:
             summary.superseded += 1
             logger.info("schedule_superseded", extra=_log_fields(schedule))
-        elif outcome.outcome == "retry_scheduled":
+        elif outcome.outcome == Outcome.RETRY_SCHEDULED:
             summary.retried += 1
             assert outcome.next_retry_at is not None
             logger.warning(
@@ -691,7 +706,7 @@ def _report(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -> None:
             )
         else:
             summary.failed_permanently += 1
-            summary.expired += outcome.outcome == "expired"
+            summary.expired += outcome.outcome == Outcome.EXPIRED
             logger.error(
                 "schedule_failed_permanently",
                 extra={**_log_fields(schedule), **_error_fields(outcome), "next_retry_at": None},

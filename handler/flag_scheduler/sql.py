@@ -13,8 +13,9 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
 # `updates` comes as text, decoded per schedule (a document no decoder can read must fail
 # its own schedule, not the claim); over the size limit it is not even fetched.
 # A timestamp no client can load (infinity, year 10000) would fail the whole result: the
-# claim returns NULL for it instead, and `defect` says what is wrong with the row (NULL
-# for every row the engine can process and record).
+# claim returns a placeholder (scheduled_at: %(earliest)s) or NULL (requeued_at) for it
+# instead, and `defect` says what is wrong with the row (NULL for every row the engine can
+# process and record). Columns are named as models.DueSchedule's fields.
 # KEY SHARE of the flag, skipping a flag row locked FOR UPDATE: a DELETE of the flag takes
 # that lock, then its cascade waits for our schedule rows, so a run that waited for the
 # flag would deadlock with it; taken here, at claim time, the DELETE waits for the run
@@ -24,13 +25,14 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
 CLAIM_DUE_SCHEDULES = """
 SELECT s.id, s.flag_id, f.flag_key, f.environment,
        CASE WHEN s.scheduled_at >= %(earliest)s AND s.scheduled_at < %(latest)s
-            THEN s.scheduled_at END,
+            THEN s.scheduled_at ELSE %(earliest)s END AS scheduled_at,
        s.status,
-       CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s THEN s.updates::text END,
+       CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s
+            THEN s.updates::text END AS updates,
        s.retry_count, s.max_retries,
        CASE WHEN s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s
-            THEN s.requeued_at END,
-       octet_length(s.updates::text),
+            THEN s.requeued_at END AS requeued_at,
+       octet_length(s.updates::text) AS updates_bytes,
        NULLIF(concat_ws('; ',
            CASE WHEN s.retry_count NOT BETWEEN 0 AND %(max_retry_count)s
                 THEN format('retry_count %%s is outside 0..%%s', s.retry_count,
@@ -44,7 +46,7 @@ SELECT s.id, s.flag_id, f.flag_key, f.environment,
            CASE WHEN NOT (s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s)
                 THEN format('requeued_at %%s is not a representable moment',
                             s.requeued_at) END
-       ), '')
+       ), '') AS defect
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.due_at <= %(now)s AND s.id <> ALL(%(skip)s::uuid[])
@@ -244,10 +246,11 @@ RETURNING kind
 """
 
 # Locks every waiting alert no other run is delivering, oldest first, with what a digest
-# counts; the caller folds them into one digest or leaves them.
+# counts (as messages.PendingAlert); the caller folds them into one digest or leaves them.
 LOCK_WAITING_ALERTS = """
-SELECT id, message_id, payload->>'schedule_id', payload->>'environment',
-       payload->>'error_class'
+SELECT id, message_id, coalesce(payload->>'schedule_id', '') AS schedule_id,
+       coalesce(payload->>'environment', '') AS environment,
+       coalesce(nullif(payload->>'error_class', ''), 'unknown') AS error_class
 FROM notification_outbox
 WHERE kind = 'alert'
 ORDER BY id
@@ -306,11 +309,12 @@ VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(max_retries)s)
 RETURNING id
 """
 
-# Schedules with their flag's identity, filtered (by status or state); NULL filters match all.
+# Schedules with their flag's identity (as catalog.ScheduleView), filtered (by status or
+# state); NULL filters match all.
 LIST_SCHEDULES = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text, s.applied_at,
-       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
-       s.requeued_at
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
@@ -325,11 +329,11 @@ ORDER BY s.scheduled_at, f.flag_key, s.id
 LIMIT %(limit)s
 """
 
-# One schedule with its flag's identity.
+# One schedule with its flag's identity (as catalog.ScheduleView).
 GET_SCHEDULE = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text, s.applied_at,
-       s.retry_count, s.max_retries, s.next_retry_at, s.last_error, s.last_error_class,
-       s.requeued_at
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.id = %(schedule_id)s
@@ -378,25 +382,26 @@ WHERE id = %(schedule_id)s
 RETURNING id
 """
 
-# The health at a glance, as of %(now)s.
+# The health at a glance, as of %(now)s (named as catalog.StatusReport's fields).
 STATUS_COUNTS = """
 SELECT
-    (SELECT count(*) FROM feature_flag_schedules WHERE due_at <= %(now)s),
-    (SELECT min(due_at) FROM feature_flag_schedules WHERE due_at <= %(now)s),
+    (SELECT count(*) FROM feature_flag_schedules WHERE due_at <= %(now)s) AS due_now,
+    (SELECT min(due_at) FROM feature_flag_schedules WHERE due_at <= %(now)s) AS oldest_due_at,
     (SELECT count(*) FROM feature_flag_schedules
-     WHERE status = 'failed' AND next_retry_at IS NOT NULL),
+     WHERE status = 'failed' AND next_retry_at IS NOT NULL) AS waiting_for_retry,
     (SELECT min(next_retry_at) FROM feature_flag_schedules
-     WHERE status = 'failed' AND next_retry_at IS NOT NULL),
+     WHERE status = 'failed' AND next_retry_at IS NOT NULL) AS next_retry_at,
     (SELECT count(*) FROM feature_flag_schedules
-     WHERE status = 'pending' AND scheduled_at > %(now)s),
+     WHERE status = 'pending' AND scheduled_at > %(now)s) AS scheduled_later,
     (SELECT count(*) FROM feature_flag_schedule_attempts
      WHERE outcome IN ('failed_permanently', 'expired')
-       AND finished_at > %(now)s - interval '24 hours')
+       AND finished_at > %(now)s - interval '24 hours') AS failed_last_24h
 """
 
-# The last successful run, if any.
+# The last successful run, if any (named as catalog.StatusReport's fields).
 GET_RUN_STATE = """
-SELECT last_run_started_at, last_run_finished_at, last_request_id, last_summary
+SELECT last_run_started_at, last_run_finished_at, last_request_id AS last_run_request_id,
+       last_summary AS last_run_summary
 FROM scheduler_run_state
 WHERE id = 1
 """

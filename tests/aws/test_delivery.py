@@ -25,8 +25,9 @@ from flag_scheduler.catalog import Catalog
 from flag_scheduler.errors import SystemicFailure
 from flag_scheduler.local import FakeLambdaContext
 from flag_scheduler.messages import ALERT_DIGEST_THRESHOLD, DIGEST_LISTED_SCHEDULES
-from flag_scheduler.models import MessageKind, OutboxMessage
+from flag_scheduler.models import OutboxMessage
 from flag_scheduler.repository import ScheduleRepository
+from flag_scheduler.states import MessageKind
 from tests.aws.conftest import (
     ACCOUNT,
     REGION,

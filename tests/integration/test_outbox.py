@@ -15,10 +15,11 @@ from flag_scheduler import delivery, fault_injection
 from flag_scheduler.backoff import retry_delay
 from flag_scheduler.catalog import Catalog
 from flag_scheduler.delivery import OUTBOX_BACKOFF, deliver_outbox
-from flag_scheduler.models import ClaimedMessage, MessageKind, OutboxMessage
+from flag_scheduler.models import ClaimedMessage, OutboxMessage
 from flag_scheduler.notifier import SendReport
 from flag_scheduler.repository import ScheduleRepository
 from flag_scheduler.service import RunPolicy, process_due_schedules
+from flag_scheduler.states import MessageKind
 from tests.support import T0, flag_fields, history, run_service, schedule_row
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from flag_scheduler.messages import (
@@ -12,7 +13,8 @@ from flag_scheduler.messages import (
     message_id,
     outbox_messages,
 )
-from flag_scheduler.models import DueSchedule, FlagChange, MessageKind, ScheduleOutcome
+from flag_scheduler.models import DueSchedule, FlagChange, ScheduleOutcome
+from flag_scheduler.states import ErrorClass, MessageKind, Outcome, Status
 from migrations.schema import OUTBOX_KINDS
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -22,7 +24,7 @@ SCHEDULE = DueSchedule(
     flag_key="checkout",
     environment="production",
     scheduled_at=T0,
-    status="failed",
+    status=Status.FAILED,
     updates='{"enabled": true}',
     retry_count=2,
     max_retries=None,
@@ -46,11 +48,11 @@ def test_message_ids_name_kind_schedule_and_attempt_and_a_requeue() -> None:
 def test_only_applied_changes_and_final_failures_report_and_only_delivered_kinds() -> None:
     outcomes = [
         # (outcome, what it reports)
-        ScheduleOutcome(SCHEDULE, "applied", "applied", 3, change=CHANGE),  # FlagChanged
-        ScheduleOutcome(SCHEDULE, "failed", "failed_permanently", 3, error_class="deadlock"),
-        ScheduleOutcome(SCHEDULE, "failed", "expired", 3, error_class="expired"),  # alert
-        ScheduleOutcome(SCHEDULE, "failed", "retry_scheduled", 3, error_class="deadlock"),
-        ScheduleOutcome(SCHEDULE, "superseded", "superseded", 3),  # nothing
+        _outcome(Status.APPLIED, Outcome.APPLIED, change=CHANGE),  # FlagChanged
+        _outcome(Status.FAILED, Outcome.FAILED_PERMANENTLY, error_class=ErrorClass.DEADLOCK),
+        _outcome(Status.FAILED, Outcome.EXPIRED, error_class=ErrorClass.EXPIRED),  # alert
+        _outcome(Status.FAILED, Outcome.RETRY_SCHEDULED, error_class=ErrorClass.DEADLOCK),
+        _outcome(Status.SUPERSEDED, Outcome.SUPERSEDED),  # nothing
     ]
     kinds = [m.kind for m in outbox_messages(outcomes, ALL)]
     assert kinds == [MessageKind.FLAG_CHANGED, MessageKind.ALERT, MessageKind.ALERT]
@@ -64,7 +66,7 @@ def test_only_applied_changes_and_final_failures_report_and_only_delivered_kinds
 def test_a_digest_counts_by_class_and_environment_and_lists_the_first_schedules() -> None:
     alerts = [
         PendingAlert(n, f"alert:s{n}:1", f"s{n}", "production" if n % 3 else "staging", cls)
-        for n, cls in enumerate(["expired"] * 20 + ["lock_timeout"] * 5)
+        for n, cls in enumerate([ErrorClass.EXPIRED] * 20 + [ErrorClass.LOCK_TIMEOUT] * 5)
     ]
     digest = digest_message(alerts)
     assert digest.kind == MessageKind.DIGEST
@@ -80,3 +82,7 @@ def test_a_digest_counts_by_class_and_environment_and_lists_the_first_schedules(
 
 def _fields(schedule: DueSchedule) -> dict[str, object]:
     return {name: getattr(schedule, name) for name in DueSchedule.__slots__}
+
+
+def _outcome(status: Status, outcome: Outcome, **fields: Any) -> ScheduleOutcome:
+    return ScheduleOutcome(SCHEDULE, status=status, outcome=outcome, attempt=3, **fields)

@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from flag_scheduler.aws.settings import AwsSettings
-from flag_scheduler.models import ClaimedMessage, MessageKind
+from flag_scheduler.models import ClaimedMessage
 from flag_scheduler.notifier import SendReport
+from flag_scheduler.states import MessageKind
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,12 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from flag_scheduler import __version__, limits
+from flag_scheduler.config import int_in_range
 from flag_scheduler.errors import (
     ConfigurationError,
     FlagSchedulerError,
     InvalidUpdates,
+    first_line,
 )
 from flag_scheduler.states import State, Status
 
@@ -58,12 +60,11 @@ def _uuid(text: str) -> UUID:
 def _int_in(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be an integer {low}..{high}, got {text!r}")
-        return value
+            return int_in_range("the value", text, low=low, high=high)
+        except ConfigurationError:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer {low}..{high}, got {text!r}"
+            ) from None
 
     return parse
 
@@ -517,7 +518,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
     except _database_errors() as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         print(
             f"flag-scheduler: error: {_unmigrated(exc) or f'database: {message}'}", file=sys.stderr
         )

@@ -116,16 +116,23 @@ class Settings(BaseModel):
             raise ConfigurationError(_first_message(exc)) from None
 
 
-def _parse_int(variable: _IntVariable, raw: str) -> int:
+def int_in_range(name: str, raw: str, *, low: int, high: int) -> int:
+    """`raw` as a decimal integer within low..high (surrounding blanks allowed).
+
+    Raises:
+        ConfigurationError: naming `name`, the range and the value given.
+    """
     try:
         value = int(raw.strip(), 10)
     except ValueError:
         value = None
-    if value is None or not variable.low <= value <= variable.high:
-        raise ConfigurationError(
-            f"{variable.env} must be an integer {variable.low}..{variable.high}, got {raw!r}"
-        )
+    if value is None or not low <= value <= high:
+        raise ConfigurationError(f"{name} must be an integer {low}..{high}, got {raw!r}")
     return value
+
+
+def _parse_int(variable: _IntVariable, raw: str) -> int:
+    return int_in_range(variable.env, raw, low=variable.low, high=variable.high)
 
 
 def _first_message(exc: ValidationError) -> str:

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from flag_scheduler.errors import DatabaseLoginRefused, DatabaseUnavailable
+from flag_scheduler.errors import DatabaseLoginRefused, DatabaseUnavailable, first_line
 
 APPLICATION_NAME = "flag-scheduler"
 
@@ -72,8 +72,7 @@ def connect(
     except psycopg.Error as exc:
         # A reachable server's refusal names host and user only, but a string libpq cannot
         # parse is quoted whole in the message, password included: scrub before anyone sees.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        message = scrub(first_line, url)
+        message = scrub(first_line(exc), url)
     # Raised outside the except block: the driver's error, password and all, must not even
     # ride along as a suppressed __context__ for an error reporter to print.
     if login_refused(message):

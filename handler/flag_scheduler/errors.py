@@ -5,6 +5,12 @@ from __future__ import annotations
 from flag_scheduler.states import ErrorClass
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a driver's can run to dozens), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class FlagSchedulerError(Exception):
     """flag-scheduler failed."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
+from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, first_line
 
 # Where the embedded database lives when DATABASE_URL is unset, whatever the current folder.
 DATA_DIR_VARIABLE = "FLAG_SCHEDULER_DATA_DIR"
@@ -154,8 +154,7 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
         from flag_scheduler.db import scrub
 
         cause = exc.orig if exc.orig is not None else exc
-        text = str(cause).strip()
-        message = scrub(text.splitlines()[0] if text else type(cause).__name__, database_url)
+        message = scrub(first_line(cause), database_url)
     except ArgumentError:
         # SQLAlchemy quotes the whole URL, password included: say what, not the text.
         raise ConfigurationError(

@@ -17,7 +17,7 @@ from flag_scheduler import alembic_runner
 from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
 from flag_scheduler.config import check_powertools_environment
-from flag_scheduler.errors import ConfigurationError, FlagSchedulerError
+from flag_scheduler.errors import ConfigurationError, FlagSchedulerError, first_line
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -89,9 +89,8 @@ def upgrade_head(url: str) -> dict[str, str | None]:
     except FlagSchedulerError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MigrationFailed(
-            f"alembic upgrade head failed: {type(exc).__name__}: {first}"
+            f"alembic upgrade head failed: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     return {"from_revision": before, "to_revision": after}
 

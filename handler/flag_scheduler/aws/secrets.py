@@ -12,7 +12,12 @@ from psycopg.conninfo import make_conninfo
 
 from flag_scheduler.aws.settings import DB_HOST, DB_NAME, DB_SECRET_ARN, AwsSettings
 from flag_scheduler.db import connect
-from flag_scheduler.errors import ConfigurationError, DatabaseLoginRefused, DatabaseUnavailable
+from flag_scheduler.errors import (
+    ConfigurationError,
+    DatabaseLoginRefused,
+    DatabaseUnavailable,
+    first_line,
+)
 
 DEFAULT_PORT = 5432
 DEFAULT_DBNAME = "postgres"
@@ -126,7 +131,7 @@ def read_secret(settings: AwsSettings, *, force_fetch: bool = False) -> Mapping[
     except parameters.exceptions.GetParameterError as exc:
         # Powertools wraps the SDK error; its text names the API error, never the value.
         raise ConfigurationError(
-            f"cannot read secret {settings.db_secret_arn}: {_first_line(exc)}"
+            f"cannot read secret {settings.db_secret_arn}: {first_line(exc)}"
         ) from None
     if not isinstance(document, dict):
         raise ConfigurationError(f"secret {settings.db_secret_arn} is not a JSON object")
@@ -232,8 +237,3 @@ def _port(document: Mapping[str, Any], arn: str | None) -> int:
     if port is None or not 1 <= port <= 65_535:
         raise ConfigurationError(f"secret {arn}: 'port' must be an integer 1..65535, got {raw!r}")
     return port
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from flag_scheduler.config import int_in_range
 from flag_scheduler.errors import ConfigurationError
 
 # Each environment variable name is written here and nowhere else.
@@ -91,12 +92,4 @@ def _max_age(environ: Mapping[str, str]) -> int:
     if raw is None or not raw.strip():
         return AwsSettings.db_secret_max_age_seconds
     low, high = _MAX_AGE_RANGE
-    try:
-        value = int(raw.strip(), 10)
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise ConfigurationError(
-            f"{DB_SECRET_MAX_AGE_SECONDS} must be an integer {low}..{high}, got {raw!r}"
-        )
-    return value
+    return int_in_range(DB_SECRET_MAX_AGE_SECONDS, raw, low=low, high=high)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import socket
 import threading
 import urllib.request
@@ -20,12 +18,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from flag_scheduler.aws import secrets
 from flag_scheduler.catalog import Catalog
-from tests.support import database_url_for
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
-
-_empty_databases = itertools.count()
 
 
 @pytest.fixture
@@ -196,17 +191,6 @@ def create_event_tap(bus_name: str = "flag-events") -> EventTap:
         Rule="flag-changed", EventBusName=bus_name, Targets=[{"Id": "tap", "Arn": queue_arn}]
     )
     return EventTap(bus_name=bus_name, queue_url=queue_url)
-
-
-@pytest.fixture
-def empty_database_url(server_url: str, worker_id: str) -> Iterator[str]:
-    """A database with no schema at all, for running migrations from scratch."""
-    name = f"fs_empty_{worker_id}_{os.getpid()}_{next(_empty_databases)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield database_url_for(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def due_now(catalog: Catalog, key: str, updates: object) -> UUID:

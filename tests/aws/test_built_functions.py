@@ -105,19 +105,19 @@ def test_both_functions_ship_the_rds_ca_bundle(function: str) -> None:
 
 
 def test_built_functions_migrate_and_run_against_the_test_database(
-    empty_database_url: str,
+    empty_database: str,
 ) -> None:
     assert HOST_BUILD is not None
     migrated = _invoke(
         Path(HOST_BUILD) / "MigrationFunction",
         "flag_scheduler.aws.migration.lambda_handler",
         {},
-        {"DATABASE_URL": empty_database_url},
+        {"DATABASE_URL": empty_database},
     )
     assert migrated["status"] == "ok"
     assert migrated["to_revision"]
 
-    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
         catalog = Catalog(conn)
         flag = catalog.create_flag("built-banner")
         schedule = catalog.create_schedule(
@@ -128,8 +128,8 @@ def test_built_functions_migrate_and_run_against_the_test_database(
         Path(HOST_BUILD) / "SchedulerFunction",
         "flag_scheduler.handler.lambda_handler",
         event,
-        {"DATABASE_URL": empty_database_url},
+        {"DATABASE_URL": empty_database},
     )
     assert (result["claimed"], result["applied"]) == (1, 1)
-    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+    with psycopg.connect(empty_database, autocommit=True) as conn:
         assert schedule_row(conn, schedule).status == "applied"

@@ -23,18 +23,16 @@ def _tables(url: str) -> set[str]:
 
 
 def test_migrates_an_empty_database_through_the_secret(
-    monkeypatch: pytest.MonkeyPatch, empty_database_url: str
+    monkeypatch: pytest.MonkeyPatch, empty_database: str
 ) -> None:
-    monkeypatch.setenv("DB_SECRET_ARN", create_secret(rds_secret_document(empty_database_url)))
+    monkeypatch.setenv("DB_SECRET_ARN", create_secret(rds_secret_document(empty_database)))
     monkeypatch.delenv("DATABASE_URL", raising=False)
 
     first = migration.lambda_handler({}, FakeLambdaContext(function_name="migrations"))
     assert first["status"] == "ok"
     assert first["from_revision"] is None
     assert first["to_revision"] is not None
-    assert {"feature_flags", "feature_flag_schedules", "alembic_version"} <= _tables(
-        empty_database_url
-    )
+    assert {"feature_flags", "feature_flag_schedules", "alembic_version"} <= _tables(empty_database)
 
     again = migration.lambda_handler({}, FakeLambdaContext(function_name="migrations"))
     assert again == {
@@ -44,8 +42,8 @@ def test_migrates_an_empty_database_through_the_secret(
     }
 
 
-def test_url_from_the_secret_requires_tls_and_bounds_lock_waits(empty_database_url: str) -> None:
-    arn = create_secret(rds_secret_document(empty_database_url, password="p@ss/%"))
+def test_url_from_the_secret_requires_tls_and_bounds_lock_waits(empty_database: str) -> None:
+    arn = create_secret(rds_secret_document(empty_database, password="p@ss/%"))
     url = migration.sqlalchemy_url({"DB_SECRET_ARN": arn})
     from sqlalchemy.engine import make_url
 

@@ -146,3 +146,18 @@ def test_timeline_of_a_schedule_already_retried_continues_its_numbering() -> Non
     assert [a.attempt for a in timeline] == [3, 4]
     assert timeline[0].at == next_retry_at
     assert timeline[1].at == next_retry_at + retry_delay(policy, 2, SCHEDULE)
+
+
+def test_a_timeline_stops_before_the_end_of_representable_time() -> None:
+    """Attempts at or after `until` are left out; the ones before it are kept whole."""
+    policy = BackoffPolicy(base_seconds=3600, cap_seconds=3600, jitter_seconds=0)
+    until = T0 + timedelta(hours=2, minutes=30)
+    timeline = retry_timeline(policy, uuid4(), T0, 10, until=until)
+    assert [attempt.at for attempt in timeline] == [
+        T0,
+        T0 + timedelta(hours=1),
+        T0 + timedelta(hours=2),
+    ]
+    # Exactly at `until` is cut too (the end of time is exclusive).
+    exact = retry_timeline(policy, uuid4(), T0, 10, until=T0 + timedelta(hours=2))
+    assert [attempt.attempt for attempt in exact] == [1, 2]

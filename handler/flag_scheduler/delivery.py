@@ -152,8 +152,9 @@ def _deliver(
     report: DeliveryReport,
 ) -> None:
     def transaction() -> AbstractContextManager[None]:
-        # Sending happens inside the transaction (its row locks keep other runs off these
-        # messages): it may stay open until the deadline, never longer.
+        # Sending happens inside the claim's transaction (its row locks keep other runs off
+        # these messages): statements end by the deadline, and the server ends the session
+        # if it idles 5 s past it (a run killed mid-send).
         window_ms = max(1, int((deadline - monotonic()) * 1000))
         return store.transaction(
             lock_timeout_ms=LOCK_TIMEOUT_MS,
@@ -173,6 +174,10 @@ def _deliver(
         with transaction():
             _fold_alerts(store, clock(), digest_threshold, report)
     while kinds:
+        if monotonic() >= deadline:
+            # Claiming now would lock rows only to send none of them.
+            report.stopped_for_time = True
+            return
         now = clock()
         with transaction():
             claimed = store.claim_messages(now, kinds=kinds, limit=CLAIM_LIMIT)

@@ -1,4 +1,5 @@
-"""Lambda entry point: load config once, run the service, report logs and metrics."""
+"""Lambda entry point: load config once, run the service, deliver the outbox, report logs
+and metrics."""
 
 from __future__ import annotations
 
@@ -113,8 +114,9 @@ def _repository(settings: Settings, monotonic: Callable[[], float]) -> ScheduleR
             logger.info("cached_connection_expired_reconnecting", extra={"age_seconds": age})
         else:
             try:
-                ScheduleRepository(conn).ping()
-                return ScheduleRepository(conn)
+                repository = ScheduleRepository(conn)
+                repository.ping()
+                return repository
             except DatabaseUnavailable:
                 logger.warning("cached_connection_lost_reconnecting")
     if conn is not None:

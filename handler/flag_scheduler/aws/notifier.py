@@ -117,9 +117,7 @@ class AwsNotifier:
             {
                 "Source": EVENT_SOURCE,
                 "DetailType": EVENT_DETAIL_TYPE,
-                "Detail": json.dumps(
-                    {**message.payload, "message_id": message.message_id}, sort_keys=True
-                ),
+                "Detail": _body(message),
                 "EventBusName": self._bus_name,
             }
             for message in batch
@@ -151,9 +149,7 @@ class AwsNotifier:
                 self._sns.publish(
                     TopicArn=self._topic_arn,
                     Subject=_subject(message),
-                    Message=json.dumps(
-                        {**message.payload, "message_id": message.message_id}, sort_keys=True
-                    ),
+                    Message=_body(message),
                     MessageAttributes=_attributes(message),
                 )
             except Exception as exc:  # reported per message, never raised
@@ -214,3 +210,8 @@ def _client_factory(service: str) -> Callable[[], Any]:
         return boto3.client(service, config=config)
 
     return make
+
+
+def _body(message: ClaimedMessage) -> str:
+    """The message as consumers read it: its payload plus the id they de-duplicate on."""
+    return json.dumps({**message.payload, "message_id": message.message_id}, sort_keys=True)

@@ -81,13 +81,6 @@ class ScheduleExpired(ScheduleFailure):
     retryable = False
 
 
-class Unrecordable(ScheduleFailure):
-    """The schedule holds a value the run cannot process or record; it is parked."""
-
-    error_class = ErrorClass.UNRECORDABLE
-    retryable = False
-
-
 class PermanentDatabaseError(ScheduleFailure):
     """The database rejected the change as invalid data; retrying cannot help."""
 

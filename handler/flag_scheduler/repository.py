@@ -20,6 +20,7 @@ from flag_scheduler.errors import (
     FlagSchedulerError,
     PermanentDatabaseError,
     TransientDatabaseError,
+    first_line,
 )
 from flag_scheduler.messages import PendingAlert
 from flag_scheduler.models import (
@@ -63,7 +64,7 @@ _CLAIMED_MESSAGE = record_row(ClaimedMessage, kind=by_value(MessageKind).__getit
 def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSchedulerError:
     """Map a psycopg error to our own exception class."""
     sqlstate = exc.sqlstate or ""
-    message = (exc.diag.message_primary or str(exc)).strip()
+    message = (exc.diag.message_primary or first_line(exc)).strip()
     if conn.broken or conn.closed or isinstance(exc, pg_errors.AdminShutdown):
         return DatabaseUnavailable(f"database connection lost: {message}")
     if sqlstate.startswith("08"):

@@ -21,7 +21,6 @@ from flag_scheduler.errors import (
     ScheduleExpired,
     ScheduleFailure,
     SystemicFailure,
-    Unrecordable,
 )
 from flag_scheduler.messages import outbox_messages
 from flag_scheduler.models import (
@@ -163,8 +162,8 @@ class _Run:
     kinds: frozenset[MessageKind] = frozenset()
     summary: RunSummary = field(default_factory=RunSummary)
     streak: _FailureStreak = field(default_factory=_FailureStreak)
-    # Schedules whose outcome could not be written this run: re-claiming only them again
-    # would loop until the time budget ran out.
+    # Schedules this run parked, or found it could not record: re-claiming them would loop
+    # until the time budget ran out.
     unrecordable: set[UUID] = field(default_factory=set)
     # Flags another run of the scheduler held past the lock timeout: their schedules are
     # left due, uncharged, for a later run, rather than waited for again batch after batch.
@@ -186,9 +185,10 @@ def process_due_schedules(
     Each batch is one transaction holding the claim's row locks. Its schedules are decided
     together: the flags no other transaction holds locked in one statement that never
     waits, each flag's resulting fields computed in memory in scheduled order, then all
-    flag writes, outcomes and history rows written in three statements. Schedules whose
-    flag is held elsewhere are handed back, still due and uncharged, for a later batch; a
-    batch whose every flag is held waits for one, holding none (see _wait_for_first_flag).
+    flag writes, outcomes, history rows and outbox messages written in four statements.
+    Schedules whose flag is held elsewhere are handed back, still due and uncharged, for a
+    later batch; a batch whose every flag is held waits for one, holding none (see
+    _wait_for_first_flag).
     Only when one of the write statements fails does the batch fall back to one savepoint
     per schedule, so one bad schedule never undoes its neighbours.
     Each outcome's notifications (of the kinds `notifier` delivers) are queued in the
@@ -249,7 +249,7 @@ def process_due_schedules(
             )
         if summary.stopped_for_time:
             break
-    summary.transactions += 1  # the claim that found nothing, or the last one
+    summary.transactions += 1  # the claim that found nothing, or save_run_state's
     repository.save_run_state(
         started_at=started_at,
         finished_at=clock(),
@@ -279,10 +279,8 @@ def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[S
     """
     # Within a flag, oldest-scheduled first. (UUID.int orders like PostgreSQL's uuid, and
     # compares far faster than UUID objects.)
-    ordered = sorted(
-        (schedule for schedule in batch if schedule.flag_id not in run.sibling_held),
-        key=lambda s: (s.flag_id.int, s.scheduled_at, s.id.int),
-    )
+    # (The claim already left out flags a sibling held past the lock timeout.)
+    ordered = sorted(batch, key=lambda s: (s.flag_id.int, s.scheduled_at, s.id.int))
     outcomes: list[ScheduleOutcome] = []
     flags = run.repository.lock_free_flags(_flag_ids(ordered)) if ordered else {}
     if ordered and not flags:
@@ -468,7 +466,7 @@ def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now
             "schedule_unrecordable",
             extra={
                 **_log_fields(schedule),
-                "error_class": Unrecordable.error_class,
+                "error_class": ErrorClass.UNRECORDABLE,
                 "error": reasons[schedule.id][:MAX_ERROR_LENGTH],
                 "parked": parked,
             },

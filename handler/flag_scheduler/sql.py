@@ -9,7 +9,8 @@ SELECT set_config('lock_timeout', %(lock_timeout)s, true),
 """
 
 # Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped,
-# and so are the ids in %(skip)s (rows this run already found it cannot record).
+# and so are the ids in %(skip)s (rows this run already parked or could not record) and the
+# flags in %(skip_flags)s (held past the lock timeout by a sibling run).
 # `updates` comes as text, decoded per schedule (a document no decoder can read must fail
 # its own schedule, not the claim); over the size limit it is not even fetched.
 # A timestamp no client can load (infinity, year 10000) would fail the whole result: the

@@ -25,7 +25,7 @@ pytest: $(STAMP)
 # The long runs: 100,000 schedules under random faults drained by 4 invokers (prints the
 # report line), and the model-based test at length.
 soak: $(STAMP)
-	$(BIN)/pytest -p no:cacheprovider -m soak -s tests/reliability
+	$(BIN)/pytest -p no:cacheprovider -m soak -s tests/system
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -46,7 +46,7 @@ $(STAMP): requirements-dev.lock pyproject.toml
 # uv.lock (from pyproject.toml's dependencies, cli extra and dependency groups) is the one
 # source of pins; the three requirement files are exported from it, with hashes, so the dev
 # lock, the scheduler's Lambda pins and the migration function's cannot drift apart
-# (tests/unit/test_locks.py checks). `make lock` keeps locked versions; UV_LOCK_ARGS=--upgrade
+# (tests/project/test_locks.py checks). `make lock` keeps locked versions; UV_LOCK_ARGS=--upgrade
 # re-resolves them.
 UV_EXPORT := $(BIN)/uv export --frozen --no-emit-project --format requirements-txt --quiet
 lock: $(STAMP)

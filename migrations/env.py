@@ -7,7 +7,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from flag_scheduler.alembic_runner import driver_url
+from flag_scheduler.store.alembic_runner import driver_url
 from migrations.schema import metadata
 
 config = context.config

@@ -21,8 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from flag_scheduler import limits
-from flag_scheduler.states import ErrorClass, MessageKind, Outcome, Status
+from flag_scheduler.engine import limits
+from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome, Status
 
 # Every constraint and index gets a predictable name (Alembic naming.rst).
 NAMING_CONVENTION = {
@@ -36,7 +36,7 @@ NAMING_CONVENTION = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 # The CHECK lists, in the order the migrations wrote them (a CHECK's text is compared
-# with the database's by tests/integration/test_schema_checks.py): a value added to one of
+# with the database's by tests/store/test_schema_checks.py): a value added to one of
 # these enums needs a migration that replaces the check.
 SCHEDULE_STATUSES = tuple(status.value for status in Status)
 ERROR_CLASSES = tuple(error_class.value for error_class in ErrorClass)
@@ -75,7 +75,7 @@ feature_flags = Table(
 # Not in the metadata (Alembic compares no triggers): migration 0008 installs a trigger that
 # refuses inserted or renamed flags whose key or environment break these rules, raising
 # check_violation as a CHECK would, but unlike a CHECK it leaves rows that predate the rule
-# updatable. tests/integration/test_migrations.py compares the installed rule with these.
+# updatable. tests/store/test_migrations.py compares the installed rule with these.
 FLAG_NAMES_TRIGGER = "tr_feature_flags_names_valid"
 FLAG_KEY_REGEX = limits.regex_sql(limits.FLAG_KEY_PATTERN)
 ENVIRONMENT_REGEX = limits.regex_sql(limits.ENVIRONMENT_PATTERN)
@@ -198,7 +198,7 @@ scheduler_run_state = Table(
 OUTBOX_KINDS = tuple(kind.value for kind in MessageKind)
 
 # Alerts and FlagChanged events written in the transaction of the outcome they report,
-# deleted once delivered (flag_scheduler.delivery).
+# deleted once delivered (flag_scheduler.engine.delivery).
 notification_outbox = Table(
     "notification_outbox",
     metadata,

@@ -30,8 +30,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "handler"))
 
-from flag_scheduler import sql  # noqa: E402
-from flag_scheduler.local import migrate, start_embedded_server  # noqa: E402
+from flag_scheduler.store import sql  # noqa: E402
+from flag_scheduler_cli.local import migrate, start_embedded_server  # noqa: E402
 
 # Due schedules are seeded just before the run (the lateness limit would expire older ones).
 SEED_TIME = datetime.now(UTC).replace(microsecond=0)
@@ -283,7 +283,7 @@ class Bench:
     def claim_plan(self, url: str) -> str:
         # Imported here: pydantic in this process would raise every invoker's peak RSS figure
         # (Linux keeps the forking process's peak in a child's ru_maxrss across exec).
-        from flag_scheduler.models import (
+        from flag_scheduler.engine.records import (
             EARLIEST_MOMENT,
             LATEST_MOMENT,
             MAX_RETRY_COUNT,
@@ -320,7 +320,7 @@ def cold_start(repeats: int) -> dict[str, Any]:
     """Median import time of the handler vs its third-party dependencies, interleaved."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "handler")}
     handler_code = (
-        "import time,sys; t=time.perf_counter(); import flag_scheduler.handler;"
+        "import time,sys; t=time.perf_counter(); import flag_scheduler.aws.scheduler;"
         " print(time.perf_counter()-t, 'boto3' in sys.modules)"
     )
     deps_code = (

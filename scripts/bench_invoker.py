@@ -24,20 +24,20 @@ def main() -> None:
     start_at = float(sys.argv[1])
     timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 900.0
     began = time.perf_counter()
-    from flag_scheduler import handler
-    from flag_scheduler.local import FakeLambdaContext
+    from flag_scheduler.aws import scheduler
+    from flag_scheduler_cli.local import FakeLambdaContext
 
     import_seconds = time.perf_counter() - began
     rss_after_import = _rss_kib()
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    log_handler = handler.logger.registered_handler
+    log_handler = scheduler.logger.registered_handler
     assert isinstance(log_handler, logging.StreamHandler)
     log_handler.setStream(sink)
     while time.time() < start_at:
         time.sleep(0.001)
     started = time.time()
     with contextlib.redirect_stdout(sink):
-        result = handler.lambda_handler({}, FakeLambdaContext(timeout_seconds=timeout))
+        result = scheduler.lambda_handler({}, FakeLambdaContext(timeout_seconds=timeout))
     finished = time.time()
     print(
         json.dumps(

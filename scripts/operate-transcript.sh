@@ -27,9 +27,10 @@ id=$(flag-scheduler schedules list --json | "$bin/python" -c 'import json,sys; p
 
 echo "# (a drill: make every update of holiday-banner fail with a serialization failure)"
 "$bin/python" -W ignore::Warning - <<PY
-from flag_scheduler import db, fault_injection
-from flag_scheduler.local import start_embedded_server
-from flag_scheduler.local import data_folder
+from flag_scheduler.store import connection as db
+from flag_scheduler_cli import fault_injection
+from flag_scheduler_cli.local import start_embedded_server
+from flag_scheduler_cli.local import data_folder
 import os
 conn = db.connect(start_embedded_server(data_folder(os.environ), throwaway=False).get_uri())
 fault_injection.install(conn)
@@ -44,9 +45,9 @@ fs status
 
 echo "# (skip the wait: make the retry due now, and let it fail again)"
 "$bin/python" -W ignore::Warning - <<PY
-from flag_scheduler import db
-from flag_scheduler.local import start_embedded_server
-from flag_scheduler.local import data_folder
+from flag_scheduler.store import connection as db
+from flag_scheduler_cli.local import start_embedded_server
+from flag_scheduler_cli.local import data_folder
 import os
 conn = db.connect(start_embedded_server(data_folder(os.environ), throwaway=False).get_uri())
 conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now()")
@@ -57,9 +58,9 @@ fs schedules list --status failed
 
 echo "# (the outage is over)"
 "$bin/python" -W ignore::Warning - <<PY
-from flag_scheduler import db
-from flag_scheduler.local import start_embedded_server
-from flag_scheduler.local import data_folder
+from flag_scheduler.store import connection as db
+from flag_scheduler_cli.local import start_embedded_server
+from flag_scheduler_cli.local import data_folder
 import os
 conn = db.connect(start_embedded_server(data_folder(os.environ), throwaway=False).get_uri())
 conn.execute("DELETE FROM fault_injection")

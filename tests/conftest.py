@@ -27,9 +27,10 @@ os.environ["FLAG_SCHEDULER_DATA_DIR"] = str(
 import psycopg
 import pytest
 
-from flag_scheduler import db, fault_injection
-from flag_scheduler.catalog import Catalog
-from flag_scheduler.local import migrate, start_embedded_server
+from flag_scheduler.store import connection
+from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli import fault_injection
+from flag_scheduler_cli.local import migrate, start_embedded_server
 from tests.support import database_url_for
 
 _counter = itertools.count()
@@ -94,10 +95,10 @@ def empty_database(server_url: str, worker_id: str) -> Iterator[str]:
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """The test's own autocommit connection, with fault injection installed."""
-    connection = db.connect(database_url)
-    fault_injection.install(connection)
-    yield connection
-    connection.close()
+    own = connection.connect(database_url)
+    fault_injection.install(own)
+    yield own
+    own.close()
 
 
 @pytest.fixture
@@ -111,19 +112,19 @@ def _reset_handler_state() -> Iterator[None]:
     yield
     import sys
 
-    handler = sys.modules.get("flag_scheduler.handler")
-    if handler is not None:
-        handler.reset_container()
-        handler.metrics.clear_metrics()
+    scheduler = sys.modules.get("flag_scheduler.aws.scheduler")
+    if scheduler is not None:
+        scheduler.reset_container()
+        scheduler.metrics.clear_metrics()
 
 
 @pytest.fixture
 def logs() -> Iterator[io.StringIO]:
     """What the handler's Powertools Logger writes during the test (it keeps the stream it
     had at import, so capsys cannot see it)."""
-    from flag_scheduler import handler
+    from flag_scheduler.aws import scheduler
 
-    stream = handler.logger.registered_handler
+    stream = scheduler.logger.registered_handler
     assert isinstance(stream, logging.StreamHandler)
     buffer = io.StringIO()
     previous = stream.setStream(buffer)

@@ -14,11 +14,11 @@ from uuid import UUID
 
 import psycopg
 
-from flag_scheduler.backoff import BackoffPolicy
-from flag_scheduler.models import RunSummary
-from flag_scheduler.notifier import NullNotifier
-from flag_scheduler.repository import ScheduleRepository
-from flag_scheduler.service import RunPolicy, process_due_schedules
+from flag_scheduler.engine.backoff import BackoffPolicy
+from flag_scheduler.engine.notifier import NullNotifier
+from flag_scheduler.engine.records import RunSummary
+from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
+from flag_scheduler.store.repository import ScheduleRepository
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -104,7 +104,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """The console script in a subprocess (as a user runs it), its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "flag_scheduler.cli", *args],
+        [sys.executable, "-m", "flag_scheduler_cli.cli", *args],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flag_scheduler.backoff import BackoffPolicy
+from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.errors import ConfigurationError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flag_scheduler.states import ErrorClass
+from flag_scheduler.engine.states import ErrorClass
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from flag_scheduler.aws import secrets
-from flag_scheduler.catalog import Catalog
+from flag_scheduler.store.catalog import Catalog
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"

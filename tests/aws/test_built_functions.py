@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from flag_scheduler.catalog import Catalog
+from flag_scheduler.store.catalog import Catalog
 from tests.support import schedule_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 module_name, function_name = sys.argv[2].rsplit(".", 1)
 from importlib import import_module
-from flag_scheduler.local import FakeLambdaContext
+from flag_scheduler_cli.local import FakeLambdaContext
 function = getattr(import_module(module_name), function_name)
 result = function(json.loads(sys.argv[3]), FakeLambdaContext(timeout_seconds=60))
 print("RESULT " + json.dumps(result))
@@ -126,7 +126,7 @@ def test_built_functions_migrate_and_run_against_the_test_database(
     event = json.loads((ROOT / "events" / "scheduled-event.json").read_text())
     result = _invoke(
         Path(HOST_BUILD) / "SchedulerFunction",
-        "flag_scheduler.handler.lambda_handler",
+        "flag_scheduler.aws.scheduler.lambda_handler",
         event,
         {"DATABASE_URL": empty_database},
     )

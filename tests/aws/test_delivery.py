@@ -20,14 +20,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from flag_scheduler import fault_injection, handler
-from flag_scheduler.catalog import Catalog
+from flag_scheduler.aws import scheduler
+from flag_scheduler.engine.messages import ALERT_DIGEST_THRESHOLD, DIGEST_LISTED_SCHEDULES
+from flag_scheduler.engine.records import OutboxMessage
+from flag_scheduler.engine.states import MessageKind
 from flag_scheduler.errors import SystemicFailure
-from flag_scheduler.local import FakeLambdaContext
-from flag_scheduler.messages import ALERT_DIGEST_THRESHOLD, DIGEST_LISTED_SCHEDULES
-from flag_scheduler.models import OutboxMessage
-from flag_scheduler.repository import ScheduleRepository
-from flag_scheduler.states import MessageKind
+from flag_scheduler.store.catalog import Catalog
+from flag_scheduler.store.repository import ScheduleRepository
+from flag_scheduler_cli import fault_injection
+from flag_scheduler_cli.local import FakeLambdaContext
 from tests.aws.conftest import (
     ACCOUNT,
     REGION,
@@ -78,7 +79,7 @@ def test_a_silent_sns_endpoint_cannot_make_the_run_overrun_its_budget(
     applied = due_now(catalog, "fine", {"enabled": True})
 
     started = time.monotonic()
-    result = handler.lambda_handler(EVENT, FakeLambdaContext(timeout_seconds=20))
+    result = scheduler.lambda_handler(EVENT, FakeLambdaContext(timeout_seconds=20))
     elapsed = time.monotonic() - started
 
     # Delivery stops at the 10 s margin before the 20 s timeout, never later.
@@ -113,9 +114,10 @@ def test_a_silent_sns_endpoint_cannot_make_the_run_overrun_its_budget(
 # returned and before its deliveries are recorded (`mid`).
 KILLED_RUN = """
 import os, signal, sys
-from flag_scheduler import delivery, handler
+from flag_scheduler.engine import delivery
+from flag_scheduler.aws import scheduler
 from flag_scheduler.aws import notifier
-from flag_scheduler.local import FakeLambdaContext
+from flag_scheduler_cli.local import FakeLambdaContext
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -128,7 +130,7 @@ else:
         send(self, *args, **kwargs)
         die()
     notifier.AwsNotifier.send = send_then_die
-handler.lambda_handler({}, FakeLambdaContext())
+scheduler.lambda_handler({}, FakeLambdaContext())
 """
 
 
@@ -171,7 +173,7 @@ def test_a_run_killed_after_commit_loses_no_message(
     assert _alert_ids(topic) == []
     assert _event_ids(tap) == []
 
-    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    result = scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
     assert result["claimed"] == 0  # nothing to apply: only the notifications were missing
     assert result["notifications_delivered"] == len(alerts | events)
@@ -196,7 +198,7 @@ def test_a_run_killed_mid_delivery_resends_only_its_unrecorded_sends(
     assert len(first) == 50
     assert len(outbox_rows(conn)) == 60
 
-    handler.lambda_handler(EVENT, FakeLambdaContext())
+    scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
     second = _event_ids(tap)
     # At least once: every event arrived; the only repeats are the killed claim's sends,
@@ -220,7 +222,7 @@ def test_a_mass_failure_sends_one_digest(
     failing = [due_now(catalog, f"broken-{n:02d}", {"enabled": "yes"}) for n in range(20)]
     failing += [due_now(catalog, f"odd-{n}", {"rollout_percentage": -1}) for n in range(6)]
 
-    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    result = scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
     assert result["failed_permanently"] == 26
     (digest,) = sent_notifications(topic)
@@ -247,7 +249,7 @@ def test_up_to_the_threshold_each_failure_has_its_own_alert(
         due_now(catalog, f"broken-{n:02d}", {"enabled": "yes"})
         for n in range(ALERT_DIGEST_THRESHOLD)
     ]
-    handler.lambda_handler(EVENT, FakeLambdaContext())
+    scheduler.lambda_handler(EVENT, FakeLambdaContext())
     assert sorted(_alert_ids(topic)) == sorted(f"alert:{s}:1" for s in failing)
 
 
@@ -349,7 +351,7 @@ def test_an_outage_stop_still_delivers_what_its_batches_committed(
         fault_injection.set_fault(conn, flag, "55P03")
 
     with pytest.raises(SystemicFailure):
-        handler.lambda_handler(EVENT, FakeLambdaContext())
+        scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
     # The invocation fails (the outage alarm's job), but the alerts its committed outcomes
     # queued go out in the same invocation, and their metrics are flushed.

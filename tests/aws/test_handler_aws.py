@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from flag_scheduler import handler
-from flag_scheduler.catalog import Catalog
+from flag_scheduler.aws import scheduler
 from flag_scheduler.errors import ConfigurationError
-from flag_scheduler.local import FakeLambdaContext
+from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli.local import FakeLambdaContext
 from tests.aws.conftest import (
     create_event_tap,
     create_secret,
@@ -52,10 +52,10 @@ def test_alert_once_per_permanent_failure_and_an_event_per_applied_change(
     applied = due_now(catalog, "holiday-banner", {"enabled": True, "rollout_percentage": 50})
     invalid = due_now(catalog, "search-v3", {"rollout_percentage": 101})
 
-    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    result = scheduler.lambda_handler(EVENT, FakeLambdaContext())
     assert (result["applied"], result["failed_permanently"]) == (1, 1)
     # A second run finds nothing due and sends nothing more.
-    handler.lambda_handler(EVENT, FakeLambdaContext())
+    scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
     (alert,) = sent_notifications(topic)
     message = json.loads(alert["message"])
@@ -101,7 +101,7 @@ def test_undeliverable_notifications_leave_the_database_outcome_intact(
     applied = due_now(catalog, "checkout-v2", {"enabled": True})
     invalid = due_now(catalog, "legacy-api", {"colour": "red"})
 
-    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    result = scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
     assert (result["applied"], result["failed_permanently"]) == (1, 1)
     assert schedule_row(conn, applied).status == "applied"
@@ -127,7 +127,7 @@ def test_without_topic_or_bus_nothing_is_queued_and_zeros_are_reported(
 ) -> None:
     due_now(catalog, "quiet", {"enabled": True})
     due_now(catalog, "broken", {"enabled": "yes"})
-    result = handler.lambda_handler(EVENT, FakeLambdaContext())
+    result = scheduler.lambda_handler(EVENT, FakeLambdaContext())
     assert (result["applied"], result["failed_permanently"]) == (1, 1)
     emf = emf_record(capsys)
     for name in (
@@ -149,17 +149,17 @@ def test_messages_left_for_a_channel_since_removed_are_discarded_after_a_day(
 ) -> None:
     aws_env.setenv("ALERT_TOPIC_ARN", "arn:aws:sns:eu-west-1:123456789012:deleted-topic")
     due_now(catalog, "broken", {"enabled": "yes"})
-    handler.lambda_handler(EVENT, FakeLambdaContext())
+    scheduler.lambda_handler(EVENT, FakeLambdaContext())
     assert len(outbox_rows(conn)) == 1
     capsys.readouterr()
 
-    handler.reset_container()  # a new deploy without the topic (or a local run)
+    scheduler.reset_container()  # a new deploy without the topic (or a local run)
     aws_env.delenv("ALERT_TOPIC_ARN")
     soon = datetime.now(UTC) + timedelta(hours=23)
-    result = handler.run_invocation(FakeLambdaContext(), clock=lambda: soon)
+    result = scheduler.run_invocation(FakeLambdaContext(), clock=lambda: soon)
     assert (result["notifications_discarded"], result["outbox_backlog"]) == (0, 1)
     later = datetime.now(UTC) + timedelta(hours=25)
-    result = handler.run_invocation(FakeLambdaContext(), clock=lambda: later)
+    result = scheduler.run_invocation(FakeLambdaContext(), clock=lambda: later)
     assert (result["notifications_discarded"], result["outbox_backlog"]) == (1, 0)
     assert outbox_rows(conn) == []
 
@@ -170,7 +170,7 @@ def test_invalid_aws_setting_fails_before_any_schedule_is_touched(
     schedule = due_now(catalog, "untouched", {"enabled": True})
     aws_env.setenv("ALERT_TOPIC_ARN", "not-an-arn")
     with pytest.raises(ConfigurationError, match="ALERT_TOPIC_ARN must be an SNS topic ARN"):
-        handler.lambda_handler(EVENT, FakeLambdaContext())
+        scheduler.lambda_handler(EVENT, FakeLambdaContext())
     assert schedule_row(conn, schedule).status == "pending"
 
 
@@ -179,4 +179,4 @@ def test_both_database_url_and_secret_is_a_configuration_error(
 ) -> None:
     aws_env.setenv("DATABASE_URL", database_url)
     with pytest.raises(ConfigurationError, match="either DATABASE_URL or DB_SECRET_ARN"):
-        handler.lambda_handler(EVENT, FakeLambdaContext())
+        scheduler.lambda_handler(EVENT, FakeLambdaContext())

@@ -17,13 +17,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from flag_scheduler import handler
+from flag_scheduler.aws import scheduler
 from flag_scheduler.aws.secrets import connect_database
 from flag_scheduler.aws.settings import AwsSettings
 from flag_scheduler.errors import DatabaseLoginRefused
-from flag_scheduler.local import FakeLambdaContext, migrate, start_embedded_server
+from flag_scheduler_cli.local import FakeLambdaContext, migrate, start_embedded_server
 from tests.aws.conftest import client, create_secret
-from tests.e2e import audit
+from tests.system import audit
 
 RIGHT = "right-Pa55word"
 WRONG = "wrong-Pa55word"
@@ -77,7 +77,7 @@ def test_a_wrong_password_is_a_configuration_error_not_an_outage(
     monkeypatch.setenv("DB_SECRET_ARN", create_secret(password_server.secret(WRONG)))
 
     with pytest.raises(DatabaseLoginRefused, match="password authentication failed") as caught:
-        handler.lambda_handler({}, FakeLambdaContext())
+        scheduler.lambda_handler({}, FakeLambdaContext())
 
     assert len(str(caught.value).splitlines()) == 1
     lines = [json.loads(line) for line in logs.getvalue().splitlines()]
@@ -109,7 +109,7 @@ def test_the_cli_says_the_login_was_refused_and_exits_2(
     password_server: PasswordServer, command: list[str]
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "flag_scheduler.cli", *command],
+        [sys.executable, "-m", "flag_scheduler_cli.cli", *command],
         env=audit.invoke_env(password_server.url(WRONG)),
         capture_output=True,
         text=True,
@@ -134,9 +134,9 @@ def test_an_expired_connection_reconnects_with_the_rotated_password(
     clock = [0.0]
 
     def backend_pid() -> int:
-        handler.run_invocation(FakeLambdaContext(), monotonic=lambda: clock[0])
-        assert handler._container.connection is not None
-        return handler._container.connection.info.backend_pid
+        scheduler.run_invocation(FakeLambdaContext(), monotonic=lambda: clock[0])
+        assert scheduler._container.connection is not None
+        return scheduler._container.connection.info.backend_pid
 
     first = backend_pid()
     rotated = "rotated-Pa55word"
@@ -153,6 +153,6 @@ def test_an_expired_connection_reconnects_with_the_rotated_password(
         # read again, and the new session logs in with the rotated one.
         assert backend_pid() != first
     finally:
-        handler.reset_container()
+        scheduler.reset_container()
         with psycopg.connect(password_server.url(rotated), autocommit=True) as admin:
             admin.execute(f"ALTER ROLE postgres PASSWORD '{RIGHT}'")

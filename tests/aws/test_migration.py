@@ -8,7 +8,7 @@ import pytest
 from flag_scheduler.aws import migration
 from flag_scheduler.aws.secrets import RDS_CA_BUNDLE
 from flag_scheduler.errors import ConfigurationError
-from flag_scheduler.local import FakeLambdaContext
+from flag_scheduler_cli.local import FakeLambdaContext
 from tests.aws.conftest import create_secret, rds_secret_document
 
 pytestmark = pytest.mark.usefixtures("aws")

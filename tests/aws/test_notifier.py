@@ -10,9 +10,9 @@ from uuid import uuid4
 import pytest
 
 from flag_scheduler.aws.notifier import CALL_BUDGET_SECONDS, AwsNotifier
-from flag_scheduler.models import ClaimedMessage
-from flag_scheduler.notifier import SendReport
-from flag_scheduler.states import MessageKind
+from flag_scheduler.engine.notifier import SendReport
+from flag_scheduler.engine.records import ClaimedMessage
+from flag_scheduler.engine.states import MessageKind
 from tests.aws.conftest import client, create_event_tap, create_topic, sent_notifications
 
 pytestmark = pytest.mark.usefixtures("aws")

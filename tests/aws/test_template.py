@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from flag_scheduler import config, handler
-from flag_scheduler.aws import migration
+from flag_scheduler import config
+from flag_scheduler.aws import migration, scheduler
 from tests.aws.cfn_yaml import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +53,8 @@ def test_scheduler_function_runtime_code_and_sizing() -> None:
     assert globals_["Architectures"] == [{"Ref": "Architecture"}]
     assert PARAMETERS["Architecture"]["Default"] == "arm64"
     assert SCHEDULER["CodeUri"] == "handler/"
-    assert SCHEDULER["Handler"] == "flag_scheduler.handler.lambda_handler"
-    assert callable(handler.lambda_handler)
+    assert SCHEDULER["Handler"] == "flag_scheduler.aws.scheduler.lambda_handler"
+    assert callable(scheduler.lambda_handler)
     assert SCHEDULER["Timeout"] == {"Ref": "FunctionTimeout"}
     assert PARAMETERS["FunctionTimeout"]["Default"] == 120
     assert SCHEDULER["MemorySize"] == {"Ref": "FunctionMemorySize"}
@@ -199,8 +199,8 @@ def test_both_functions_log_at_the_level_lambda_sets() -> None:
     """ApplicationLogLevel reaches the code as AWS_LAMBDA_LOG_LEVEL; both Loggers follow it,
     without a warning (-W error)."""
     probe = (
-        "from flag_scheduler import handler; from flag_scheduler.aws import migration;"
-        " print(handler.logger.log_level, migration.logger.log_level)"
+        "from flag_scheduler.aws import scheduler; from flag_scheduler.aws import migration;"
+        " print(scheduler.logger.log_level, migration.logger.log_level)"
     )
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -263,7 +263,7 @@ def test_the_alarms_exist_and_notify_the_topic() -> None:
 
 
 def test_custom_metric_alarms_watch_what_the_handler_emits() -> None:
-    source = Path(handler.__file__).read_text()
+    source = Path(scheduler.__file__).read_text()
     namespace = SCHEDULER_ENV["POWERTOOLS_METRICS_NAMESPACE"]
     for name, alarm in _of_type("AWS::CloudWatch::Alarm").items():
         properties = alarm["Properties"]

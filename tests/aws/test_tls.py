@@ -23,8 +23,8 @@ from psycopg.conninfo import make_conninfo
 
 from flag_scheduler.aws.secrets import RDS_CA_BUNDLE, DatabaseTarget, connect_database
 from flag_scheduler.aws.settings import AwsSettings
-from flag_scheduler.db import connect
 from flag_scheduler.errors import DatabaseLoginRefused, FlagSchedulerError
+from flag_scheduler.store.connection import connect
 from tests.aws.conftest import create_secret
 
 PASSWORD = "tls-test-Pa55word"

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
-from flag_scheduler import alembic_runner
 from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
 from flag_scheduler.config import check_powertools_environment
 from flag_scheduler.errors import ConfigurationError, FlagSchedulerError, first_line
+from flag_scheduler.store import alembic_runner
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext

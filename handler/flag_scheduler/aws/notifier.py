@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from flag_scheduler.aws.settings import AwsSettings
-from flag_scheduler.models import ClaimedMessage
-from flag_scheduler.notifier import SendReport
-from flag_scheduler.states import MessageKind
+from flag_scheduler.engine.notifier import SendReport
+from flag_scheduler.engine.records import ClaimedMessage
+from flag_scheduler.engine.states import MessageKind
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from flag_scheduler.aws.settings import DB_HOST, DB_NAME, DB_SECRET_ARN, AwsSettings
-from flag_scheduler.db import connect
 from flag_scheduler.errors import (
     ConfigurationError,
     DatabaseLoginRefused,
     DatabaseUnavailable,
     first_line,
 )
+from flag_scheduler.store.connection import connect
 
 DEFAULT_PORT = 5432
 DEFAULT_DBNAME = "postgres"

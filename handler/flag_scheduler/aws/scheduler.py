@@ -1,0 +1,276 @@
+"""Lambda entry point: load config once, run the service, deliver the outbox, report logs
+and metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+
+from flag_scheduler.aws.notifier import AwsNotifier
+from flag_scheduler.aws.secrets import connect_database
+from flag_scheduler.aws.settings import AwsSettings
+from flag_scheduler.config import Settings, check_powertools_environment
+from flag_scheduler.engine import delivery, run_loop
+from flag_scheduler.engine.records import RunSummary
+from flag_scheduler.engine.states import ErrorClass
+from flag_scheduler.errors import (
+    DatabaseUnavailable,
+    FlagSchedulerError,
+    SystemicFailure,
+)
+from flag_scheduler.store.repository import ScheduleRepository
+
+if TYPE_CHECKING:
+    # Typing only: nothing more to import at cold start.
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+# Powertools reads its variables now; a bad value fails the cold start (Lambda shows this
+# error as the init error) with a line naming the variable, not a bare ValueError.
+check_powertools_environment(os.environ)
+logger = Logger(service="flag-scheduler")
+# The template gives each stack its own namespace, so dev and prod in one account keep apart.
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "FlagScheduler",
+    service="flag-scheduler",
+)
+# The service logs through the standard library; give its logger our JSON format and keys.
+copy_config_to_registered_loggers(source_logger=logger, include={"flag_scheduler"})
+
+
+class InvocationContext(Protocol):
+    """What a run reads from its context: Lambda's LambdaContext, or the CLI's and the
+    demo's FakeLambdaContext."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+class _Container:
+    """What one Lambda container builds once and reuses across invocations."""
+
+    settings: Settings | None = None
+    aws: AwsSettings | None = None
+    notifier: AwsNotifier | None = None
+    connection: psycopg.Connection[Any] | None = None
+    # time.monotonic() when `connection` was opened.
+    connected_at: float = 0.0
+
+
+_container = _Container()
+
+# Told the running totals after each batch; set only by local runs (`flag-scheduler invoke`).
+progress_reporter: Callable[[RunSummary], None] | None = None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def reset_container() -> None:
+    """Forget cached settings and close the cached connection (tests, local runs)."""
+    if _container.connection is not None:
+        _container.connection.close()
+    _container.settings = None
+    _container.aws = None
+    _container.notifier = None
+    _container.connection = None
+    _container.connected_at = 0.0
+
+
+def _settings() -> Settings:
+    if _container.settings is None:
+        _container.settings = Settings.from_env(os.environ)
+    return _container.settings
+
+
+def _aws_settings() -> AwsSettings:
+    if _container.aws is None:
+        _container.aws = AwsSettings.from_env(os.environ)
+    return _container.aws
+
+
+def _notifier() -> AwsNotifier:
+    """SNS alerts and FlagChanged events, when their topic and bus are configured."""
+    if _container.notifier is None:
+        _container.notifier = AwsNotifier.from_settings(_aws_settings())
+    return _container.notifier
+
+
+def _repository(settings: Settings, monotonic: Callable[[], float]) -> ScheduleRepository:
+    """The cached connection if it is young enough and still answers, else a new one
+    (DATABASE_URL or secret)."""
+    conn = _container.connection
+    if conn is not None and not conn.closed and not conn.broken:
+        age = monotonic() - _container.connected_at
+        if age >= settings.connection_max_age_seconds:
+            logger.info("cached_connection_expired_reconnecting", extra={"age_seconds": age})
+        else:
+            try:
+                repository = ScheduleRepository(conn)
+                repository.ping()
+                return repository
+            except DatabaseUnavailable:
+                logger.warning("cached_connection_lost_reconnecting")
+    if conn is not None:
+        conn.close()
+    _container.connection = None
+    _container.connection = connect_database(_aws_settings(), settings.database_url)
+    _container.connected_at = monotonic()
+    return ScheduleRepository(_container.connection)
+
+
+def run_invocation(
+    context: InvocationContext,
+    *,
+    clock: run_loop.Clock = utc_now,
+    progress: Callable[[RunSummary], None] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """One scheduler run against the container's database; returns the run summary.
+
+    `monotonic` measures the cached connection's age (tests pass their own)."""
+    started = time.monotonic()
+    settings = _settings()
+    repository = _repository(settings, monotonic)
+    notifier = _notifier()
+    policy = run_loop.RunPolicy(
+        max_retries=settings.max_retries,
+        batch_size=settings.batch_size,
+        time_margin_ms=settings.time_margin_seconds * 1000,
+        backoff=settings.backoff,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        max_lateness_seconds=settings.max_lateness_seconds,
+        outage_threshold=settings.outage_threshold,
+        idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
+    )
+    try:
+        summary = run_loop.process_due_schedules(
+            repository,
+            notifier,
+            clock=clock,
+            remaining_ms=context.get_remaining_time_in_millis,
+            policy=policy,
+            request_id=getattr(context, "aws_request_id", None),
+            progress=progress,
+        )
+    except SystemicFailure:
+        # The batches committed before the outage stop still get their notifications out.
+        _add_delivery_metrics(_deliver(repository, notifier, context, settings, clock))
+        raise
+    outbox = _deliver(repository, notifier, context, settings, clock)
+    retry_backlog = _retry_backlog(repository, settings)
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+
+    for name, value in (
+        ("SchedulesClaimed", summary.claimed),
+        ("SchedulesApplied", summary.applied),
+        ("SchedulesRetried", summary.retried),
+        ("RetrySucceeded", summary.retry_succeeded),
+        ("SchedulesFailedPermanently", summary.failed_permanently),
+        ("SchedulesExpired", summary.expired),
+        ("SchedulesSuperseded", summary.superseded),
+        ("SchedulesUnrecordable", summary.unrecordable),
+    ):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if retry_backlog is not None:
+        metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
+    _add_delivery_metrics(outbox)
+    metrics.add_metric(name="RunDuration", unit=MetricUnit.Milliseconds, value=duration_ms)
+    for lag in summary.lag_seconds:
+        metrics.add_metric(name="ScheduleLagSeconds", unit=MetricUnit.Seconds, value=lag)
+
+    result = {
+        **summary.as_dict(),
+        "retry_backlog": retry_backlog,
+        **outbox.as_dict(),
+        "duration_ms": duration_ms,
+    }
+    logger.info("run_completed", extra=result)
+    return result
+
+
+def _deliver(
+    repository: ScheduleRepository,
+    notifier: AwsNotifier,
+    context: InvocationContext,
+    settings: Settings,
+    clock: run_loop.Clock,
+) -> delivery.DeliveryReport:
+    """Send the outbox until the time margin before the Lambda timeout (never raises)."""
+    remaining_ms = context.get_remaining_time_in_millis() - settings.time_margin_seconds * 1000
+    report = delivery.deliver_outbox(
+        repository,
+        notifier,
+        clock=clock,
+        deadline=time.monotonic() + remaining_ms / 1000,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
+    if report.stopped_for_time and report.backlog != 0:
+        # Not an error (the next run delivers), but a sign the runs have no time to spare.
+        logger.warning("outbox_delivery_stopped_for_time", extra=report.as_dict())
+    return report
+
+
+def _add_delivery_metrics(report: delivery.DeliveryReport) -> None:
+    for name, value in (
+        ("NotificationsDelivered", report.delivered),
+        ("AlertPublishFailures", report.alert_failures),
+        ("FlagEventFailures", report.event_failures),
+        ("NotificationsDiscarded", report.discarded),
+    ):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    if report.backlog is not None:
+        metrics.add_metric(name="OutboxBacklog", unit=MetricUnit.Count, value=report.backlog)
+
+
+def _retry_backlog(repository: ScheduleRepository, settings: Settings) -> int | None:
+    """The retry backlog, or None: the run's work is committed, so a failure here is only
+    a missing gauge, never a failed invocation."""
+    try:
+        return repository.count_retry_backlog(statement_timeout_ms=settings.statement_timeout_ms)
+    except FlagSchedulerError as exc:
+        logger.warning("retry_backlog_unavailable", extra={"error": str(exc)})
+        return None
+
+
+def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, Any]:
+    if isinstance(exc, SystemicFailure):
+        return {
+            "error_class": exc.error_class,
+            "flags": exc.flags,
+            "evidence": exc.evidence,
+            "error": str(exc),
+        }
+    return {"error_class": ErrorClass.CONNECTION_LOST, "error": str(exc)}
+
+
+# The cold-start metric (ColdStart, by function_name and service) is its own EMF line, written
+# before the run by the first invocation of each container.
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    """EventBridge entry point. The event is only read for its id (the correlation id):
+    what is due is decided by the database, whatever the event's shape."""
+    try:
+        result = run_invocation(context, progress=progress_reporter)
+    except (SystemicFailure, DatabaseUnavailable) as exc:
+        # An outage: fail the invocation (the Errors alarm fires) without burning retries.
+        logger.error("run_aborted_systemic", extra=_outage_evidence(exc))
+        metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=1)
+        raise
+    except FlagSchedulerError as exc:
+        # The invocation fails (and the Errors alarm fires); say why in one line first.
+        logger.error("run_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
+        metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=1)
+        raise
+    metrics.add_metric(name="RunFailed", unit=MetricUnit.Count, value=0)
+    return result

@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL: named SQL, connections, error translation, rows."""

@@ -1,0 +1,418 @@
+"""The scheduler's reads and writes in PostgreSQL (psycopg 3), returning models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import BaseRowFactory, dict_row
+from psycopg.types.json import Jsonb
+
+from flag_scheduler.engine.messages import PendingAlert
+from flag_scheduler.engine.records import (
+    EARLIEST_MOMENT,
+    LATEST_MOMENT,
+    MAX_RETRY_COUNT,
+    MAX_UPDATES_BYTES,
+    AppliedSchedule,
+    ClaimedMessage,
+    DueSchedule,
+    FlagState,
+    LockHolder,
+    OutboxMessage,
+    ScheduleOutcome,
+)
+from flag_scheduler.engine.states import ErrorClass, MessageKind, Status, by_value
+from flag_scheduler.errors import (
+    DatabaseUnavailable,
+    FlagSchedulerError,
+    PermanentDatabaseError,
+    TransientDatabaseError,
+    first_line,
+)
+from flag_scheduler.store import connection, sql
+from flag_scheduler.store.rows import record_row
+
+T = TypeVar("T")
+
+# SQLSTATEs a later attempt can get past, by the name we record them under.
+_TRANSIENT_SQLSTATES = {
+    "40001": ErrorClass.SERIALIZATION_FAILURE,
+    "40P01": ErrorClass.DEADLOCK,
+    "55P03": ErrorClass.LOCK_TIMEOUT,
+    "57014": ErrorClass.STATEMENT_TIMEOUT,
+}
+# A parking reason is for people, and last_error and the history's error are bounded (2000).
+MAX_PARK_REASON = 1000
+# SQLSTATE classes that mean the data itself is wrong: 22 data exception, 23 integrity.
+_PERMANENT_SQLSTATE_CLASSES = {"22": ErrorClass.DATA_ERROR, "23": ErrorClass.INTEGRITY_ERROR}
+
+# Each statement's columns are named as its record's fields (see sql.py).
+_DUE_SCHEDULE = record_row(DueSchedule, status=by_value(Status).__getitem__)
+_FLAG_STATE = record_row(FlagState)
+_APPLIED_SCHEDULE = record_row(AppliedSchedule, fields=tuple)
+_PENDING_ALERT = record_row(PendingAlert)
+_CLAIMED_MESSAGE = record_row(ClaimedMessage, kind=by_value(MessageKind).__getitem__)
+
+
+def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSchedulerError:
+    """Map a psycopg error to our own exception class."""
+    sqlstate = exc.sqlstate or ""
+    message = (exc.diag.message_primary or first_line(exc)).strip()
+    if conn.broken or conn.closed or isinstance(exc, pg_errors.AdminShutdown):
+        return DatabaseUnavailable(f"database connection lost: {message}")
+    if sqlstate.startswith("08"):
+        return DatabaseUnavailable(f"database connection lost: {message}")
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return TransientDatabaseError(message, error_class=_TRANSIENT_SQLSTATES[sqlstate])
+    if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
+        return PermanentDatabaseError(
+            message, error_class=_PERMANENT_SQLSTATE_CLASSES[sqlstate[:2]]
+        )
+    return TransientDatabaseError(message, error_class=ErrorClass.UNKNOWN)
+
+
+class ScheduleRepository:
+    """Schedules and flags, on one connection opened with autocommit=True.
+
+    Autocommit matters: only then does `transaction()` open a real transaction, which
+    the claim's row locks need to outlive the claim statement.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._statements = 0
+
+    @property
+    def statements(self) -> int:
+        """How many statements this repository has sent (for the benchmark's figures)."""
+        return self._statements
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise translate_error(exc, self._conn) from exc
+
+    def _execute(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
+        self._statements += 1
+        with self._translated():
+            # Binary results: cheaper to parse for the thousands of rows a claim returns.
+            return self._conn.execute(statement, params, binary=True)
+
+    def _fetch(
+        self, statement: str, params: Mapping[str, Any] | None, rows: BaseRowFactory[T]
+    ) -> list[T]:
+        """Run a query and return its rows as records (`rows`: a factory by column name)."""
+        self._statements += 1
+        with self._translated():
+            cursor = self._conn.cursor(row_factory=rows)
+            return cursor.execute(statement, params, binary=True).fetchall()
+
+    @contextmanager
+    def transaction(
+        self,
+        *,
+        lock_timeout_ms: int,
+        statement_timeout_ms: int,
+        idle_in_transaction_timeout_ms: int = 60_000,
+    ) -> Iterator[None]:
+        """A transaction with bounded lock, statement and idle waits; commits on success.
+
+        Raises:
+            DatabaseUnavailable: the connection is lost.
+        """
+        with self._translated(), self._conn.transaction():
+            self._execute(
+                sql.SET_TRANSACTION_TIMEOUTS,
+                {
+                    "lock_timeout": f"{lock_timeout_ms}ms",
+                    "statement_timeout": f"{statement_timeout_ms}ms",
+                    "idle_timeout": f"{idle_in_transaction_timeout_ms}ms",
+                },
+            )
+            yield
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A savepoint: an exception inside undoes only what was done inside."""
+        with self._translated(), self._conn.transaction():
+            yield
+
+    def ping(self) -> None:
+        """Raises DatabaseUnavailable unless the connection answers."""
+        self._execute(sql.PING).fetchall()
+
+    def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        *,
+        skip: Collection[UUID] = (),
+        skip_flags: Collection[UUID] = (),
+    ) -> list[DueSchedule]:
+        """Lock and return up to `limit` schedules due at `now`, skipping locked ones, the
+        schedules in `skip` and the schedules of the flags in `skip_flags`.
+
+        A row holding a value the engine cannot represent comes back with `defect` set
+        (and its unloadable timestamps replaced), so one bad row never fails the claim.
+        """
+        return self._fetch(
+            sql.CLAIM_DUE_SCHEDULES,
+            {
+                "now": now,
+                "limit": limit,
+                "skip": list(skip),
+                "skip_flags": list(skip_flags),
+                "max_updates_bytes": MAX_UPDATES_BYTES,
+                "max_retry_count": MAX_RETRY_COUNT,
+                "earliest": EARLIEST_MOMENT,
+                "latest": LATEST_MOMENT,
+            },
+            _DUE_SCHEDULE,
+        )
+
+    def park_unrecordable(
+        self, reasons: Mapping[UUID, str], *, now: datetime, request_id: str | None
+    ) -> None:
+        """Make the given schedules permanently failed as `unrecordable`, with their reasons.
+
+        Raises:
+            ScheduleFailure: the statement failed (the caller's savepoint undoes it).
+        """
+        if not reasons:
+            return
+        self._execute(
+            sql.PARK_SCHEDULES,
+            {
+                "ids": list(reasons),
+                "reasons": [reason[:MAX_PARK_REASON] for reason in reasons.values()],
+                "now": now,
+                "request_id": request_id,
+                "max_retry_count": MAX_RETRY_COUNT,
+                "earliest": EARLIEST_MOMENT,
+                "latest": LATEST_MOMENT,
+            },
+        )
+
+    def lock_free_flags(self, flag_ids: Sequence[UUID]) -> dict[UUID, FlagState]:
+        """Lock, for the rest of the transaction, those flags no other transaction holds
+        (and any this one holds already); returns their state. Never waits."""
+        flags = self._fetch(sql.LOCK_FREE_FLAGS, {"flag_ids": list(flag_ids)}, _FLAG_STATE)
+        return {flag.id: flag for flag in flags}
+
+    def wait_for_flag(self, flag_id: UUID, *, nowait: bool = False) -> bool:
+        """Wait until no other transaction holds the flag, and hold nothing afterwards.
+
+        Returns False when there is no such flag. Waits up to the transaction's
+        lock_timeout, or not at all with `nowait`.
+
+        Raises:
+            TransientDatabaseError: `lock_timeout` when the flag is still held.
+        """
+        statement = sql.TRY_FLAG if nowait else sql.WAIT_FOR_FLAG
+        with self._translated(), self._conn.transaction() as savepoint:
+            found = self._execute(statement, {"flag_id": flag_id}).fetchone() is not None
+            # Rolled back: the lock was only a way to wait, and is not kept.
+            raise psycopg.Rollback(savepoint)
+        return found
+
+    def flag_lock_holders(self, flag_id: UUID) -> list[LockHolder]:
+        """The sessions whose open transaction holds the flag's row lock, as far as the
+        server shows them: none when the holder has just finished, or locked the row in a
+        savepoint it has since released (the scheduler never does).
+
+        Raises:
+            ScheduleFailure: the server could not be asked (the transaction goes on).
+        """
+        with self._translated(), self._conn.transaction():
+            rows = self._fetch(sql.FLAG_LOCK_HOLDERS, {"flag_id": flag_id}, dict_row)
+        if not rows:
+            try:
+                with self._translated(), self._conn.transaction():
+                    rows = self._fetch(sql.FLAG_LOCK_HOLDERS_MULTI, {"flag_id": flag_id}, dict_row)
+            except (TransientDatabaseError, PermanentDatabaseError):
+                rows = []  # xmax names no multixact either
+        # One holder per session, however many times the server lists it.
+        sessions = {row["pid"]: row["application_name"] for row in rows}
+        return [
+            LockHolder(
+                pid=pid,
+                application_name=name or "",
+                is_scheduler=name == connection.APPLICATION_NAME,
+            )
+            for pid, name in sessions.items()
+        ]
+
+    def applied_since(
+        self, since_by_flag: Mapping[UUID, tuple[datetime, UUID]]
+    ) -> list[AppliedSchedule]:
+        """Applied schedules of each flag ordered after the (scheduled_at, id) given for it."""
+        return self._fetch(
+            sql.APPLIED_SINCE,
+            {
+                "flag_ids": list(since_by_flag),
+                "since": [since for since, _ in since_by_flag.values()],
+                "since_ids": [since_id for _, since_id in since_by_flag.values()],
+            },
+            _APPLIED_SCHEDULE,
+        )
+
+    def write_flags(self, flags: Sequence[FlagState], now: datetime) -> None:
+        """Set the fields of every given flag (whose rows this transaction has locked)."""
+        self._execute(
+            sql.WRITE_FLAGS,
+            {
+                "ids": [flag.id for flag in flags],
+                "enabled": [flag.enabled for flag in flags],
+                "rollout_percentage": [flag.rollout_percentage for flag in flags],
+                "now": now,
+            },
+        )
+
+    def write_outcomes(
+        self,
+        outcomes: Sequence[ScheduleOutcome],
+        *,
+        now: datetime,
+        finished_at: datetime,
+        request_id: str | None,
+        messages: Sequence[OutboxMessage] = (),
+    ) -> None:
+        """Record each schedule's new state, its history row and the notifications it
+        causes (three statements at most, in the caller's transaction).
+
+        `now` is when the attempts started (and applied_at); `finished_at` when they ended.
+        """
+        if not outcomes:
+            return
+        ids = [o.schedule.id for o in outcomes]
+        error_classes = [o.error_class for o in outcomes]
+        self._execute(
+            sql.WRITE_OUTCOMES,
+            {
+                "ids": ids,
+                "statuses": [o.status for o in outcomes],
+                "retry_counts": [
+                    o.schedule.retry_count if o.retry_count is None else o.retry_count
+                    for o in outcomes
+                ],
+                "next_retry_at": [o.next_retry_at for o in outcomes],
+                "last_errors": [o.last_error for o in outcomes],
+                "error_classes": error_classes,
+                "now": now,
+            },
+        )
+        self._execute(
+            sql.INSERT_ATTEMPTS,
+            {
+                "ids": ids,
+                "attempts": [o.attempt for o in outcomes],
+                "outcomes": [o.outcome for o in outcomes],
+                "error_classes": error_classes,
+                "errors": [o.error for o in outcomes],
+                "started_at": now,
+                "finished_at": finished_at,
+                "request_id": request_id,
+            },
+        )
+        self.enqueue_messages(messages, now=now)
+
+    def enqueue_messages(self, messages: Sequence[OutboxMessage], *, now: datetime) -> None:
+        """Queue notifications for delivery after commit (one statement; none if empty)."""
+        if not messages:
+            return
+        self._execute(
+            sql.INSERT_OUTBOX,
+            {
+                "message_ids": [m.message_id for m in messages],
+                "kinds": [str(m.kind) for m in messages],
+                "payloads": [json.dumps(m.payload, sort_keys=True) for m in messages],
+                "now": now,
+            },
+        )
+
+    def discard_messages(self, *, keep: Collection[MessageKind], before: datetime) -> int:
+        """Delete messages queued before `before` of every kind not in `keep`; how many."""
+        rows = self._execute(
+            sql.DISCARD_OUTBOX, {"kinds": [str(k) for k in keep], "before": before}
+        ).fetchall()
+        return len(rows)
+
+    def lock_waiting_alerts(self) -> list[PendingAlert]:
+        """Lock the waiting alerts no other run is delivering, oldest first."""
+        return self._fetch(sql.LOCK_WAITING_ALERTS, None, _PENDING_ALERT)
+
+    def delete_messages(self, ids: Sequence[int]) -> None:
+        """Delete outbox rows this transaction has locked (delivered or folded)."""
+        if ids:
+            self._execute(sql.DELETE_OUTBOX, {"ids": list(ids)})
+
+    def claim_messages(
+        self, now: datetime, *, kinds: Collection[MessageKind], limit: int
+    ) -> list[ClaimedMessage]:
+        """Lock and return up to `limit` messages due at `now`, skipping locked ones."""
+        return self._fetch(
+            sql.CLAIM_OUTBOX,
+            {"now": now, "kinds": [str(k) for k in kinds], "limit": limit},
+            _CLAIMED_MESSAGE,
+        )
+
+    def reschedule_messages(
+        self, failures: Sequence[tuple[int, datetime, str]], *, now: datetime
+    ) -> None:
+        """Record failed deliveries: (row id, next attempt at, error) each."""
+        if not failures:
+            return
+        self._execute(
+            sql.RESCHEDULE_OUTBOX,
+            {
+                "ids": [row_id for row_id, _, _ in failures],
+                "next_attempt_at": [at for _, at, _ in failures],
+                "errors": [error for _, _, error in failures],
+                "now": now,
+            },
+        )
+
+    def count_outbox(self) -> int:
+        """How many messages wait for delivery."""
+        row = self._execute(sql.COUNT_OUTBOX).fetchone()
+        return int(row[0])
+
+    def save_run_state(
+        self,
+        *,
+        started_at: datetime,
+        finished_at: datetime,
+        request_id: str | None,
+        summary: Mapping[str, Any],
+    ) -> None:
+        """Remember the last successful run."""
+        self._execute(
+            sql.SAVE_RUN_STATE,
+            {
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "request_id": request_id,
+                "summary": Jsonb(dict(summary)),
+            },
+        )
+
+    def count_retry_backlog(self, *, statement_timeout_ms: int) -> int:
+        """How many schedules are waiting for a retry.
+
+        Raises:
+            FlagSchedulerError: the count failed or took longer than the statement timeout.
+        """
+        with self.transaction(
+            lock_timeout_ms=statement_timeout_ms, statement_timeout_ms=statement_timeout_ms
+        ):
+            row = self._execute(sql.COUNT_RETRY_BACKLOG).fetchone()
+        return int(row[0])

@@ -1,0 +1,408 @@
+"""Every SQL statement the scheduler runs, as named constants with %(name)s parameters."""
+
+# Bounds waits for this transaction only; set_config(..., true) is SET LOCAL that takes
+# parameters, and it works behind RDS Proxy, which rejects the `options` startup parameter.
+SET_TRANSACTION_TIMEOUTS = """
+SELECT set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true)
+"""
+
+# Claims up to `limit` due schedules, oldest due first; rows another run holds are skipped,
+# and so are the ids in %(skip)s (rows this run already parked or could not record) and the
+# flags in %(skip_flags)s (held past the lock timeout by a sibling run).
+# `updates` comes as text, decoded per schedule (a document no decoder can read must fail
+# its own schedule, not the claim); over the size limit it is not even fetched.
+# A timestamp no client can load (infinity, year 10000) would fail the whole result: the
+# claim returns a placeholder (scheduled_at: %(earliest)s) or NULL (requeued_at) for it
+# instead, and `defect` says what is wrong with the row (NULL for every row the engine can
+# process and record). Columns are named as models.DueSchedule's fields.
+# KEY SHARE of the flag, skipping a flag row locked FOR UPDATE: a DELETE of the flag takes
+# that lock, then its cascade waits for our schedule rows, so a run that waited for the
+# flag would deadlock with it; taken here, at claim time, the DELETE waits for the run
+# instead. KEY SHARE conflicts with nothing else (not with a run's or a writer's UPDATE).
+# `due_at` is a generated column (pending: scheduled_at, failed: next_retry_at) with a
+# partial index, so this stays an index scan however many finished rows the table holds.
+CLAIM_DUE_SCHEDULES = """
+SELECT s.id, s.flag_id, f.flag_key, f.environment,
+       CASE WHEN s.scheduled_at >= %(earliest)s AND s.scheduled_at < %(latest)s
+            THEN s.scheduled_at ELSE %(earliest)s END AS scheduled_at,
+       s.status,
+       CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s
+            THEN s.updates::text END AS updates,
+       s.retry_count, s.max_retries,
+       CASE WHEN s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s
+            THEN s.requeued_at END AS requeued_at,
+       octet_length(s.updates::text) AS updates_bytes,
+       NULLIF(concat_ws('; ',
+           CASE WHEN s.retry_count NOT BETWEEN 0 AND %(max_retry_count)s
+                THEN format('retry_count %%s is outside 0..%%s', s.retry_count,
+                            %(max_retry_count)s) END,
+           CASE WHEN s.max_retries NOT BETWEEN 0 AND %(max_retry_count)s
+                THEN format('max_retries %%s is outside 0..%%s', s.max_retries,
+                            %(max_retry_count)s) END,
+           CASE WHEN NOT (s.scheduled_at >= %(earliest)s AND s.scheduled_at < %(latest)s)
+                THEN format('scheduled_at %%s is not a representable moment',
+                            s.scheduled_at) END,
+           CASE WHEN NOT (s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s)
+                THEN format('requeued_at %%s is not a representable moment',
+                            s.requeued_at) END
+       ), '') AS defect
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE s.due_at <= %(now)s AND s.id <> ALL(%(skip)s::uuid[])
+  AND s.flag_id <> ALL(%(skip_flags)s::uuid[])
+ORDER BY s.due_at
+LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED
+FOR KEY SHARE OF f SKIP LOCKED
+"""
+
+# Parks schedules the run cannot process or record: permanently failed (out of the queue,
+# visible, requeueable), with a short reason (naming the bad values) and a history row. The
+# history row carries no attempt number, since that number (retry_count + 1) may be the value
+# that overflows. It also brings every checked value into range (the reason keeps the
+# original; a requeue resets retry_count and requeued_at anyway), so a check added NOT VALID
+# after the row was written cannot refuse the update.
+PARK_SCHEDULES = """
+WITH parked AS (
+    UPDATE feature_flag_schedules AS s
+    SET status = 'failed', applied_at = NULL, next_retry_at = NULL,
+        last_error = 'unrecordable: ' || v.reason, last_error_class = 'unrecordable',
+        retry_count = least(greatest(s.retry_count, 0), %(max_retry_count)s),
+        requeued_at = CASE WHEN s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s
+                           THEN s.requeued_at END,
+        scheduled_at = greatest(least(s.scheduled_at, %(latest)s - interval '1 day'),
+                                %(earliest)s),
+        created_at = greatest(least(s.created_at, %(latest)s - interval '1 day'), %(earliest)s),
+        updated_at = %(now)s
+    FROM unnest(%(ids)s::uuid[], %(reasons)s::text[]) AS v(id, reason)
+    WHERE s.id = v.id
+    RETURNING s.id, v.reason
+)
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, error_class, error, request_id)
+SELECT parked.id, NULL, %(now)s, %(now)s, 'failed_permanently', 'unrecordable', parked.reason,
+       %(request_id)s
+FROM parked
+"""
+
+# (%(name)b sends an array parameter in binary: far cheaper to build than text for
+# thousands of elements.)
+# Locks those of the given flags no other transaction holds, until the transaction ends,
+# and returns their state; held ones are skipped, never waited for, so a run never waits
+# for a flag while it holds another (and no two runs can wait on each other). NO KEY UPDATE
+# so writers inserting new schedules for a flag (a foreign-key KEY SHARE lock) are not
+# blocked. Taken outside any savepoint, so the row's xmax names the run's top-level
+# transaction for as long as it holds the lock (see FLAG_LOCK_HOLDERS).
+LOCK_FREE_FLAGS = """
+SELECT id, flag_key, environment, enabled, rollout_percentage
+FROM feature_flags
+WHERE id = ANY(%(flag_ids)b::uuid[])
+FOR NO KEY UPDATE SKIP LOCKED
+"""
+
+# Waits up to lock_timeout for one flag's lock; the caller holds no other flag, takes this
+# in a savepoint and rolls it back at once: it only learns that the flag is free now.
+WAIT_FOR_FLAG = """
+SELECT id FROM feature_flags WHERE id = %(flag_id)s FOR NO KEY UPDATE
+"""
+
+# The same without waiting: fails at once (55P03) while another transaction holds the flag.
+TRY_FLAG = """
+SELECT id FROM feature_flags WHERE id = %(flag_id)s FOR NO KEY UPDATE NOWAIT
+"""
+
+# The sessions whose transaction holds the lock on one flag row, when the row's xmax is a
+# transaction id: the owner of a live transaction id holds a granted lock on it.
+FLAG_LOCK_HOLDERS = """
+SELECT a.pid, a.application_name
+FROM feature_flags AS f
+JOIN pg_locks AS l
+  ON l.locktype = 'transactionid' AND l.transactionid = f.xmax AND l.granted
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE f.id = %(flag_id)s
+"""
+
+# The same when the row's xmax is a multixact (several lockers, e.g. a run's NO KEY UPDATE
+# and a writer's KEY SHARE): its members that block NO KEY UPDATE, i.e. all but KEY SHARE.
+# Fails when xmax names no multixact; the caller runs it in a savepoint.
+FLAG_LOCK_HOLDERS_MULTI = """
+SELECT a.pid, a.application_name
+FROM feature_flags AS f
+CROSS JOIN LATERAL pg_get_multixact_members(f.xmax) AS m
+JOIN pg_locks AS l
+  ON l.locktype = 'transactionid' AND l.transactionid = m.xid AND l.granted
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE f.id = %(flag_id)s AND m.mode <> 'keysh'
+"""
+
+# Applied schedules of each flag ordered after the given (scheduled_at, id), with the
+# fields they name: what a schedule ordered earlier must not overwrite.
+APPLIED_SINCE = """
+SELECT b.flag_id, a.scheduled_at, a.id,
+       CASE WHEN jsonb_typeof(a.updates) = 'object'
+            THEN ARRAY(SELECT jsonb_object_keys(a.updates)) ELSE '{}' END AS fields
+FROM unnest(%(flag_ids)b::uuid[], %(since)b::timestamptz[], %(since_ids)b::uuid[])
+     AS b(flag_id, since, since_id)
+CROSS JOIN LATERAL (
+    SELECT s.scheduled_at, s.id, s.updates
+    FROM feature_flag_schedules AS s
+    WHERE s.flag_id = b.flag_id AND s.status = 'applied'
+      AND (s.scheduled_at, s.id) > (b.since, b.since_id)
+    -- OFFSET 0 keeps this a per-flag index range scan on (flag_id, scheduled_at, id):
+    -- flattened into a join, the planner cannot estimate the range and hashes every
+    -- applied row of the table instead.
+    OFFSET 0
+) AS a
+"""
+
+# Writes the resulting fields of every changed flag of a batch in one statement.
+WRITE_FLAGS = """
+UPDATE feature_flags AS f
+SET enabled = v.enabled, rollout_percentage = v.rollout_percentage, updated_at = %(now)s
+FROM unnest(%(ids)b::uuid[], %(enabled)b::boolean[], %(rollout_percentage)b::integer[])
+     AS v(id, enabled, rollout_percentage)
+WHERE f.id = v.id
+"""
+
+# Records the outcome of every schedule of a batch in one statement. applied_at is set
+# only for applied ones; retry_count stays after success so history shows it needed retries.
+WRITE_OUTCOMES = """
+UPDATE feature_flag_schedules AS s
+SET status = v.status,
+    applied_at = CASE WHEN v.status = 'applied' THEN %(now)s::timestamptz END,
+    retry_count = v.retry_count,
+    next_retry_at = v.next_retry_at,
+    last_error = v.last_error,
+    last_error_class = v.last_error_class,
+    updated_at = %(now)s
+FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(retry_counts)b::integer[],
+            %(next_retry_at)b::timestamptz[], %(last_errors)b::text[],
+            %(error_classes)b::text[])
+     AS v(id, status, retry_count, next_retry_at, last_error, last_error_class)
+WHERE s.id = v.id
+"""
+
+# Appends the history rows of a batch, in the transaction of the outcomes they record.
+INSERT_ATTEMPTS = """
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, error_class, error, request_id)
+SELECT v.schedule_id, v.attempt, %(started_at)s, %(finished_at)s, v.outcome, v.error_class,
+       v.error, %(request_id)s
+FROM unnest(%(ids)b::uuid[], %(attempts)b::integer[], %(outcomes)b::text[],
+            %(error_classes)b::text[], %(errors)b::text[])
+     AS v(schedule_id, attempt, outcome, error_class, error)
+"""
+
+# Appends one row to a schedule's history, in the transaction of the outcome it records.
+INSERT_ATTEMPT = """
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, error_class, error, request_id)
+VALUES (%(schedule_id)s, %(attempt)s, %(started_at)s, %(finished_at)s, %(outcome)s,
+        %(error_class)s, %(error)s, %(request_id)s)
+"""
+
+# Remembers the last successful run (one row), for `flag-scheduler status`.
+SAVE_RUN_STATE = """
+INSERT INTO scheduler_run_state
+    (id, last_run_started_at, last_run_finished_at, last_request_id, last_summary)
+VALUES (1, %(started_at)s, %(finished_at)s, %(request_id)s, %(summary)s)
+ON CONFLICT (id) DO UPDATE SET
+    last_run_started_at = EXCLUDED.last_run_started_at,
+    last_run_finished_at = EXCLUDED.last_run_finished_at,
+    last_request_id = EXCLUDED.last_request_id,
+    last_summary = EXCLUDED.last_summary
+"""
+
+# Counts schedules waiting for a retry (`due_at IS NOT NULL` lets it use the due index).
+COUNT_RETRY_BACKLOG = """
+SELECT count(*)
+FROM feature_flag_schedules
+WHERE due_at IS NOT NULL AND status = 'failed'
+"""
+
+# --- Notification outbox (flag_scheduler.engine.delivery). ---
+
+# Queues a batch's notifications in the transaction of the outcomes they report. A message
+# id already queued is the same report (consumers de-duplicate by id): not queued twice.
+INSERT_OUTBOX = """
+INSERT INTO notification_outbox (message_id, kind, payload, created_at, next_attempt_at)
+SELECT v.message_id, v.kind, v.payload::jsonb, %(now)s, %(now)s
+FROM unnest(%(message_ids)b::text[], %(kinds)b::text[], %(payloads)b::text[])
+     AS v(message_id, kind, payload)
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+# Deletes messages queued before %(before)s of kinds this run cannot deliver (its topic or
+# bus is unset), except rows another run is delivering; one row per message deleted.
+DISCARD_OUTBOX = """
+DELETE FROM notification_outbox
+WHERE id IN (
+    SELECT id FROM notification_outbox
+    WHERE kind <> ALL(%(kinds)s::text[]) AND created_at < %(before)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING kind
+"""
+
+# Locks every waiting alert no other run is delivering, oldest first, with what a digest
+# counts (as messages.PendingAlert); the caller folds them into one digest or leaves them.
+LOCK_WAITING_ALERTS = """
+SELECT id, message_id, coalesce(payload->>'schedule_id', '') AS schedule_id,
+       coalesce(payload->>'environment', '') AS environment,
+       coalesce(nullif(payload->>'error_class', ''), 'unknown') AS error_class
+FROM notification_outbox
+WHERE kind = 'alert'
+ORDER BY id
+FOR UPDATE SKIP LOCKED
+"""
+
+# Deletes delivered (or folded) messages; their rows are locked by this transaction.
+DELETE_OUTBOX = """
+DELETE FROM notification_outbox WHERE id = ANY(%(ids)b::bigint[])
+"""
+
+# Claims due messages of the given kinds, oldest due first. SKIP LOCKED: a message another
+# run is sending is neither waited for nor sent twice; the lock holds until this transaction
+# records the delivery, so a run killed mid-send leaves the message for the next run.
+CLAIM_OUTBOX = """
+SELECT id, message_id, kind, payload, attempts
+FROM notification_outbox
+WHERE next_attempt_at <= %(now)s AND kind = ANY(%(kinds)s::text[])
+ORDER BY next_attempt_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+# Records failed deliveries: one attempt more (bounded by the column's CHECK), the next
+# attempt after its backoff, and why.
+RESCHEDULE_OUTBOX = """
+UPDATE notification_outbox AS o
+SET attempts = least(o.attempts + 1, 1000000),
+    next_attempt_at = v.next_attempt_at,
+    last_attempt_at = %(now)s,
+    last_error = left(v.error, 2000)
+FROM unnest(%(ids)b::bigint[], %(next_attempt_at)b::timestamptz[], %(errors)b::text[])
+     AS v(id, next_attempt_at, error)
+WHERE o.id = v.id
+"""
+
+# Messages not yet delivered (the OutboxBacklog gauge).
+COUNT_OUTBOX = "SELECT count(*) FROM notification_outbox"
+
+# Cheap liveness check of a cached connection.
+PING = "SELECT 1"
+
+# --- Writer side: what the CLI and the demo do as a user of the contract tables. ---
+
+# Creates a flag and returns its id.
+INSERT_FLAG = """
+INSERT INTO feature_flags (flag_key, environment, enabled, rollout_percentage, description)
+VALUES (%(flag_key)s, %(environment)s, %(enabled)s, %(rollout_percentage)s, %(description)s)
+RETURNING id
+"""
+
+# Creates a pending schedule and returns its id.
+INSERT_SCHEDULE = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, max_retries)
+VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(max_retries)s)
+RETURNING id
+"""
+
+# Schedules with their flag's identity (as catalog.ScheduleView), filtered (by status or
+# state); NULL filters match all.
+LIST_SCHEDULES = """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
+       -- The state operators see (catalog.ScheduleView.state): `failed` split in three.
+       OR (s.status = 'failed' AND CASE WHEN s.next_retry_at IS NOT NULL THEN 'waiting_for_retry'
+                                        WHEN s.last_error_class = 'expired' THEN 'expired'
+                                        ELSE 'failed_permanently' END = ANY(%(statuses)s::text[])))
+  AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
+  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
+  AND (%(due_at)s::timestamptz IS NULL OR s.due_at <= %(due_at)s::timestamptz)
+ORDER BY s.scheduled_at, f.flag_key, s.id
+LIMIT %(limit)s
+"""
+
+# One schedule with its flag's identity (as catalog.ScheduleView).
+GET_SCHEDULE = """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE s.id = %(schedule_id)s
+"""
+
+# A schedule's history, oldest first.
+SCHEDULE_HISTORY = """
+SELECT attempt, started_at, finished_at, outcome, error_class, error, request_id
+FROM feature_flag_schedule_attempts
+WHERE schedule_id = %(schedule_id)s
+ORDER BY id
+"""
+
+# Every flag's current state, optionally one environment.
+LIST_FLAGS = """
+SELECT id, flag_key, environment, enabled, rollout_percentage, description, updated_at
+FROM feature_flags
+WHERE %(environment)s::text IS NULL OR environment = %(environment)s::text
+ORDER BY flag_key, environment
+"""
+
+# One flag by key and environment.
+GET_FLAG = """
+SELECT id, flag_key, environment, enabled, rollout_percentage, description, updated_at
+FROM feature_flags
+WHERE flag_key = %(flag_key)s AND environment = %(environment)s
+"""
+
+# Requeues a permanently failed schedule by hand: due now, retries counted afresh, and a
+# fresh lateness window from now. Matches nothing in any other state.
+REQUEUE_SCHEDULE = """
+UPDATE feature_flag_schedules
+SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
+    last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
+WHERE id = %(schedule_id)s AND status = 'failed' AND next_retry_at IS NULL
+RETURNING id
+"""
+
+# Cancels a pending or waiting-for-retry schedule. A run holding the row makes this wait
+# for its commit, then re-check the state it left, so an applied schedule is never cancelled.
+CANCEL_SCHEDULE = """
+UPDATE feature_flag_schedules
+SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+  AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+RETURNING id
+"""
+
+# The health at a glance, as of %(now)s (named as catalog.StatusReport's fields).
+STATUS_COUNTS = """
+SELECT
+    (SELECT count(*) FROM feature_flag_schedules WHERE due_at <= %(now)s) AS due_now,
+    (SELECT min(due_at) FROM feature_flag_schedules WHERE due_at <= %(now)s) AS oldest_due_at,
+    (SELECT count(*) FROM feature_flag_schedules
+     WHERE status = 'failed' AND next_retry_at IS NOT NULL) AS waiting_for_retry,
+    (SELECT min(next_retry_at) FROM feature_flag_schedules
+     WHERE status = 'failed' AND next_retry_at IS NOT NULL) AS next_retry_at,
+    (SELECT count(*) FROM feature_flag_schedules
+     WHERE status = 'pending' AND scheduled_at > %(now)s) AS scheduled_later,
+    (SELECT count(*) FROM feature_flag_schedule_attempts
+     WHERE outcome IN ('failed_permanently', 'expired')
+       AND finished_at > %(now)s - interval '24 hours') AS failed_last_24h
+"""
+
+# The last successful run, if any (named as catalog.StatusReport's fields).
+GET_RUN_STATE = """
+SELECT last_run_started_at, last_run_finished_at, last_request_id AS last_run_request_id,
+       last_summary AS last_run_summary
+FROM scheduler_run_state
+WHERE id = 1
+"""

@@ -1,0 +1,393 @@
+"""The operator commands, run as a subprocess against a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli import fault_injection
+from tests.support import history, run_service, schedule_row
+
+pytestmark = pytest.mark.slow
+
+
+class Cli:
+    """`flag-scheduler` bound to one test database."""
+
+    def __init__(self, database_url: str) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flag_scheduler_cli.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def fails(self, code: int, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == code, (result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # one clear line
+        assert lines[0].startswith("flag-scheduler: error: ") or "usage:" in result.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def cli(database_url: str) -> Cli:
+    return Cli(database_url)
+
+
+def _counts(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM feature_flags),"
+        " (SELECT count(*) FROM feature_flag_schedules),"
+        " (SELECT count(*) FROM feature_flag_schedule_attempts),"
+        " (SELECT string_agg(status || retry_count, ',' ORDER BY id) FROM feature_flag_schedules)"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_flags_create_list_and_show(cli: Cli) -> None:
+    created = cli.json(
+        "flags", "create", "banner", "--enable", "--rollout", "25", "--description", "Banner"
+    )
+    assert (created["flag_key"], created["enabled"], created["rollout_percentage"]) == (
+        "banner",
+        True,
+        25,
+    )
+    cli.ok("flags", "create", "banner", "--env", "staging")
+    listed = cli.json("flags", "list")
+    assert [(f["flag_key"], f["environment"]) for f in listed] == [
+        ("banner", "production"),
+        ("banner", "staging"),
+    ]
+    assert "banner (production): enabled=true rollout=25" in cli.ok("flags", "show", "banner")
+    shown = cli.json("flags", "show", "banner", "--env", "staging")
+    assert shown["flag"]["environment"] == "staging"
+    assert shown["schedules"] == []
+
+
+def test_schedules_create_list_show_and_preview(cli: Cli) -> None:
+    cli.ok("flags", "create", "banner")
+    created = cli.json(
+        "schedules",
+        "create",
+        "--flag",
+        "banner",
+        "--at",
+        "2030-01-01T09:00:00+01:00",
+        "--enable",
+        "--rollout",
+        "50",
+        "--max-retries",
+        "2",
+    )
+    assert created["scheduled_at"] == "2030-01-01T08:00:00Z"
+    assert created["updates"] == {"enabled": True, "rollout_percentage": 50}
+    assert created["max_retries"] == 2
+    assert [s["id"] for s in cli.json("schedules", "list", "--status", "pending")] == [
+        created["id"]
+    ]
+    assert cli.json("schedules", "list", "--due") == []
+    assert cli.json("schedules", "list", "--flag", "other") == []
+
+    shown = cli.json("schedules", "show", created["id"])
+    assert shown["state"] == "pending"
+    assert [a["attempt"] for a in shown["upcoming"]["attempts"]] == [1, 2, 3]
+    preview = cli.json("schedules", "preview", created["id"])
+    assert preview["attempts"][0]["at"] == "2030-01-01T08:00:00Z"
+    assert preview["permanently_failed_at"] == preview["attempts"][-1]["at"]
+    text = cli.ok("schedules", "preview", created["id"])
+    assert "if every attempt fails: permanently failed at" in text
+
+
+def test_policy_preview_without_a_schedule(cli: Cli) -> None:
+    out = cli.json(
+        "schedules",
+        "preview",
+        "--max-retries",
+        "3",
+        "--base",
+        "60",
+        "--cap",
+        "180",
+        "--jitter",
+        "10",
+        "--from",
+        "2030-01-01T00:00:00Z",
+    )
+    earliest = [a["earliest"] for a in out["attempts"]]
+    assert earliest == [
+        "2030-01-01T00:00:00Z",
+        "2030-01-01T00:01:00Z",
+        "2030-01-01T00:03:00Z",
+        "2030-01-01T00:06:00Z",  # 60, 120, then capped at 180
+    ]
+    assert out["attempts"][-1]["latest"] == "2030-01-01T00:06:30Z"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        # unknown flag: operational, nothing to schedule
+        (
+            ("schedules", "create", "--flag", "nope", "--at", "now", "--enable"),
+            1,
+            "no flag 'nope' in environment 'production'",
+        ),
+        # a time without offset is refused rather than guessed
+        (
+            ("schedules", "create", "--flag", "banner", "--at", "2030-01-01T09:00:00", "--enable"),
+            2,
+            "has no time zone offset",
+        ),
+        (
+            ("schedules", "create", "--flag", "banner", "--at", "soon", "--enable"),
+            2,
+            "expected an ISO 8601 time",
+        ),
+        # validated exactly like the engine validates updates
+        (
+            ("schedules", "create", "--flag", "banner", "--at", "now", "--rollout", "101"),
+            2,
+            "rollout_percentage: Input should be less than or equal to 100",
+        ),
+        (("schedules", "create", "--flag", "banner", "--at", "now"), 2, "say what to change"),
+        (
+            (
+                "schedules",
+                "create",
+                "--flag",
+                "banner",
+                "--at",
+                "now",
+                "--enable",
+                "--max-retries",
+                "11",
+            ),
+            2,
+            "must be an integer 0..10",
+        ),
+        (("flags", "create", "banner"), 1, "already exists"),
+        (("flags", "show", "nope"), 1, "no flag 'nope'"),
+        (("schedules", "show", "not-a-uuid"), 2, "not a schedule id"),
+        (("schedules", "show", "00000000-0000-4000-8000-000000000000"), 1, "no schedule with id"),
+        (("schedules", "preview", "--base", "100", "--cap", "10"), 2, "--cap must be >= --base"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+    cli: Cli, conn: psycopg.Connection[Any], args: tuple[str, ...], code: int, message: str
+) -> None:
+    cli.ok("flags", "create", "banner")
+    before = _counts(conn)
+    line = cli.fails(code, *args)
+    assert message in line
+    assert _counts(conn) == before
+
+
+def test_retry_and_cancel_refuse_an_applied_schedule(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog, database_url: str
+) -> None:
+    flag = catalog.create_flag("banner")
+    schedule = catalog.create_schedule(
+        flag, datetime.now(UTC) - timedelta(seconds=1), {"enabled": True}
+    )
+    run_service(database_url, datetime.now(UTC))
+    before = _counts(conn)
+
+    assert "is already applied" in cli.fails(1, "schedules", "retry", str(schedule))
+    assert "only a pending or waiting-for-retry schedule can be cancelled" in cli.fails(
+        1, "schedules", "cancel", str(schedule)
+    )
+    assert _counts(conn) == before
+
+
+def test_fail_retry_inspect_requeue_and_apply(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    cli.ok("flags", "create", "banner")
+    flag = catalog.get_flag("banner").id
+    created = cli.json(
+        "schedules", "create", "--flag", "banner", "--at", "now", "--enable", "--max-retries", "1"
+    )
+    fault_injection.set_fault(conn, flag, "40001", "conflict")
+
+    summary = json.loads(cli.ok("invoke"))
+    assert summary["retried"] == 1
+    shown = cli.json("schedules", "show", created["id"])
+    assert shown["state"] == "waiting_for_retry"
+    assert shown["upcoming"]["attempts"][0]["at"] == shown["schedule"]["next_retry_at"]
+    assert [h["outcome"] for h in shown["history"]] == ["retry_scheduled"]
+
+    # The retry is due in ~2 minutes: make it due now instead of waiting.
+    conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now() - interval '1 s'")
+    assert json.loads(cli.ok("invoke"))["failed_permanently"] == 1
+    assert cli.json("schedules", "show", created["id"])["state"] == "failed_permanently"
+    assert cli.json("status")["failed_last_24h"] == 1
+
+    fault_injection.clear_fault(conn, flag)
+    requeued = cli.json("schedules", "retry", created["id"])
+    assert (requeued["status"], requeued["retry_count"], requeued["last_error"]) == (
+        "pending",
+        0,
+        None,
+    )
+    assert json.loads(cli.ok("invoke"))["applied"] == 1
+
+    assert history(conn, created["id"]) == [
+        (1, "retry_scheduled", "serialization_failure"),
+        (2, "failed_permanently", "serialization_failure"),
+        (None, "requeued", None),
+        (1, "applied", None),
+    ]
+    status = cli.json("status")
+    assert status["last_run_summary"]["applied"] == 1
+    assert catalog.get_flag("banner").enabled is True
+
+
+def test_cancel_a_waiting_schedule(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    cli.ok("flags", "create", "banner")
+    created = cli.json("schedules", "create", "--flag", "banner", "--at", "now", "--enable")
+    fault_injection.set_fault(conn, catalog.get_flag("banner").id, "55P03")
+    cli.ok("invoke")
+
+    cancelled = cli.json("schedules", "cancel", created["id"])
+
+    assert (cancelled["status"], cancelled["next_retry_at"]) == ("cancelled", None)
+    assert [h[1] for h in history(conn, created["id"])] == ["retry_scheduled", "cancelled"]
+    # A retry time on a cancelled row is refused by the schema (0006) rather than ignored.
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("UPDATE feature_flag_schedules SET next_retry_at = now()")
+    assert json.loads(cli.ok("invoke"))["claimed"] == 0
+
+
+def test_status_at_a_glance(cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog) -> None:
+    flag = catalog.create_flag("banner")
+    now = datetime.now(UTC)
+    catalog.create_schedule(flag, now - timedelta(minutes=5), {"enabled": True})
+    catalog.create_schedule(flag, now + timedelta(hours=1), {"enabled": False})
+
+    status = cli.json("status")
+
+    assert (status["due_now"], status["scheduled_later"], status["waiting_for_retry"]) == (1, 1, 0)
+    assert 290 < status["oldest_lag_seconds"] < 400
+    assert status["last_run_finished_at"] is None
+    assert "last successful run:          never" in cli.ok("status")
+
+
+def test_migrate_and_migrate_sql(cli: Cli) -> None:
+    assert "newest schema" in cli.ok("migrate")  # already at head: nothing to do
+    sql = cli.ok("migrate", "--sql")
+    assert "CREATE TABLE feature_flags" in sql
+    assert "CREATE TABLE feature_flag_schedule_attempts" in sql
+
+
+def test_cancel_racing_a_run_either_cancels_first_or_reports_the_application(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog, database_url: str
+) -> None:
+    flag = catalog.create_flag("banner")
+    now = datetime.now(UTC)
+    schedule = catalog.create_schedule(flag, now - timedelta(seconds=1), {"enabled": True})
+
+    # A run claims the schedule, then waits for the flag row another transaction holds.
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (flag,))
+        run = threading.Thread(target=run_service, args=(database_url, now), daemon=True)
+        run.start()
+        _wait_for_lock_waiters(conn, 1)
+        # The cancel now waits for the run's row lock on the schedule.
+        cancel = subprocess.Popen(
+            [sys.executable, "-m", "flag_scheduler_cli.cli", "schedules", "cancel", str(schedule)],
+            env=cli.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_lock_waiters(conn, 2)
+    run.join(timeout=30)
+    _, stderr = cancel.communicate(timeout=60)
+
+    assert cancel.returncode == 1
+    assert "is already applied" in stderr
+    assert schedule_row(conn, schedule).status == "applied"
+
+    # And the other order: cancelled before any run claims it, then nothing is applied.
+    later = catalog.create_schedule(flag, now - timedelta(seconds=1), {"enabled": False})
+    cli.ok("schedules", "cancel", str(later))
+    assert run_service(database_url, datetime.now(UTC)).claimed == 0
+    assert catalog.get_flag("banner").enabled is True
+
+
+def _wait_for_lock_waiters(conn: psycopg.Connection[Any], count: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        ).fetchone()
+        if row and row[0] >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"expected {count} sessions waiting on a lock")
+
+
+def test_status_list_and_show_print_an_unloadable_moment_instead_of_failing(
+    cli: Cli, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    flag = catalog.create_flag("banner")
+    now = datetime.now(UTC)
+    requeued = catalog.create_schedule(flag, now - timedelta(minutes=1), {"enabled": True})
+    waiting = catalog.create_schedule(flag, now + timedelta(hours=1), {"enabled": False})
+    # Rows written before revision 0006's checks (re-added NOT VALID, as they would stand).
+    for column in ("requeued_at", "next_retry_at"):
+        name = f"ck_feature_flag_schedules_{column}_in_range"
+        (definition,) = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s", (name,)
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(f"ALTER TABLE feature_flag_schedules DROP CONSTRAINT {name}")
+        conn.execute(
+            f"UPDATE feature_flag_schedules SET {column} = 'infinity',"
+            " status = CASE WHEN %(column)s = 'next_retry_at' THEN 'failed' ELSE status END"
+            " WHERE id = %(id)s",
+            {"column": column, "id": requeued if column == "requeued_at" else waiting},
+        )
+        conn.execute(
+            f"ALTER TABLE feature_flag_schedules ADD CONSTRAINT {name} {definition} NOT VALID"
+        )
+
+    assert "waiting for retry:            1 (next at infinity)" in cli.ok("status")
+    assert "infinity" in cli.ok("schedules", "list")
+    assert "next retry:  infinity" in cli.ok("schedules", "show", str(waiting))
+    cli.ok("schedules", "show", str(requeued))
+    assert cli.json("schedules", "show", str(requeued))["schedule"]["requeued_at"] == "infinity"

@@ -1,0 +1,88 @@
+"""Outbox messages from outcomes: which ones, their stable ids, and digests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from flag_scheduler.engine.messages import (
+    DIGEST_LISTED_SCHEDULES,
+    PendingAlert,
+    digest_message,
+    message_id,
+    outbox_messages,
+)
+from flag_scheduler.engine.records import DueSchedule, FlagChange, ScheduleOutcome
+from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome, Status
+from migrations.schema import OUTBOX_KINDS
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+SCHEDULE = DueSchedule(
+    id=UUID("6f1c1d1e-0000-4000-8000-000000000001"),
+    flag_id=UUID("6f1c1d1e-0000-4000-8000-0000000000f1"),
+    flag_key="checkout",
+    environment="production",
+    scheduled_at=T0,
+    status=Status.FAILED,
+    updates='{"enabled": true}',
+    retry_count=2,
+    max_retries=None,
+)
+CHANGE = FlagChange(SCHEDULE.id, "checkout", "production", {"enabled": False}, {"enabled": True})
+ALL = frozenset(MessageKind)
+
+
+def test_the_schema_accepts_exactly_the_kinds_the_code_writes() -> None:
+    assert set(OUTBOX_KINDS) == {str(kind) for kind in MessageKind}
+
+
+def test_message_ids_name_kind_schedule_and_attempt_and_a_requeue() -> None:
+    assert message_id(MessageKind.ALERT, SCHEDULE, 3) == f"alert:{SCHEDULE.id}:3"
+    requeued = DueSchedule(**{**_fields(SCHEDULE), "requeued_at": T0 + timedelta(hours=1)})
+    assert message_id(MessageKind.ALERT, requeued, 1) == (
+        f"alert:{SCHEDULE.id}:1:requeued-20260301T100000.000000Z"
+    )
+
+
+def test_only_applied_changes_and_final_failures_report_and_only_delivered_kinds() -> None:
+    outcomes = [
+        # (outcome, what it reports)
+        _outcome(Status.APPLIED, Outcome.APPLIED, change=CHANGE),  # FlagChanged
+        _outcome(Status.FAILED, Outcome.FAILED_PERMANENTLY, error_class=ErrorClass.DEADLOCK),
+        _outcome(Status.FAILED, Outcome.EXPIRED, error_class=ErrorClass.EXPIRED),  # alert
+        _outcome(Status.FAILED, Outcome.RETRY_SCHEDULED, error_class=ErrorClass.DEADLOCK),
+        _outcome(Status.SUPERSEDED, Outcome.SUPERSEDED),  # nothing
+    ]
+    kinds = [m.kind for m in outbox_messages(outcomes, ALL)]
+    assert kinds == [MessageKind.FLAG_CHANGED, MessageKind.ALERT, MessageKind.ALERT]
+    assert outbox_messages(outcomes, frozenset()) == []
+    assert [m.kind for m in outbox_messages(outcomes, frozenset({MessageKind.ALERT}))] == [
+        MessageKind.ALERT,
+        MessageKind.ALERT,
+    ]
+
+
+def test_a_digest_counts_by_class_and_environment_and_lists_the_first_schedules() -> None:
+    alerts = [
+        PendingAlert(n, f"alert:s{n}:1", f"s{n}", "production" if n % 3 else "staging", cls)
+        for n, cls in enumerate([ErrorClass.EXPIRED] * 20 + [ErrorClass.LOCK_TIMEOUT] * 5)
+    ]
+    digest = digest_message(alerts)
+    assert digest.kind == MessageKind.DIGEST
+    assert digest.payload["failures"] == 25
+    assert digest.payload["by_error_class"] == {"expired": 20, "lock_timeout": 5}
+    assert sum(digest.payload["by_environment"].values()) == 25
+    assert digest.payload["schedule_ids"] == [f"s{n}" for n in range(DIGEST_LISTED_SCHEDULES)]
+    assert digest.payload["more_schedules"] == 25 - DIGEST_LISTED_SCHEDULES
+    # The same alerts, in any order, give the same id; one alert more gives another.
+    assert digest_message(list(reversed(alerts))).message_id == digest.message_id
+    assert digest_message(alerts[:-1]).message_id != digest.message_id
+
+
+def _fields(schedule: DueSchedule) -> dict[str, object]:
+    return {name: getattr(schedule, name) for name in DueSchedule.__slots__}
+
+
+def _outcome(status: Status, outcome: Outcome, **fields: Any) -> ScheduleOutcome:
+    return ScheduleOutcome(SCHEDULE, status=status, outcome=outcome, attempt=3, **fields)

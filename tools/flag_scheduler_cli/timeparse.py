@@ -1,0 +1,45 @@
+"""Reading the times an operator types: ISO 8601 with an offset, `now`, or `+15m`."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from flag_scheduler.engine.limits import TIME_RANGE_TEXT
+
+_RELATIVE = re.compile(r"^\+(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """A timezone-aware moment from `text`, relative to `now` where it says so.
+
+    Raises:
+        ValueError: the text is not a time, has no offset (we never guess a zone), or is
+            relative and beyond the last representable time.
+    """
+    value = text.strip()
+    if value.lower() == "now":
+        return now
+    relative = _RELATIVE.match(value)
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        try:
+            return now + timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            raise ValueError(
+                f"{text!r} is later than any time a schedule can hold ({TIME_RANGE_TEXT})"
+            ) from None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"expected an ISO 8601 time with offset (2026-12-24T09:00:00Z), 'now' or"
+            f" '+15m' / '+2h' / '+1d', got {text!r}"
+        ) from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(
+            f"{text!r} has no time zone offset; add one (Z or +01:00) instead of letting"
+            " flag-scheduler guess"
+        )
+    return moment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flag_scheduler.aws.settings import AwsSettings
+from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.errors import ConfigurationError
 
 SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:flag-scheduler/db-AbCdEf"
@@ -12,13 +12,13 @@ TOPIC = "arn:aws:sns:eu-west-1:123456789012:flag-scheduler-alerts"
 
 
 def test_nothing_set_means_nothing_configured() -> None:
-    settings = AwsSettings.from_env({})
-    assert settings == AwsSettings()
+    settings = SchedulerSettings.from_env({})
+    assert settings == SchedulerSettings()
     assert settings.db_secret_max_age_seconds == 300
 
 
 def test_every_variable_is_read() -> None:
-    settings = AwsSettings.from_env(
+    settings = SchedulerSettings.from_env(
         {
             "DB_SECRET_ARN": SECRET,
             "DB_HOST": "proxy.proxy-abc.eu-west-1.rds.amazonaws.com",
@@ -28,7 +28,7 @@ def test_every_variable_is_read() -> None:
             "FLAG_EVENTS_BUS_NAME": "flag-events",
         }
     )
-    assert settings == AwsSettings(
+    assert settings == SchedulerSettings(
         db_secret_arn=SECRET,
         db_host="proxy.proxy-abc.eu-west-1.rds.amazonaws.com",
         db_name="flags",
@@ -39,8 +39,8 @@ def test_every_variable_is_read() -> None:
 
 
 def test_blank_values_count_as_unset() -> None:
-    assert AwsSettings.from_env({"ALERT_TOPIC_ARN": "  ", "FLAG_EVENTS_BUS_NAME": ""}) == (
-        AwsSettings()
+    assert SchedulerSettings.from_env({"ALERT_TOPIC_ARN": "  ", "FLAG_EVENTS_BUS_NAME": ""}) == (
+        SchedulerSettings()
     )
 
 
@@ -67,4 +67,4 @@ def test_blank_values_count_as_unset() -> None:
 )
 def test_invalid_values_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        AwsSettings.from_env(environ)
+        SchedulerSettings.from_env(environ)

@@ -135,7 +135,8 @@ def run_invocation(
     measures the cached connection's age (tests pass their own).
 
     Raises:
-        SystemicFailure, DatabaseUnavailable: an outage (committed work is still notified).
+        SystemicFailure: an outage stopped the run (its committed batches are notified).
+        DatabaseUnavailable: the database cannot be reached or the connection was lost.
         ConfigurationError: a setting, the secret or the login is wrong.
     """
     started = time.monotonic()
@@ -157,7 +158,13 @@ def run_invocation(
         _add_delivery_metrics(_deliver(repository, notifier, context, settings, clock))
         raise
     outbox = _deliver(repository, notifier, context, settings, clock)
-    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    return _completed(summary, outbox, duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+
+def _completed(
+    summary: RunSummary, outbox: delivery.DeliveryReport, *, duration_ms: float
+) -> dict[str, Any]:
+    """The run's metrics, its log line and the summary the handler returns."""
     _add_run_metrics(summary, outbox, duration_ms)
     result = {
         **summary.as_dict(),

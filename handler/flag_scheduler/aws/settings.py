@@ -27,9 +27,9 @@ class Pattern:
     what: str
 
 
-def _integer(variable: str, default: int, low: int, high: int, **kwargs: Any) -> Any:
+def _integer(variable: str, default: int, low: int, high: int) -> Any:
     """A field read from `variable`: a decimal integer low..high, `default` when unset."""
-    return Field(default, validation_alias=variable, ge=low, le=high, **kwargs)
+    return Field(default, validation_alias=variable, ge=low, le=high)
 
 
 def _text(variable: str, **kwargs: Any) -> Any:

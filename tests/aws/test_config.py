@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from flag_scheduler.config import Settings, check_powertools_environment
+from flag_scheduler.aws.settings import SchedulerSettings, check_powertools_environment
 from flag_scheduler.errors import ConfigurationError
 
 
 def test_defaults_match_the_design() -> None:
-    settings = Settings.from_env({})
+    settings = SchedulerSettings.from_env({})
     assert settings.max_retries == 3
     assert (settings.backoff.base_seconds, settings.backoff.cap_seconds) == (120, 3600)
     assert settings.backoff.jitter_seconds == 30
@@ -22,7 +22,7 @@ def test_defaults_match_the_design() -> None:
 
 
 def test_values_are_read_from_the_environment() -> None:
-    settings = Settings.from_env(
+    settings = SchedulerSettings.from_env(
         {
             "DATABASE_URL": "postgresql://db/flags",
             "FLAG_SCHEDULE_MAX_RETRIES": "7",
@@ -91,19 +91,22 @@ def test_a_bad_value_names_the_variable_the_value_and_the_range(
     variable: str, value: str, message: str
 ) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        Settings.from_env({variable: value})
+        SchedulerSettings.from_env({variable: value})
     assert str(caught.value) == message
 
 
 def test_cap_below_base_is_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"CAP_SECONDS must be >= .*BASE_SECONDS"):
-        Settings.from_env(
+        SchedulerSettings.from_env(
             {"FLAG_SCHEDULE_BACKOFF_BASE_SECONDS": "600", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS": "60"}
         )
 
 
 def test_empty_values_mean_the_default() -> None:
-    assert Settings.from_env({"FLAG_SCHEDULE_MAX_RETRIES": "", "DATABASE_URL": " "}) == Settings()
+    assert (
+        SchedulerSettings.from_env({"FLAG_SCHEDULE_MAX_RETRIES": "", "DATABASE_URL": " "})
+        == SchedulerSettings()
+    )
 
 
 @pytest.mark.parametrize("level", ["", "DEBUG", "info", "Warning", "ERROR", "CRITICAL", "WARN"])

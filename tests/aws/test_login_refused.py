@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from flag_scheduler.aws import scheduler
 from flag_scheduler.aws.secrets import connect_database
-from flag_scheduler.aws.settings import AwsSettings
+from flag_scheduler.aws.settings import DatabaseSettings
 from flag_scheduler.errors import DatabaseLoginRefused
 from flag_scheduler_cli.local import FakeLambdaContext, migrate, start_embedded_server
 from tests.aws.conftest import client, create_secret
@@ -93,14 +93,14 @@ def test_a_rotated_password_is_read_again_after_a_refused_login(
     password_server: PasswordServer, aws: None
 ) -> None:
     arn = create_secret(password_server.secret(WRONG))
-    settings = AwsSettings(db_secret_arn=arn)
+    settings = DatabaseSettings(db_secret_arn=arn)
     with pytest.raises(DatabaseLoginRefused):
-        connect_database(settings, None)  # caches the secret with the old password
+        connect_database(settings)  # caches the secret with the old password
     client("secretsmanager").put_secret_value(
         SecretId=arn, SecretString=json.dumps(password_server.secret(RIGHT))
     )
 
-    with connect_database(settings, None) as conn:
+    with connect_database(settings) as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
 
 

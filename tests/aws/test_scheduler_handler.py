@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -137,11 +136,12 @@ def test_log_events_carry_the_stable_keys(
     assert permanent["level"] == "ERROR"
 
 
-@dataclass
 class _TimeLeftContext(FakeLambdaContext):
     """A Lambda context whose remaining time stands still, so the margin's edge is exact."""
 
-    remaining_ms: int = 0
+    def __init__(self, *, remaining_ms: int) -> None:
+        super().__init__()
+        self.remaining_ms = remaining_ms
 
     def get_remaining_time_in_millis(self) -> int:
         return self.remaining_ms

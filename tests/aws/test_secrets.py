@@ -8,7 +8,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from flag_scheduler.aws.secrets import RDS_CA_BUNDLE, connect_database, database_target
-from flag_scheduler.aws.settings import AwsSettings
+from flag_scheduler.aws.settings import DatabaseSettings
 from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable
 from tests.aws.conftest import client, create_secret, rds_secret_document
 
@@ -24,8 +24,8 @@ RDS_SECRET = {
 pytestmark = pytest.mark.usefixtures("aws")
 
 
-def _settings(arn: str, **overrides: Any) -> AwsSettings:
-    return AwsSettings(db_secret_arn=arn, **overrides)
+def _settings(arn: str, **overrides: Any) -> DatabaseSettings:
+    return DatabaseSettings(db_secret_arn=arn, **overrides)
 
 
 def test_secret_becomes_a_tls_connection_target() -> None:
@@ -111,7 +111,7 @@ def test_secret_is_cached_between_reads() -> None:
 
 def test_connects_to_the_database_through_the_secret(database_url: str) -> None:
     arn = create_secret(rds_secret_document(database_url))
-    with connect_database(_settings(arn), None) as conn:
+    with connect_database(_settings(arn)) as conn:
         name = conn.execute("SELECT current_database()").fetchone()
         assert name == (conninfo_to_dict(database_url)["dbname"],)
         # The scheduler's connection settings hold behind RDS Proxy too.
@@ -122,12 +122,12 @@ def test_connects_to_the_database_through_the_secret(database_url: str) -> None:
 def test_database_url_and_secret_together_are_refused() -> None:
     arn = create_secret(RDS_SECRET)
     with pytest.raises(ConfigurationError, match="either DATABASE_URL or DB_SECRET_ARN"):
-        connect_database(_settings(arn), "postgresql://localhost/flags")
+        connect_database(_settings(arn, database_url="postgresql://localhost/flags"))
 
 
 def test_neither_database_url_nor_secret_is_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"DATABASE_URL must be set .*, or DB_SECRET_ARN"):
-        connect_database(AwsSettings(), None)
+        connect_database(DatabaseSettings())
 
 
 class _Opener:
@@ -152,7 +152,7 @@ def test_rotated_password_is_read_again_and_used() -> None:
         SecretId=arn, SecretString='{"host": "h", "username": "u", "password": "rotated"}'
     )
     opener = _Opener(accepted="rotated")
-    connect_database(_settings(arn), None, open_connection=opener)
+    connect_database(_settings(arn), open_connection=opener)
     assert opener.passwords == ["p@ss word'%", "rotated"]
 
 
@@ -160,5 +160,5 @@ def test_unchanged_secret_is_not_tried_twice() -> None:
     arn = create_secret(RDS_SECRET)
     opener = _Opener(accepted="something else")
     with pytest.raises(DatabaseUnavailable):
-        connect_database(_settings(arn), None, open_connection=opener)
+        connect_database(_settings(arn), open_connection=opener)
     assert opener.passwords == ["p@ss word'%"]

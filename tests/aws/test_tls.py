@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from psycopg.conninfo import make_conninfo
 
 from flag_scheduler.aws.secrets import RDS_CA_BUNDLE, DatabaseTarget, connect_database
-from flag_scheduler.aws.settings import AwsSettings
+from flag_scheduler.aws.settings import DatabaseSettings
 from flag_scheduler.errors import DatabaseLoginRefused, FlagSchedulerError
 from flag_scheduler.store.connection import connect
 from tests.aws.conftest import create_secret
@@ -244,7 +244,7 @@ def test_the_secret_path_refuses_an_impostor_before_sending_any_credential(
         {"host": "127.0.0.1", "port": impostor.port, "username": "u", "password": PASSWORD}
     )
     with pytest.raises(DatabaseLoginRefused, match="certificate verify failed") as caught:
-        connect_database(AwsSettings(db_secret_arn=arn), None)
+        connect_database(DatabaseSettings(db_secret_arn=arn))
     assert PASSWORD not in str(caught.value)
     impostor.settle()
     assert impostor.passwords == []

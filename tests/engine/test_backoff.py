@@ -166,3 +166,10 @@ def test_a_timeline_stops_before_the_end_of_representable_time() -> None:
     # Exactly at `until` is cut too (the end of time is exclusive).
     exact = retry_timeline(policy, uuid4(), T0, 10, until=T0 + timedelta(hours=2))
     assert [attempt.attempt for attempt in exact] == [1, 2]
+
+
+def test_a_text_key_jitters_as_the_uuid_it_spells() -> None:
+    """Outbox messages key their jitter by their id (text); a schedule's stays as it was."""
+    policy = BackoffPolicy(jitter_seconds=30)
+    assert retry_delay(policy, 2, str(SCHEDULE)) == retry_delay(policy, 2, SCHEDULE)
+    assert retry_delay(policy, 0, "alert:a:1") != retry_delay(policy, 0, "alert:a:2")

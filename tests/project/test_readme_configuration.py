@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flag_scheduler import config
-from flag_scheduler.aws import settings as aws_settings
-from flag_scheduler.config import Settings
+from flag_scheduler.aws import settings
+from flag_scheduler.aws.settings import PROCESS_SETTINGS, Variable
 from flag_scheduler_cli import local
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,33 +40,46 @@ def _powertools_variables() -> set[str]:
     return found | set(re.findall(r"^\s+(POWERTOOLS_[A-Z_]+):", template, re.MULTILINE))
 
 
-def test_every_integer_setting_has_its_default_and_range() -> None:
-    table = _table()
-    for variable in config._INT_VARIABLES:
-        assert variable.env in table, f"{variable.env} is not in the README's table"
-        default, allowed = table[variable.env]
-        assert default == str(Settings.model_fields[variable.field].default), variable.env
-        assert allowed.startswith(f"{variable.low}..{variable.high}"), variable.env
+def _settings_variables() -> list[Variable]:
+    """Every variable some process's settings read, once each (DATABASE_URL is shared)."""
+    found: dict[str, Variable] = {}
+    for model in PROCESS_SETTINGS:
+        for variable in model.variables():
+            # A variable two processes read means the same to both: one README row.
+            assert found.setdefault(variable.name, variable) == variable, variable.name
+    return sorted(found.values(), key=lambda v: v.name)
 
 
-def test_every_aws_setting_is_listed() -> None:
+@pytest.mark.parametrize("variable", _settings_variables(), ids=lambda v: v.name)
+def test_every_setting_has_its_row_with_its_default_and_range(variable: Variable) -> None:
     table = _table()
-    names = _named_constants(aws_settings)
-    assert names >= {"DB_SECRET_ARN", "DB_HOST", "DB_NAME", "ALERT_TOPIC_ARN"}
-    missing = names - table.keys()
-    assert not missing, f"not in the README's table: {sorted(missing)}"
-    default, allowed = table[aws_settings.DB_SECRET_MAX_AGE_SECONDS]
-    assert default == str(aws_settings.AwsSettings.db_secret_max_age_seconds)
-    low, high = aws_settings._MAX_AGE_RANGE
-    assert allowed.startswith(f"{low}..{high}")
+    assert variable.name in table, f"{variable.name} is not in the README's table"
+    default, allowed = table[variable.name]
+    if variable.range is None:
+        assert variable.default is None
+        assert default == "—", variable.name
+    else:
+        assert default == str(variable.default), variable.name
+        low, high = variable.range
+        assert allowed.startswith(f"{low}..{high}"), variable.name
+
+
+def test_the_settings_of_every_process_are_found() -> None:
+    names = {variable.name for variable in _settings_variables()}
+    assert {
+        "DATABASE_URL",
+        "DB_SECRET_ARN",
+        "FLAG_SCHEDULE_MAX_RETRIES",
+        "ALERT_TOPIC_ARN",
+    } <= names
 
 
 @pytest.mark.parametrize(
     "variable",
     sorted(
         _powertools_variables()
-        | _named_constants(config)
-        | {local.DATA_DIR_VARIABLE, config.POWERTOOLS_LOG_LEVEL}
+        | _named_constants(settings)
+        | {local.DATA_DIR_VARIABLE, settings.POWERTOOLS_LOG_LEVEL}
     ),
 )
 def test_every_other_variable_is_listed(variable: str) -> None:

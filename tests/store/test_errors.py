@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flag_scheduler.config import int_in_range
+from flag_scheduler.aws.settings import int_in_range
 from flag_scheduler.errors import ConfigurationError, first_line
 
 

@@ -226,7 +226,9 @@ def test_a_second_run_skips_the_schedules_another_run_has_claimed(
 
     with psycopg.connect(database_url, autocommit=True) as first:
         repository = ScheduleRepository(first)
-        with repository.transaction(lock_timeout_ms=200, statement_timeout_ms=10_000):
+        with repository.transaction(
+            lock_timeout_ms=200, statement_timeout_ms=10_000, idle_in_transaction_timeout_ms=60_000
+        ):
             assert [s.id for s in repository.claim_due(T0, 1)] == [held]
             # With a 200 ms lock timeout, a claim that waited would fail, not merely be slow.
             summary = run_service(database_url, T0, lock_timeout_ms=200)

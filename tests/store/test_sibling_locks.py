@@ -97,7 +97,9 @@ def test_waiting_for_a_flag_keeps_no_lock_and_times_out_while_it_is_held(
     flag = catalog.create_flag("banner")
     with _session(database_url, connection.APPLICATION_NAME) as conn:
         repository = ScheduleRepository(conn)
-        with repository.transaction(lock_timeout_ms=100, statement_timeout_ms=5_000):
+        with repository.transaction(
+            lock_timeout_ms=100, statement_timeout_ms=5_000, idle_in_transaction_timeout_ms=60_000
+        ):
             assert repository.wait_for_flag(flag) is True
             # Free for anyone else, though the transaction is still open.
             with _session(database_url, "orders-service") as app, app.transaction():

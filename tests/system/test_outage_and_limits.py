@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from flag_scheduler.config import Settings
+from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.errors import DatabaseUnavailable, SystemicFailure
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler.store.repository import ScheduleRepository
@@ -118,7 +118,7 @@ def test_an_idle_transaction_is_ended_by_the_server(database_url: str) -> None:
 
 
 def test_the_database_url_never_shows_in_the_settings_repr() -> None:
-    settings = Settings.from_env({"DATABASE_URL": "postgresql://app:hunter2@db/flags"})
+    settings = SchedulerSettings.from_env({"DATABASE_URL": "postgresql://app:hunter2@db/flags"})
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings)
 

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from flag_scheduler import __version__
-from flag_scheduler.config import int_in_range
+from flag_scheduler.aws.settings import int_in_range
 from flag_scheduler.engine import limits
 from flag_scheduler.engine.states import State, Status
 from flag_scheduler.errors import (
@@ -87,10 +87,9 @@ def _seconds_in(low: float, high: float) -> Callable[[str], float]:
 
 def _setting_range(env: str) -> tuple[int, int]:
     """The range of an integer setting, so an option and its variable allow the same."""
-    from flag_scheduler.config import _INT_VARIABLES
+    from flag_scheduler.aws.settings import SchedulerSettings
 
-    variable = next(v for v in _INT_VARIABLES if v.env == env)
-    return variable.low, variable.high
+    return SchedulerSettings.bounds(env)
 
 
 # A local run's time budget: positive, and at most a day (Lambda's own limit is 900 s).
@@ -264,14 +263,14 @@ def _actor() -> str:
 
 
 def _operate(args: argparse.Namespace) -> tuple[str, Any]:
-    from flag_scheduler.config import Settings
+    from flag_scheduler.aws.settings import SchedulerSettings
     from flag_scheduler.engine.records import FlagUpdates
     from flag_scheduler.store import connection
     from flag_scheduler.store.catalog import Catalog
     from flag_scheduler_cli import commands
     from flag_scheduler_cli.timeparse import parse_time
 
-    settings = Settings.from_env(os.environ)
+    settings = SchedulerSettings.from_env(os.environ)
     now = datetime.now(UTC)
 
     def time_arg(option: str, text: str) -> datetime:
@@ -411,9 +410,9 @@ def _read_event(path: Path | None) -> Any:
 
 
 def _invoke(args: argparse.Namespace) -> int:
-    from flag_scheduler.config import Settings
+    from flag_scheduler.aws.settings import SchedulerSettings
 
-    margin = Settings.from_env(os.environ).time_margin_seconds
+    margin = SchedulerSettings.from_env(os.environ).time_margin_seconds
     if args.timeout <= margin:
         raise UsageError(
             f"--timeout {args.timeout:g} leaves no time to work: a run starts no batch with"
@@ -427,9 +426,7 @@ def _invoke(args: argparse.Namespace) -> int:
         from flag_scheduler.aws import scheduler
         from flag_scheduler_cli.local import FakeLambdaContext
 
-        scheduler.progress_reporter = (
-            _batch_printer() if (args.progress or sys.stderr.isatty()) else None
-        )
+        progress = _batch_printer() if (args.progress or sys.stderr.isatty()) else None
         # What Lambda would send to CloudWatch (JSON logs, EMF) goes to stderr here, so
         # stdout carries only the run summary, for scripts.
         log_handler = scheduler.logger.registered_handler
@@ -438,9 +435,8 @@ def _invoke(args: argparse.Namespace) -> int:
         try:
             with redirect_stdout(sys.stderr):
                 context = FakeLambdaContext(timeout_seconds=args.timeout)
-                result = scheduler.lambda_handler(event, context)
+                result = scheduler.lambda_handler(event, context, progress=progress)
         finally:
-            scheduler.progress_reporter = None
             scheduler.reset_container()
             if previous is not None:
                 log_handler.setStream(previous)
@@ -496,7 +492,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.command in ("demo", "invoke"):
             # Both import the handler: Powertools would reject a bad variable with a traceback.
-            from flag_scheduler.config import check_powertools_environment
+            from flag_scheduler.aws.settings import check_powertools_environment
 
             check_powertools_environment(os.environ)
         if args.command == "demo":

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from flag_scheduler.config import Settings
+from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay, retry_timeline
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
@@ -28,7 +28,7 @@ class Result:
 class Context:
     catalog: Catalog
     now: datetime
-    settings: Settings
+    settings: SchedulerSettings
     actor: str
     # Which database, for people: "DATABASE_URL" or the embedded server's data folder.
     database: str = "DATABASE_URL"
@@ -230,7 +230,7 @@ def schedules_preview(ctx: Context, schedule_id: UUID) -> Result:
     return Result(f"{header}\n{_policy_text(ctx.settings)}\n{upcoming.text}", upcoming.data)
 
 
-def _policy_text(settings: Settings) -> str:
+def _policy_text(settings: SchedulerSettings) -> str:
     lateness = f"{settings.max_lateness_seconds} s" if settings.max_lateness_seconds else "off"
     return (
         f"policy: backoff base {settings.backoff_base_seconds} s, cap"

@@ -9,10 +9,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, first_line
 
@@ -167,23 +168,26 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
         raise DatabaseUnavailable(f"cannot migrate the database: {message}")
 
 
-@dataclass
-class FakeLambdaContext:
-    """The attributes Powertools and the handler read from a Lambda context."""
+class FakeLambdaContext(LambdaContext):
+    """A Lambda context for local runs and tests, counting down from `timeout_seconds`."""
 
-    timeout_seconds: float = 120.0
-    function_name: str = "flag-scheduler-local"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 512
-    aws_request_id: str = field(default_factory=lambda: f"local-{uuid.uuid4()}")
-    log_group_name: str = "/aws/lambda/flag-scheduler-local"
-    log_stream_name: str = "local"
-    _started: float = field(default_factory=time.monotonic)
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float = 120.0,
+        function_name: str = "flag-scheduler-local",
+        aws_request_id: str | None = None,
+    ) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._function_name = function_name
+        self._function_version = "$LATEST"
+        self._invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        self._memory_limit_in_mb = 512
+        self._aws_request_id = aws_request_id or f"local-{uuid.uuid4()}"
+        self._log_group_name = "/aws/lambda/flag-scheduler-local"
+        self._log_stream_name = "local"
+        self._started = time.monotonic()
 
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
+    def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
         elapsed = time.monotonic() - self._started
         return max(0, int((self.timeout_seconds - elapsed) * 1000))

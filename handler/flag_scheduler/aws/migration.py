@@ -14,15 +14,14 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from flag_scheduler.aws.secrets import database_target
-from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
-from flag_scheduler.config import check_powertools_environment
+from flag_scheduler.aws.settings import MigrationSettings, check_powertools_environment
 from flag_scheduler.errors import ConfigurationError, FlagSchedulerError, first_line
 from flag_scheduler.store import alembic_runner
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-# As in handler.py: a bad Powertools variable fails the start with a line naming it.
+# As in scheduler.py: a bad Powertools variable fails the start with a line naming it.
 check_powertools_environment(os.environ)
 logger = Logger(service="flag-scheduler-migrations")
 # Alembic reports each revision it runs through the standard library's "alembic" logger.
@@ -46,12 +45,12 @@ def sqlalchemy_url(environ: Mapping[str, str]) -> str:
     """
     from sqlalchemy.engine import URL
 
-    settings = AwsSettings.from_env(environ)
+    settings = MigrationSettings.from_env(environ)
     if settings.db_secret_arn is None:
-        url = environ.get("DATABASE_URL", "").strip()
-        if not url:
-            raise ConfigurationError(f"{DB_SECRET_ARN} or DATABASE_URL must be set")
-        return url
+        if settings.database_url is None:
+            secret, url = (settings.alias(f) for f in ("db_secret_arn", "database_url"))
+            raise ConfigurationError(f"{secret} or {url} must be set")
+        return settings.database_url
     target = database_target(settings)
     query = {
         # Verified TLS and no cleartext password, as the scheduler connects.

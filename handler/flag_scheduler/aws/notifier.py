@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from flag_scheduler.aws.settings import AwsSettings
+from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.engine.notifier import SendReport
 from flag_scheduler.engine.records import ClaimedMessage
 from flag_scheduler.engine.states import MessageKind
@@ -67,7 +67,7 @@ class AwsNotifier:
         self._monotonic = monotonic
 
     @classmethod
-    def from_settings(cls, settings: AwsSettings) -> AwsNotifier:
+    def from_settings(cls, settings: SchedulerSettings) -> AwsNotifier:
         return cls(topic_arn=settings.alert_topic_arn, bus_name=settings.flag_events_bus_name)
 
     @property

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from aws_lambda_powertools import Logger, Metrics
@@ -17,9 +17,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from flag_scheduler.aws.notifier import AwsNotifier
 from flag_scheduler.aws.secrets import connect_database
-from flag_scheduler.aws.settings import AwsSettings
-from flag_scheduler.config import Settings, check_powertools_environment
+from flag_scheduler.aws.settings import SchedulerSettings, check_powertools_environment
 from flag_scheduler.engine import delivery, run_loop
+from flag_scheduler.engine.notifier import Notifier
 from flag_scheduler.engine.records import RunSummary
 from flag_scheduler.engine.states import ErrorClass
 from flag_scheduler.errors import (
@@ -46,28 +46,21 @@ metrics = Metrics(
 copy_config_to_registered_loggers(source_logger=logger, include={"flag_scheduler"})
 
 
-class InvocationContext(Protocol):
-    """What a run reads from its context: Lambda's LambdaContext, or the CLI's and the
-    demo's FakeLambdaContext."""
-
-    def get_remaining_time_in_millis(self) -> int: ...
+# Told the running totals after each batch (local runs print them).
+Progress = Callable[[RunSummary], None]
 
 
 class _Container:
     """What one Lambda container builds once and reuses across invocations."""
 
-    settings: Settings | None = None
-    aws: AwsSettings | None = None
-    notifier: AwsNotifier | None = None
+    settings: SchedulerSettings | None = None
+    notifier: Notifier | None = None
     connection: psycopg.Connection[Any] | None = None
     # time.monotonic() when `connection` was opened.
     connected_at: float = 0.0
 
 
 _container = _Container()
-
-# Told the running totals after each batch; set only by local runs (`flag-scheduler invoke`).
-progress_reporter: Callable[[RunSummary], None] | None = None
 
 
 def utc_now() -> datetime:
@@ -79,87 +72,85 @@ def reset_container() -> None:
     if _container.connection is not None:
         _container.connection.close()
     _container.settings = None
-    _container.aws = None
     _container.notifier = None
     _container.connection = None
     _container.connected_at = 0.0
 
 
-def _settings() -> Settings:
+def _settings() -> SchedulerSettings:
     if _container.settings is None:
-        _container.settings = Settings.from_env(os.environ)
+        _container.settings = SchedulerSettings.from_env(os.environ)
     return _container.settings
 
 
-def _aws_settings() -> AwsSettings:
-    if _container.aws is None:
-        _container.aws = AwsSettings.from_env(os.environ)
-    return _container.aws
-
-
-def _notifier() -> AwsNotifier:
+def _notifier() -> Notifier:
     """SNS alerts and FlagChanged events, when their topic and bus are configured."""
     if _container.notifier is None:
-        _container.notifier = AwsNotifier.from_settings(_aws_settings())
+        _container.notifier = AwsNotifier.from_settings(_settings())
     return _container.notifier
 
 
-def _repository(settings: Settings, monotonic: Callable[[], float]) -> ScheduleRepository:
+def _repository(settings: SchedulerSettings, monotonic: Callable[[], float]) -> ScheduleRepository:
     """The cached connection if it is young enough and still answers, else a new one
     (DATABASE_URL or secret)."""
-    conn = _container.connection
-    if conn is not None and not conn.closed and not conn.broken:
-        age = monotonic() - _container.connected_at
-        if age >= settings.connection_max_age_seconds:
-            logger.info("cached_connection_expired_reconnecting", extra={"age_seconds": age})
-        else:
-            try:
-                repository = ScheduleRepository(conn)
-                repository.ping()
-                return repository
-            except DatabaseUnavailable:
-                logger.warning("cached_connection_lost_reconnecting")
-    if conn is not None:
-        conn.close()
+    cached = _cached_repository(settings, monotonic)
+    if cached is not None:
+        return cached
+    if _container.connection is not None:
+        _container.connection.close()
     _container.connection = None
-    _container.connection = connect_database(_aws_settings(), settings.database_url)
+    _container.connection = connect_database(settings)
     _container.connected_at = monotonic()
     return ScheduleRepository(_container.connection)
 
 
+def _cached_repository(
+    settings: SchedulerSettings, monotonic: Callable[[], float]
+) -> ScheduleRepository | None:
+    conn = _container.connection
+    if conn is None or conn.closed or conn.broken:
+        return None
+    age = monotonic() - _container.connected_at
+    if age >= settings.connection_max_age_seconds:
+        logger.info("cached_connection_expired_reconnecting", extra={"age_seconds": age})
+        return None
+    try:
+        repository = ScheduleRepository(conn)
+        repository.ping()
+    except DatabaseUnavailable:
+        logger.warning("cached_connection_lost_reconnecting")
+        return None
+    return repository
+
+
 def run_invocation(
-    context: InvocationContext,
+    context: LambdaContext,
     *,
     clock: run_loop.Clock = utc_now,
-    progress: Callable[[RunSummary], None] | None = None,
+    progress: Progress | None = None,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """One scheduler run against the container's database; returns the run summary.
+    """One scheduler run against the container's database, then the outbox; returns the
+    run summary. `progress` is told the running totals after each batch; `monotonic`
+    measures the cached connection's age (tests pass their own).
 
-    `monotonic` measures the cached connection's age (tests pass their own)."""
+    Raises:
+        SystemicFailure: an outage stopped the run (its committed batches are notified).
+        DatabaseUnavailable: the database cannot be reached or the connection was lost.
+        ConfigurationError: a setting, the secret or the login is wrong.
+    """
     started = time.monotonic()
     settings = _settings()
     repository = _repository(settings, monotonic)
     notifier = _notifier()
-    policy = run_loop.RunPolicy(
-        max_retries=settings.max_retries,
-        batch_size=settings.batch_size,
-        time_margin_ms=settings.time_margin_seconds * 1000,
-        backoff=settings.backoff,
-        lock_timeout_ms=settings.lock_timeout_ms,
-        statement_timeout_ms=settings.statement_timeout_ms,
-        max_lateness_seconds=settings.max_lateness_seconds,
-        outage_threshold=settings.outage_threshold,
-        idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
-    )
     try:
         summary = run_loop.process_due_schedules(
             repository,
             notifier,
             clock=clock,
             remaining_ms=context.get_remaining_time_in_millis,
-            policy=policy,
-            request_id=getattr(context, "aws_request_id", None),
+            policy=settings.run_policy(),
+            request_id=context.aws_request_id,
             progress=progress,
         )
     except SystemicFailure:
@@ -167,9 +158,27 @@ def run_invocation(
         _add_delivery_metrics(_deliver(repository, notifier, context, settings, clock))
         raise
     outbox = _deliver(repository, notifier, context, settings, clock)
-    retry_backlog = _retry_backlog(repository, settings)
-    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    return _completed(summary, outbox, duration_ms=round((time.monotonic() - started) * 1000, 1))
 
+
+def _completed(
+    summary: RunSummary, outbox: delivery.DeliveryReport, *, duration_ms: float
+) -> dict[str, Any]:
+    """The run's metrics, its log line and the summary the handler returns."""
+    _add_run_metrics(summary, outbox, duration_ms)
+    result = {
+        **summary.as_dict(),
+        "retry_backlog": outbox.retry_backlog,
+        **outbox.as_dict(),
+        "duration_ms": duration_ms,
+    }
+    logger.info("run_completed", extra=result)
+    return result
+
+
+def _add_run_metrics(
+    summary: RunSummary, outbox: delivery.DeliveryReport, duration_ms: float
+) -> None:
     for name, value in (
         ("SchedulesClaimed", summary.claimed),
         ("SchedulesApplied", summary.applied),
@@ -181,31 +190,23 @@ def run_invocation(
         ("SchedulesUnrecordable", summary.unrecordable),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    if retry_backlog is not None:
-        metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=retry_backlog)
+    if outbox.retry_backlog is not None:
+        metrics.add_metric(name="RetryBacklog", unit=MetricUnit.Count, value=outbox.retry_backlog)
     _add_delivery_metrics(outbox)
     metrics.add_metric(name="RunDuration", unit=MetricUnit.Milliseconds, value=duration_ms)
     for lag in summary.lag_seconds:
         metrics.add_metric(name="ScheduleLagSeconds", unit=MetricUnit.Seconds, value=lag)
 
-    result = {
-        **summary.as_dict(),
-        "retry_backlog": retry_backlog,
-        **outbox.as_dict(),
-        "duration_ms": duration_ms,
-    }
-    logger.info("run_completed", extra=result)
-    return result
-
 
 def _deliver(
     repository: ScheduleRepository,
-    notifier: AwsNotifier,
-    context: InvocationContext,
-    settings: Settings,
+    notifier: Notifier,
+    context: LambdaContext,
+    settings: SchedulerSettings,
     clock: run_loop.Clock,
 ) -> delivery.DeliveryReport:
-    """Send the outbox until the time margin before the Lambda timeout (never raises)."""
+    """Send the outbox until the time margin before the Lambda timeout, then count the
+    backlogs (never raises)."""
     remaining_ms = context.get_remaining_time_in_millis() - settings.time_margin_seconds * 1000
     report = delivery.deliver_outbox(
         repository,
@@ -232,16 +233,6 @@ def _add_delivery_metrics(report: delivery.DeliveryReport) -> None:
         metrics.add_metric(name="OutboxBacklog", unit=MetricUnit.Count, value=report.backlog)
 
 
-def _retry_backlog(repository: ScheduleRepository, settings: Settings) -> int | None:
-    """The retry backlog, or None: the run's work is committed, so a failure here is only
-    a missing gauge, never a failed invocation."""
-    try:
-        return repository.count_retry_backlog(statement_timeout_ms=settings.statement_timeout_ms)
-    except FlagSchedulerError as exc:
-        logger.warning("retry_backlog_unavailable", extra={"error": str(exc)})
-        return None
-
-
 def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, Any]:
     if isinstance(exc, SystemicFailure):
         return {
@@ -257,11 +248,14 @@ def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, An
 # before the run by the first invocation of each container.
 @metrics.log_metrics(capture_cold_start_metric=True)
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
-def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(
+    event: Any, context: LambdaContext, *, progress: Progress | None = None
+) -> dict[str, Any]:
     """EventBridge entry point. The event is only read for its id (the correlation id):
-    what is due is decided by the database, whatever the event's shape."""
+    what is due is decided by the database, whatever the event's shape. Lambda passes no
+    `progress`; local runs (`flag-scheduler invoke`) pass one to print each batch."""
     try:
-        result = run_invocation(context, progress=progress_reporter)
+        result = run_invocation(context, progress=progress)
     except (SystemicFailure, DatabaseUnavailable) as exc:
         # An outage: fail the invocation (the Errors alarm fires) without burning retries.
         logger.error("run_aborted_systemic", extra=_outage_evidence(exc))

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from flag_scheduler.aws.settings import DB_HOST, DB_NAME, DB_SECRET_ARN, AwsSettings
+from flag_scheduler.aws.settings import DatabaseSettings
 from flag_scheduler.errors import (
     ConfigurationError,
     DatabaseLoginRefused,
@@ -21,6 +21,11 @@ from flag_scheduler.store.connection import connect
 
 DEFAULT_PORT = 5432
 DEFAULT_DBNAME = "postgres"
+# The variables named in messages, as the settings spell them.
+_DATABASE_URL, _DB_SECRET_ARN, _DB_HOST, _DB_NAME = (
+    DatabaseSettings.alias(field)
+    for field in ("database_url", "db_secret_arn", "db_host", "db_name")
+)
 # The Amazon RDS global CA bundle plus the Amazon Trust Services roots that RDS Proxy's
 # certificates chain to; shipped in the package (README: "Refreshing the CA bundle").
 RDS_CA_BUNDLE = Path(__file__).with_name("rds-ca-bundle.pem")
@@ -96,14 +101,14 @@ def reset_cache() -> None:
     _Provider.instance = None
 
 
-def read_secret(settings: AwsSettings, *, force_fetch: bool = False) -> Mapping[str, Any]:
+def read_secret(settings: DatabaseSettings, *, force_fetch: bool = False) -> Mapping[str, Any]:
     """The secret's JSON document, cached by Powertools for `db_secret_max_age_seconds`.
 
     Raises:
         ConfigurationError: DB_SECRET_ARN is unset, or the secret is unreadable or not JSON.
     """
     if settings.db_secret_arn is None:
-        raise ConfigurationError(f"{DB_SECRET_ARN} is not set")
+        raise ConfigurationError(f"{_DB_SECRET_ARN} is not set")
     # Imported here: Parameters imports boto3, which a run without a secret never needs.
     from aws_lambda_powertools.utilities import parameters
     from botocore.config import Config  # type: ignore[import-untyped]
@@ -138,7 +143,7 @@ def read_secret(settings: AwsSettings, *, force_fetch: bool = False) -> Mapping[
     return document
 
 
-def target_from_secret(settings: AwsSettings, document: Mapping[str, Any]) -> DatabaseTarget:
+def target_from_secret(settings: DatabaseSettings, document: Mapping[str, Any]) -> DatabaseTarget:
     """Combine the secret with the DB_HOST and DB_NAME overrides.
 
     RDS-managed master secrets hold only username and password; the host then comes from
@@ -153,14 +158,14 @@ def target_from_secret(settings: AwsSettings, document: Mapping[str, Any]) -> Da
     password = "" if document.get("password") == "" else _text(document, "password", arn)
     host = settings.db_host or _optional_text(document, "host", arn)
     if host is None:
-        raise ConfigurationError(f"secret {arn} has no 'host'; set {DB_HOST}")
+        raise ConfigurationError(f"secret {arn} has no 'host'; set {_DB_HOST}")
     dbname = settings.db_name or _optional_text(document, "dbname", arn) or DEFAULT_DBNAME
     return DatabaseTarget(
         host=host, port=_port(document, arn), user=user, password=password, dbname=dbname
     )
 
 
-def database_target(settings: AwsSettings, *, force_fetch: bool = False) -> DatabaseTarget:
+def database_target(settings: DatabaseSettings, *, force_fetch: bool = False) -> DatabaseTarget:
     """Read the secret (cached) and build the connection target.
 
     Raises:
@@ -170,8 +175,7 @@ def database_target(settings: AwsSettings, *, force_fetch: bool = False) -> Data
 
 
 def connect_database(
-    settings: AwsSettings,
-    database_url: str | None,
+    settings: DatabaseSettings,
     *,
     open_connection: Callable[[str], psycopg.Connection[Any]] = connect,
 ) -> psycopg.Connection[Any]:
@@ -185,17 +189,18 @@ def connect_database(
         DatabaseLoginRefused: the login is refused, with the secret read afresh too.
         DatabaseUnavailable: the database cannot be reached.
     """
+    database_url = settings.database_url
     if settings.db_secret_arn is None:
         if not database_url:
             raise ConfigurationError(
-                "DATABASE_URL must be set to a PostgreSQL connection URL,"
-                f" or {DB_SECRET_ARN} to an RDS-format secret"
+                f"{_DATABASE_URL} must be set to a PostgreSQL connection URL,"
+                f" or {_DB_SECRET_ARN} to an RDS-format secret"
             )
         return open_connection(database_url)
     if database_url:
         raise ConfigurationError(
-            f"set either DATABASE_URL or {DB_SECRET_ARN}, not both"
-            f" ({DB_HOST} and {DB_NAME} override what the secret says)"
+            f"set either {_DATABASE_URL} or {_DB_SECRET_ARN}, not both"
+            f" ({_DB_HOST} and {_DB_NAME} override what the secret says)"
         )
     cached = database_target(settings)
     try:

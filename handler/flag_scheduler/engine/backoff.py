@@ -20,17 +20,18 @@ class BackoffPolicy:
     jitter_seconds: float = 30.0
 
 
-def jitter_fraction(schedule_id: UUID, retry_number: int) -> float:
-    """A number in [0, 1) that is fixed for (schedule, retry) and uniform across schedules."""
+def jitter_fraction(key: UUID | str, retry_number: int) -> float:
+    """A number in [0, 1) that is fixed for (key, retry) and uniform across keys (a schedule's
+    id, an outbox message's id)."""
     # A hash instead of random(): the same schedule always gets the same retry times, so a
     # preview is exact and tests are deterministic, while different schedules still spread
     # out and do not retry in lock-step after a shared outage.
-    digest = hashlib.blake2b(f"{schedule_id}:{retry_number}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{key}:{retry_number}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
-def retry_delay(policy: BackoffPolicy, retry_number: int, schedule_id: UUID) -> timedelta:
-    """Delay before retry `retry_number` (0 for the first retry) of a schedule.
+def retry_delay(policy: BackoffPolicy, retry_number: int, key: UUID | str) -> timedelta:
+    """Delay before retry `retry_number` (0 for the first retry) of what `key` names.
 
     Raises:
         ValueError: if `retry_number` is negative.
@@ -39,7 +40,7 @@ def retry_delay(policy: BackoffPolicy, retry_number: int, schedule_id: UUID) -> 
         raise ValueError(f"retry_number must be >= 0, got {retry_number}")
     exponent = min(retry_number, _MAX_EXPONENT)
     backoff = min(policy.cap_seconds, policy.base_seconds * 2**exponent)
-    jitter = policy.jitter_seconds * jitter_fraction(schedule_id, retry_number)
+    jitter = policy.jitter_seconds * jitter_fraction(key, retry_number)
     return timedelta(seconds=backoff + jitter)
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from typing import Any
 
 from flag_scheduler.engine.records import DueSchedule, OutboxMessage, ScheduleOutcome
 from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome
@@ -33,42 +34,47 @@ def outbox_messages(
     """The alert of each permanent failure and the FlagChanged event of each applied change,
     of the kinds someone delivers (`kinds`); nothing is written that would never be sent."""
     messages: list[OutboxMessage] = []
-    alerts = MessageKind.ALERT in kinds
-    events = MessageKind.FLAG_CHANGED in kinds
     for outcome in outcomes:
-        schedule = outcome.schedule
-        if events and outcome.outcome == Outcome.APPLIED and outcome.change is not None:
-            change = outcome.change
+        kind = _reported_kind(outcome)
+        if kind is not None and kind in kinds:
             messages.append(
                 OutboxMessage(
-                    message_id=message_id(MessageKind.FLAG_CHANGED, schedule, outcome.attempt),
-                    kind=MessageKind.FLAG_CHANGED,
-                    payload={
-                        "schedule_id": str(change.schedule_id),
-                        "flag_key": change.flag_key,
-                        "environment": change.environment,
-                        "old": change.old,
-                        "new": change.new,
-                    },
-                )
-            )
-        elif alerts and outcome.outcome in (Outcome.FAILED_PERMANENTLY, Outcome.EXPIRED):
-            messages.append(
-                OutboxMessage(
-                    message_id=message_id(MessageKind.ALERT, schedule, outcome.attempt),
-                    kind=MessageKind.ALERT,
-                    payload={
-                        "schedule_id": str(schedule.id),
-                        "flag_key": schedule.flag_key,
-                        "environment": schedule.environment,
-                        "scheduled_at": schedule.scheduled_at.isoformat(),
-                        "retry_count": schedule.retry_count,
-                        "error_class": outcome.error_class or ErrorClass.UNKNOWN,
-                        "last_error": outcome.last_error or "",
-                    },
+                    message_id=message_id(kind, outcome.schedule, outcome.attempt),
+                    kind=kind,
+                    payload=_payload(kind, outcome),
                 )
             )
     return messages
+
+
+def _reported_kind(outcome: ScheduleOutcome) -> MessageKind | None:
+    """What an outcome reports: an applied change its event, a final failure its alert."""
+    if outcome.outcome == Outcome.APPLIED and outcome.change is not None:
+        return MessageKind.FLAG_CHANGED
+    if outcome.outcome in (Outcome.FAILED_PERMANENTLY, Outcome.EXPIRED):
+        return MessageKind.ALERT
+    return None
+
+
+def _payload(kind: MessageKind, outcome: ScheduleOutcome) -> dict[str, Any]:
+    schedule, change = outcome.schedule, outcome.change
+    if kind == MessageKind.FLAG_CHANGED and change is not None:
+        return {
+            "schedule_id": str(change.schedule_id),
+            "flag_key": change.flag_key,
+            "environment": change.environment,
+            "old": change.old,
+            "new": change.new,
+        }
+    return {
+        "schedule_id": str(schedule.id),
+        "flag_key": schedule.flag_key,
+        "environment": schedule.environment,
+        "scheduled_at": schedule.scheduled_at.isoformat(),
+        "retry_count": schedule.retry_count,
+        "error_class": outcome.error_class or ErrorClass.UNKNOWN,
+        "last_error": outcome.last_error or "",
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay
+from flag_scheduler.engine.budget import statement_budget_ms
 from flag_scheduler.engine.messages import outbox_messages
 from flag_scheduler.engine.notifier import Notifier
 from flag_scheduler.engine.records import (
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 # last_error is for people; a driver message longer than this is noise.
 MAX_ERROR_LENGTH = 1000
-# The shortest statement timeout a transaction is given, however little time is left.
-MIN_STATEMENT_TIMEOUT_MS = 1_000
 
 
 class Clock(Protocol):
@@ -220,7 +219,9 @@ def process_due_schedules(
         now = clock()
         with repository.transaction(
             lock_timeout_ms=policy.lock_timeout_ms,
-            statement_timeout_ms=statement_budget_ms(policy, left_ms),
+            statement_timeout_ms=statement_budget_ms(
+                policy.statement_timeout_ms, window_ms=left_ms - policy.time_margin_ms
+            ),
             idle_in_transaction_timeout_ms=policy.idle_in_transaction_timeout_ms,
         ):
             # Neither rows found unrecordable nor flags a sibling run holds may crowd out
@@ -258,15 +259,6 @@ def process_due_schedules(
     )
     summary.statements = repository.statements - statements_before
     return summary
-
-
-def statement_budget_ms(policy: RunPolicy, remaining_ms: int) -> int:
-    """The statement timeout for a transaction started with `remaining_ms` left: the
-    configured one, cut so a statement ends before the time margin begins."""
-    # The floor stays within the smallest margin (1 s), so even a floored statement ends
-    # before the invocation's timeout; less would cancel statements on mere latency.
-    left = max(MIN_STATEMENT_TIMEOUT_MS, remaining_ms - policy.time_margin_ms)
-    return min(policy.statement_timeout_ms, left)
 
 
 def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:

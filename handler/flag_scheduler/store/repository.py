@@ -14,6 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import BaseRowFactory, dict_row
 from psycopg.types.json import Jsonb
 
+from flag_scheduler.engine.delivery import Backlogs
 from flag_scheduler.engine.messages import PendingAlert
 from flag_scheduler.engine.records import (
     EARLIEST_MOMENT,
@@ -58,6 +59,7 @@ _DUE_SCHEDULE = record_row(DueSchedule, status=by_value(Status).__getitem__)
 _FLAG_STATE = record_row(FlagState)
 _APPLIED_SCHEDULE = record_row(AppliedSchedule, fields=tuple)
 _PENDING_ALERT = record_row(PendingAlert)
+_BACKLOGS = record_row(Backlogs)
 _CLAIMED_MESSAGE = record_row(ClaimedMessage, kind=by_value(MessageKind).__getitem__)
 
 
@@ -122,7 +124,7 @@ class ScheduleRepository:
         *,
         lock_timeout_ms: int,
         statement_timeout_ms: int,
-        idle_in_transaction_timeout_ms: int = 60_000,
+        idle_in_transaction_timeout_ms: int,
     ) -> Iterator[None]:
         """A transaction with bounded lock, statement and idle waits; commits on success.
 
@@ -381,10 +383,10 @@ class ScheduleRepository:
             },
         )
 
-    def count_outbox(self) -> int:
-        """How many messages wait for delivery."""
-        row = self._execute(sql.COUNT_OUTBOX).fetchone()
-        return int(row[0])
+    def count_backlogs(self) -> Backlogs:
+        """How many messages wait for delivery and schedules for a retry (one statement)."""
+        (backlogs,) = self._fetch(sql.COUNT_BACKLOGS, None, _BACKLOGS)
+        return backlogs
 
     def save_run_state(
         self,
@@ -404,15 +406,3 @@ class ScheduleRepository:
                 "summary": Jsonb(dict(summary)),
             },
         )
-
-    def count_retry_backlog(self, *, statement_timeout_ms: int) -> int:
-        """How many schedules are waiting for a retry.
-
-        Raises:
-            FlagSchedulerError: the count failed or took longer than the statement timeout.
-        """
-        with self.transaction(
-            lock_timeout_ms=statement_timeout_ms, statement_timeout_ms=statement_timeout_ms
-        ):
-            row = self._execute(sql.COUNT_RETRY_BACKLOG).fetchone()
-        return int(row[0])

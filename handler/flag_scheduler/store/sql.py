@@ -215,11 +215,13 @@ ON CONFLICT (id) DO UPDATE SET
     last_summary = EXCLUDED.last_summary
 """
 
-# Counts schedules waiting for a retry (`due_at IS NOT NULL` lets it use the due index).
-COUNT_RETRY_BACKLOG = """
-SELECT count(*)
-FROM feature_flag_schedules
-WHERE due_at IS NOT NULL AND status = 'failed'
+# The two gauges of a run in one round trip: messages not yet delivered (OutboxBacklog) and
+# schedules waiting for a retry (RetryBacklog; `due_at IS NOT NULL` lets it use the due index).
+COUNT_BACKLOGS = """
+SELECT (SELECT count(*) FROM notification_outbox) AS outbox,
+       (SELECT count(*)
+        FROM feature_flag_schedules
+        WHERE due_at IS NOT NULL AND status = 'failed') AS retries
 """
 
 # --- Notification outbox (flag_scheduler.engine.delivery). ---
@@ -287,9 +289,6 @@ FROM unnest(%(ids)b::bigint[], %(next_attempt_at)b::timestamptz[], %(errors)b::t
      AS v(id, next_attempt_at, error)
 WHERE o.id = v.id
 """
-
-# Messages not yet delivered (the OutboxBacklog gauge).
-COUNT_OUTBOX = "SELECT count(*) FROM notification_outbox"
 
 # Cheap liveness check of a cached connection.
 PING = "SELECT 1"

@@ -171,27 +171,19 @@ def process_due_schedules(
 ) -> RunSummary:
     """Process due schedules in batches until none is due or time runs short.
 
-    Each batch is one transaction holding the claim's row locks (see _process_batch): its
-    flags locked without waiting, decided together, written in a few statements, one
-    savepoint per schedule only when a bulk write fails. Each outcome's notifications (of
-    the kinds `notifier` delivers) are queued in the outbox in the same transaction;
-    flag_scheduler.engine.delivery sends them after commit. `progress` is told the running
-    totals after each batch.
+    Each batch is one transaction holding the claim's row locks (see _process_batch). Each
+    outcome's notifications (of the kinds `notifier` delivers) are queued in the outbox in
+    the same transaction; flag_scheduler.engine.delivery sends them after commit.
+    `progress` is told the running totals after each batch.
 
     Raises:
-        DatabaseUnavailable: the connection was lost; the open batch was rolled back by the
-            server and its schedules stay due, so nothing is lost or charged a retry.
-        SystemicFailure: `policy.outage_threshold` different flags failed in a row with the
-            same retryable error; what was tried is committed, the rest stays due uncharged.
+        DatabaseUnavailable: the connection was lost; the open batch is rolled back, its
+            schedules stay due: nothing is lost or charged a retry.
+        SystemicFailure: `policy.outage_threshold` different flags failed in a row with
+            one retryable error; what was tried is committed, the rest stays due uncharged.
     """
-    run = _Run(
-        repository=repository,
-        clock=clock,
-        policy=policy,
-        request_id=request_id,
-        remaining_ms=remaining_ms,
-        kinds=notifier.kinds,
-    )
+    # (Positional: each field has its own type, so mypy catches a swap.)
+    run = _Run(repository, clock, policy, request_id, remaining_ms, kinds=notifier.kinds)
     started_at = clock()
     statements_before = _statements(repository)
     while _next_batch(run):
@@ -200,19 +192,23 @@ def process_due_schedules(
         _raise_if_outage(run)
         if run.summary.stopped_for_time:
             break
-    run.summary.transactions += 1  # the claim that found nothing, or save_run_state's
-    repository.save_run_state(
-        started_at=started_at,
-        finished_at=clock(),
-        request_id=request_id,
-        summary=run.summary.as_dict(),
-    )
+    _save_run_state(run, started_at)
     run.summary.statements = _statements(repository) - statements_before
     return run.summary
 
 
 def _statements(repository: ScheduleStore) -> int:
     return repository.statements if isinstance(repository, CountsStatements) else 0
+
+
+def _save_run_state(run: _Run, started_at: datetime) -> None:
+    run.summary.transactions += 1  # the claim that found nothing, or save_run_state's
+    run.repository.save_run_state(
+        started_at=started_at,
+        finished_at=run.clock(),
+        request_id=run.request_id,
+        summary=run.summary.as_dict(),
+    )
 
 
 def statement_budget_ms(policy: RunPolicy, remaining_ms: int) -> int:
@@ -267,6 +263,11 @@ def _raise_if_outage(run: _Run) -> None:
 
 def _process_batch(run: _Run, batch: list[DueSchedule], now: datetime) -> list[ScheduleOutcome]:
     """Decide and write a claimed batch; returns outcomes in processing order.
+
+    Its schedules are decided together: the flags no other transaction holds locked in one
+    statement that never waits, then flag writes, outcomes, history rows and outbox
+    messages written in four statements; only when one of those fails does the batch fall
+    back to one savepoint per schedule, so one bad schedule never undoes its neighbours.
 
     A run never waits for a flag while it holds another: it locks the flags no one else
     holds, without waiting, and hands the rest back (left untouched, their claim ends at

@@ -16,7 +16,7 @@ from uuid import UUID
 from flag_scheduler.engine import decide, report
 from flag_scheduler.engine.messages import outbox_messages
 from flag_scheduler.engine.notifier import Notifier
-from flag_scheduler.engine.policy import RunPolicy as RunPolicy
+from flag_scheduler.engine.policy import RunPolicy as RunPolicy  # the entry points use it
 from flag_scheduler.engine.records import (
     AppliedSchedule,
     DueSchedule,

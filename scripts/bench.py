@@ -283,12 +283,8 @@ class Bench:
     def claim_plan(self, url: str) -> str:
         # Imported here: pydantic in this process would raise every invoker's peak RSS figure
         # (Linux keeps the forking process's peak in a child's ru_maxrss across exec).
-        from flag_scheduler.engine.records import (
-            EARLIEST_MOMENT,
-            LATEST_MOMENT,
-            MAX_RETRY_COUNT,
-            MAX_UPDATES_BYTES,
-        )
+        from flag_scheduler.engine.limits import EARLIEST_TIME, END_OF_TIME, MAX_RETRY_COUNT
+        from flag_scheduler.engine.records import MAX_UPDATES_BYTES
 
         with psycopg.connect(url) as conn:
             plan = conn.execute(
@@ -300,8 +296,8 @@ class Bench:
                     "skip_flags": [],
                     "max_updates_bytes": MAX_UPDATES_BYTES,
                     "max_retry_count": MAX_RETRY_COUNT,
-                    "earliest": EARLIEST_MOMENT,
-                    "latest": LATEST_MOMENT,
+                    "earliest": EARLIEST_TIME,
+                    "latest": END_OF_TIME,
                 },
             ).fetchone()
         scans: list[str] = []

@@ -24,7 +24,6 @@ SCHEDULE = DueSchedule(
     flag_key="checkout",
     environment="production",
     scheduled_at=T0,
-    status=Status.FAILED,
     updates='{"enabled": true}',
     retry_count=2,
     max_retries=None,

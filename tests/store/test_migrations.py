@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
-from flag_scheduler.engine.records import EARLIEST_MOMENT, LATEST_MOMENT, MAX_RETRY_COUNT
+from flag_scheduler.engine.limits import EARLIEST_TIME, END_OF_TIME, MAX_RETRY_COUNT
 from flag_scheduler.store import sql
 from flag_scheduler.store.catalog import Catalog
 from migrations.schema import metadata
@@ -229,8 +229,8 @@ def test_claim_stays_an_index_scan_with_a_million_applied_rows(
                 "skip": [uuid4()],
                 "skip_flags": [uuid4()],
                 "max_retry_count": MAX_RETRY_COUNT,
-                "earliest": EARLIEST_MOMENT,
-                "latest": LATEST_MOMENT,
+                "earliest": EARLIEST_TIME,
+                "latest": END_OF_TIME,
             },
         ).fetchone()
     scans = _scans(plan_rows[0][0]["Plan"])  # type: ignore[index]

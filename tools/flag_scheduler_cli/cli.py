@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
@@ -20,6 +20,7 @@ from uuid import UUID
 from flag_scheduler import __version__
 from flag_scheduler.aws.settings import int_in_range
 from flag_scheduler.engine import limits
+from flag_scheduler.engine.policy import is_too_late
 from flag_scheduler.engine.states import State, Status
 from flag_scheduler.errors import (
     ConfigurationError,
@@ -346,7 +347,7 @@ def _check_names(args: argparse.Namespace) -> None:
 
 def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bool) -> None:
     """A time already past the lateness limit would only expire: refuse it unless forced."""
-    if force or not lateness or now - at <= timedelta(seconds=lateness):
+    if force or not is_too_late(at, now=now, max_lateness_seconds=lateness):
         return
     raise UsageError(
         f"--at {at.isoformat()} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS"

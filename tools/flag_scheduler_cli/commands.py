@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import takewhile
 from typing import Any
 from uuid import UUID
 
 from flag_scheduler.aws.settings import SchedulerSettings
-from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay, retry_timeline
+from flag_scheduler.engine import policy as rules
+from flag_scheduler.engine.backoff import BackoffPolicy, retry_timeline
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State
@@ -215,7 +217,7 @@ def schedules_cancel(ctx: Context, schedule_id: UUID) -> Result:
 
 
 def _retry_limit(ctx: Context, schedule: ScheduleView) -> int:
-    return schedule.max_retries if schedule.max_retries is not None else ctx.settings.max_retries
+    return rules.retry_limit(schedule.max_retries, default=ctx.settings.max_retries)
 
 
 def schedules_preview(ctx: Context, schedule_id: UUID) -> Result:
@@ -256,15 +258,12 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
         attempts_made=made,
         until=END_OF_TIME,
     )
-    expires_at = (
-        (schedule.requeued_at or schedule.scheduled_at)
-        + timedelta(seconds=settings.max_lateness_seconds)
-        if settings.max_lateness_seconds
-        else None
-    )
+    since = rules.due_since(schedule.scheduled_at, schedule.requeued_at)
+    lateness = settings.max_lateness_seconds
+    expires_at = rules.expires_at(since, max_lateness_seconds=lateness)
     rows, attempts = [], []
     for planned in timeline:
-        expired = expires_at is not None and planned.at > expires_at
+        expired = rules.is_too_late(since, now=planned.at, max_lateness_seconds=lateness)
         delay = planned.delay_before.total_seconds() if planned.delay_before else None
         rows.append(
             (
@@ -283,7 +282,7 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
             }
         )
     last = timeline[-1].at
-    if expires_at is not None and last > expires_at:
+    if rules.is_too_late(since, now=last, max_lateness_seconds=lateness):
         verdict = f"expires at {render.when(expires_at)} (lateness limit) before its last attempt"
         final = {"expires_at": expires_at, "permanently_failed_at": None}
     elif timeline[-1].attempt < _retry_limit(ctx, schedule) + 1:
@@ -303,29 +302,9 @@ def policy_preview(
     ctx: Context, policy: BackoffPolicy, max_retries: int, start: datetime
 ) -> Result:
     """The retry timeline of any schedule under a policy: jitter shown as a window."""
-    flat = BackoffPolicy(policy.base_seconds, policy.cap_seconds, 0)
-    earliest = latest = start
-    rows: list[tuple[object, ...]] = [(1, render.when(start), render.when(start), "")]
-    attempts: list[dict[str, Any]] = [{"attempt": 1, "earliest": start, "latest": start}]
-    cut_short = None
-    for n in range(max_retries):
-        base = retry_delay(flat, n, UUID(int=0))
-        jitter = timedelta(seconds=policy.jitter_seconds)
-        # Compared before adding: past the end of time the addition itself overflows.
-        if END_OF_TIME - latest <= base + jitter:
-            cut_short = n + 2
-            break
-        earliest += base
-        latest += base + jitter
-        rows.append(
-            (
-                n + 2,
-                render.when(earliest),
-                render.when(latest),
-                f"+{render.duration(base.total_seconds())}",
-            )
-        )
-        attempts.append({"attempt": n + 2, "earliest": earliest, "latest": latest})
+    attempts, rows = _jitter_windows(policy, max_retries, start)
+    earliest, latest = attempts[-1]["earliest"], attempts[-1]["latest"]
+    cut_short = attempts[-1]["attempt"] + 1 if len(attempts) < max_retries + 1 else None
     if cut_short is not None:
         verdict = (
             f"attempt {cut_short} and later would fall after {render.when(END_OF_TIME)}, the"
@@ -350,6 +329,27 @@ def policy_preview(
         "cut_short_at_attempt": cut_short,
     }
     return Result(text, data)
+
+
+def _jitter_windows(
+    policy: BackoffPolicy, max_retries: int, start: datetime
+) -> tuple[list[dict[str, Any]], list[tuple[object, ...]]]:
+    """Each attempt's window (data, table rows): from the retry timeline without jitter to
+    one jitter later per retry, up to the first window reaching the end of time."""
+    flat = BackoffPolicy(policy.base_seconds, policy.cap_seconds, 0)
+    timeline = retry_timeline(flat, UUID(int=0), start, max_retries, until=END_OF_TIME)
+    jitter = timedelta(seconds=policy.jitter_seconds)
+    # Compared, not added: past the end of time the addition itself overflows.
+    shown = takewhile(lambda p: END_OF_TIME - p.at > (p.attempt - 1) * jitter, timeline)
+    attempts: list[dict[str, Any]] = []
+    rows: list[tuple[object, ...]] = []
+    for planned in shown:
+        latest = planned.at + (planned.attempt - 1) * jitter
+        attempts.append({"attempt": planned.attempt, "earliest": planned.at, "latest": latest})
+        delay = planned.delay_before
+        backoff = f"+{render.duration(delay.total_seconds())}" if delay else ""
+        rows.append((planned.attempt, render.when(planned.at), render.when(latest), backoff))
+    return attempts, rows
 
 
 # --- status ---

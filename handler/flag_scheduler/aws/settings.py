@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.fields import FieldInfo
 
 from flag_scheduler.engine.backoff import BackoffPolicy
-from flag_scheduler.engine.run_loop import RunPolicy
+from flag_scheduler.engine.limits import MAX_RETRY_COUNT
+from flag_scheduler.engine.policy import RunPolicy
 from flag_scheduler.errors import ConfigurationError
 
 
@@ -183,7 +184,7 @@ class DatabaseSettings(EnvironmentSettings):
 class SchedulerSettings(DatabaseSettings):
     """The scheduler function (and the CLI's local runs and previews)."""
 
-    max_retries: int = _integer("FLAG_SCHEDULE_MAX_RETRIES", 3, 0, 10)
+    max_retries: int = _integer("FLAG_SCHEDULE_MAX_RETRIES", 3, 0, MAX_RETRY_COUNT)
     batch_size: int = _integer("FLAG_SCHEDULE_BATCH_SIZE", 1000, 1, 10_000)
     # Stop starting work when the invocation has less than this left before its timeout.
     time_margin_seconds: int = _integer("FLAG_SCHEDULE_TIME_MARGIN_SECONDS", 10, 1, 900)

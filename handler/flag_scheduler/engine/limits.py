@@ -1,4 +1,5 @@
-"""What a flag key, an environment and a schedule time may be, written once for all callers.
+"""What a flag key, an environment, a schedule time, a retry count and an error text may be,
+written once for all callers.
 
 The schema (migrations/schema.py, migration 0008), the CLI and the engine import these, so a
 rule changes in one place (a new migration carries the new text to existing databases).
@@ -22,6 +23,13 @@ ENVIRONMENT_RULE = "1..64 characters: a letter or digit, then letters, digits, '
 EARLIEST_TIME = datetime(1, 1, 2, tzinfo=UTC)
 END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)  # exclusive
 TIME_RANGE_TEXT = "from 0001-01-02T00:00:00Z up to (not including) 9999-12-31T00:00:00Z"
+
+# retry_count only grows while it is below max_retries (at most 10) and a requeue resets it,
+# so no schedule the engine wrote ever holds more; the schema refuses more (0006).
+MAX_RETRY_COUNT = 10
+# last_error and a parking reason are for people (the history's error holds 2000): a driver
+# message longer than this is noise.
+MAX_ERROR_LENGTH = 1000
 
 
 def regex_sql(pattern: str) -> str:

@@ -10,20 +10,12 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flag_scheduler.engine import limits
 from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome, Status
 from flag_scheduler.errors import InvalidUpdates
 
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
 # Larger `updates` documents are refused unread: a valid one is under 60 bytes.
 MAX_UPDATES_BYTES = 4096
-# retry_count only grows while it is below max_retries (at most 10) and a requeue resets it,
-# so no schedule the engine wrote ever holds more; the schema refuses more (0006).
-MAX_RETRY_COUNT = 10
-# The moments every client library can represent (the schema's *_in_range checks): the
-# claim reads anything outside as a defect instead of failing to load it.
-EARLIEST_MOMENT = limits.EARLIEST_TIME
-LATEST_MOMENT = limits.END_OF_TIME
 
 
 class FlagUpdates(BaseModel):
@@ -97,15 +89,15 @@ class DueSchedule:
     flag_key: str
     environment: str
     scheduled_at: datetime
-    status: Status
     updates: str | None  # the JSON text; None when over the size limit (not fetched)
     retry_count: int
     max_retries: int | None
     requeued_at: datetime | None = None
     updates_bytes: int = 0
     # Why the run can neither process nor record this row (a value the engine cannot
-    # represent); such a row is parked, never decided. scheduled_at is then EARLIEST_MOMENT
-    # when the stored one could not be loaded.
+    # represent); such a row is parked, never decided. scheduled_at is then
+    # limits.EARLIEST_TIME when the stored one could not be loaded (the schema's *_in_range
+    # checks bound the moments every client library can represent).
     defect: str | None = None
 
 

@@ -15,11 +15,14 @@ from psycopg.rows import BaseRowFactory, dict_row
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.delivery import Backlogs
+from flag_scheduler.engine.limits import (
+    EARLIEST_TIME,
+    END_OF_TIME,
+    MAX_ERROR_LENGTH,
+    MAX_RETRY_COUNT,
+)
 from flag_scheduler.engine.messages import PendingAlert
 from flag_scheduler.engine.records import (
-    EARLIEST_MOMENT,
-    LATEST_MOMENT,
-    MAX_RETRY_COUNT,
     MAX_UPDATES_BYTES,
     AppliedSchedule,
     ClaimedMessage,
@@ -29,7 +32,7 @@ from flag_scheduler.engine.records import (
     OutboxMessage,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import ErrorClass, MessageKind, Status, by_value
+from flag_scheduler.engine.states import ErrorClass, MessageKind, by_value
 from flag_scheduler.errors import (
     DatabaseUnavailable,
     FlagSchedulerError,
@@ -49,13 +52,11 @@ _TRANSIENT_SQLSTATES = {
     "55P03": ErrorClass.LOCK_TIMEOUT,
     "57014": ErrorClass.STATEMENT_TIMEOUT,
 }
-# A parking reason is for people, and last_error and the history's error are bounded (2000).
-MAX_PARK_REASON = 1000
 # SQLSTATE classes that mean the data itself is wrong: 22 data exception, 23 integrity.
 _PERMANENT_SQLSTATE_CLASSES = {"22": ErrorClass.DATA_ERROR, "23": ErrorClass.INTEGRITY_ERROR}
 
 # Each statement's columns are named as its record's fields (see sql.py).
-_DUE_SCHEDULE = record_row(DueSchedule, status=by_value(Status).__getitem__)
+_DUE_SCHEDULE = record_row(DueSchedule)
 _FLAG_STATE = record_row(FlagState)
 _APPLIED_SCHEDULE = record_row(AppliedSchedule, fields=tuple)
 _PENDING_ALERT = record_row(PendingAlert)
@@ -175,8 +176,8 @@ class ScheduleRepository:
                 "skip_flags": list(skip_flags),
                 "max_updates_bytes": MAX_UPDATES_BYTES,
                 "max_retry_count": MAX_RETRY_COUNT,
-                "earliest": EARLIEST_MOMENT,
-                "latest": LATEST_MOMENT,
+                "earliest": EARLIEST_TIME,
+                "latest": END_OF_TIME,
             },
             _DUE_SCHEDULE,
         )
@@ -195,12 +196,12 @@ class ScheduleRepository:
             sql.PARK_SCHEDULES,
             {
                 "ids": list(reasons),
-                "reasons": [reason[:MAX_PARK_REASON] for reason in reasons.values()],
+                "reasons": [reason[:MAX_ERROR_LENGTH] for reason in reasons.values()],
                 "now": now,
                 "request_id": request_id,
                 "max_retry_count": MAX_RETRY_COUNT,
-                "earliest": EARLIEST_MOMENT,
-                "latest": LATEST_MOMENT,
+                "earliest": EARLIEST_TIME,
+                "latest": END_OF_TIME,
             },
         )
 

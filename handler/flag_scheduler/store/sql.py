@@ -27,7 +27,6 @@ CLAIM_DUE_SCHEDULES = """
 SELECT s.id, s.flag_id, f.flag_key, f.environment,
        CASE WHEN s.scheduled_at >= %(earliest)s AND s.scheduled_at < %(latest)s
             THEN s.scheduled_at ELSE %(earliest)s END AS scheduled_at,
-       s.status,
        CASE WHEN octet_length(s.updates::text) <= %(max_updates_bytes)s
             THEN s.updates::text END AS updates,
        s.retry_count, s.max_retries,

@@ -8,7 +8,12 @@ from typing import Any
 from uuid import UUID
 
 from flag_scheduler.config import Settings
-from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay, retry_timeline
+from flag_scheduler.engine.backoff import (
+    BackoffPolicy,
+    PlannedAttempt,
+    retry_delay,
+    retry_timeline,
+)
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State
@@ -242,27 +247,41 @@ def _policy_text(settings: Settings) -> str:
 def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
     """The attempts still to come for a pending or waiting schedule, with the real jitter."""
     if schedule.state == State.PENDING:
-        first, made = max(schedule.scheduled_at, ctx.now), schedule.retry_count
+        first = max(schedule.scheduled_at, ctx.now)
     elif schedule.state == State.WAITING_FOR_RETRY and schedule.next_retry_at is not None:
-        first, made = schedule.next_retry_at, schedule.retry_count
+        first = schedule.next_retry_at
     else:
         return None
-    settings = ctx.settings
+    limit = _retry_limit(ctx, schedule)
     timeline = retry_timeline(
-        settings.backoff,
+        ctx.settings.backoff,
         schedule.id,
         first,
-        _retry_limit(ctx, schedule),
-        attempts_made=made,
+        limit,
+        attempts_made=schedule.retry_count,
         until=END_OF_TIME,
     )
-    expires_at = (
-        (schedule.requeued_at or schedule.scheduled_at)
-        + timedelta(seconds=settings.max_lateness_seconds)
-        if settings.max_lateness_seconds
-        else None
-    )
-    rows, attempts = [], []
+    expires_at = _expires_at(ctx.settings, schedule)
+    rows, attempts = _attempt_rows(timeline, expires_at)
+    verdict, final = _verdict(timeline, expires_at, limit)
+    text = render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
+    return Result(text, {"schedule_id": schedule.id, "attempts": attempts, **final})
+
+
+def _expires_at(settings: Settings, schedule: ScheduleView) -> datetime | None:
+    """When the lateness limit expires the schedule (counted from a requeue, if any)."""
+    if not settings.max_lateness_seconds:
+        return None
+    start = schedule.requeued_at or schedule.scheduled_at
+    return start + timedelta(seconds=settings.max_lateness_seconds)
+
+
+def _attempt_rows(
+    timeline: list[PlannedAttempt], expires_at: datetime | None
+) -> tuple[list[tuple[object, ...]], list[dict[str, Any]]]:
+    """The timeline as table rows and as JSON records, each attempt marked if it expires."""
+    rows: list[tuple[object, ...]] = []
+    attempts: list[dict[str, Any]] = []
     for planned in timeline:
         expired = expires_at is not None and planned.at > expires_at
         delay = planned.delay_before.total_seconds() if planned.delay_before else None
@@ -282,74 +301,94 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
                 "expired": expired,
             }
         )
-    last = timeline[-1].at
-    if expires_at is not None and last > expires_at:
+    return rows, attempts
+
+
+def _verdict(
+    timeline: list[PlannedAttempt], expires_at: datetime | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """How the timeline ends if every attempt fails: expired, cut at the end of time, or
+    permanently failed."""
+    last = timeline[-1]
+    if expires_at is not None and last.at > expires_at:
         verdict = f"expires at {render.when(expires_at)} (lateness limit) before its last attempt"
-        final = {"expires_at": expires_at, "permanently_failed_at": None}
-    elif timeline[-1].attempt < _retry_limit(ctx, schedule) + 1:
+        return verdict, {"expires_at": expires_at, "permanently_failed_at": None}
+    if last.attempt < limit + 1:
         verdict = (
-            f"attempt {timeline[-1].attempt + 1} and later would fall after"
+            f"attempt {last.attempt + 1} and later would fall after"
             f" {render.when(END_OF_TIME)}, the last time a schedule can hold: not shown"
         )
-        final = {"expires_at": expires_at, "permanently_failed_at": None}
-    else:
-        verdict = f"if every attempt fails: permanently failed at {render.when(last)}"
-        final = {"expires_at": expires_at, "permanently_failed_at": last}
-    text = render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
-    return Result(text, {"schedule_id": schedule.id, "attempts": attempts, **final})
+        return verdict, {"expires_at": expires_at, "permanently_failed_at": None}
+    verdict = f"if every attempt fails: permanently failed at {render.when(last.at)}"
+    return verdict, {"expires_at": expires_at, "permanently_failed_at": last.at}
 
 
-def policy_preview(
-    ctx: Context, policy: BackoffPolicy, max_retries: int, start: datetime
-) -> Result:
+@dataclass
+class _Window:
+    """The earliest and latest moment of each attempt under a policy with jitter."""
+
+    rows: list[tuple[object, ...]]
+    attempts: list[dict[str, Any]]
+    earliest: datetime
+    latest: datetime
+    # The first attempt that would fall after END_OF_TIME, if any.
+    cut_short: int | None = None
+
+
+def policy_preview(policy: BackoffPolicy, max_retries: int, start: datetime) -> Result:
     """The retry timeline of any schedule under a policy: jitter shown as a window."""
-    flat = BackoffPolicy(policy.base_seconds, policy.cap_seconds, 0)
-    earliest = latest = start
-    rows: list[tuple[object, ...]] = [(1, render.when(start), render.when(start), "")]
-    attempts: list[dict[str, Any]] = [{"attempt": 1, "earliest": start, "latest": start}]
-    cut_short = None
-    for n in range(max_retries):
-        base = retry_delay(flat, n, UUID(int=0))
-        jitter = timedelta(seconds=policy.jitter_seconds)
-        # Compared before adding: past the end of time the addition itself overflows.
-        if END_OF_TIME - latest <= base + jitter:
-            cut_short = n + 2
-            break
-        earliest += base
-        latest += base + jitter
-        rows.append(
-            (
-                n + 2,
-                render.when(earliest),
-                render.when(latest),
-                f"+{render.duration(base.total_seconds())}",
-            )
-        )
-        attempts.append({"attempt": n + 2, "earliest": earliest, "latest": latest})
-    if cut_short is not None:
+    window = _attempt_windows(policy, max_retries, start)
+    if window.cut_short is not None:
         verdict = (
-            f"attempt {cut_short} and later would fall after {render.when(END_OF_TIME)}, the"
-            " last time a schedule can hold: not shown"
+            f"attempt {window.cut_short} and later would fall after {render.when(END_OF_TIME)},"
+            " the last time a schedule can hold: not shown"
         )
     else:
         verdict = (
-            f"if every attempt fails: permanently failed between {render.when(earliest)}"
-            f" and {render.when(latest)}"
+            f"if every attempt fails: permanently failed between {render.when(window.earliest)}"
+            f" and {render.when(window.latest)}"
         )
     text = "\n".join(
         [
             f"policy: max_retries {max_retries}, base {policy.base_seconds:g} s, cap"
             f" {policy.cap_seconds:g} s, jitter {policy.jitter_seconds:g} s",
-            render.table(rows, ("ATTEMPT", "EARLIEST", "LATEST", "BACKOFF")),
+            render.table(window.rows, ("ATTEMPT", "EARLIEST", "LATEST", "BACKOFF")),
             verdict,
         ]
     )
     data = {
-        "attempts": attempts,
-        "permanently_failed_between": None if cut_short else [earliest, latest],
-        "cut_short_at_attempt": cut_short,
+        "attempts": window.attempts,
+        "permanently_failed_between": (
+            None if window.cut_short else [window.earliest, window.latest]
+        ),
+        "cut_short_at_attempt": window.cut_short,
     }
     return Result(text, data)
+
+
+def _attempt_windows(policy: BackoffPolicy, max_retries: int, start: datetime) -> _Window:
+    flat = BackoffPolicy(policy.base_seconds, policy.cap_seconds, 0)
+    jitter = timedelta(seconds=policy.jitter_seconds)
+    window = _Window(
+        rows=[(1, render.when(start), render.when(start), "")],
+        attempts=[{"attempt": 1, "earliest": start, "latest": start}],
+        earliest=start,
+        latest=start,
+    )
+    for n in range(max_retries):
+        base = retry_delay(flat, n, UUID(int=0))
+        # Compared before adding: past the end of time the addition itself overflows.
+        if END_OF_TIME - window.latest <= base + jitter:
+            window.cut_short = n + 2
+            break
+        window.earliest += base
+        window.latest += base + jitter
+        earliest, latest = render.when(window.earliest), render.when(window.latest)
+        window.rows.append((n + 2, earliest, latest, f"+{render.duration(base.total_seconds())}"))
+        window.attempts.append(
+            {"attempt": n + 2, "earliest": window.earliest, "latest": window.latest}
+        )
+    return window
 
 
 # --- status ---

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from sqlalchemy.engine import URL
 
 from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import DB_SECRET_ARN, AwsSettings
@@ -44,8 +45,6 @@ def sqlalchemy_url(environ: Mapping[str, str]) -> str:
     Raises:
         ConfigurationError: neither is set, or the secret is unusable.
     """
-    from sqlalchemy.engine import URL
-
     settings = AwsSettings.from_env(environ)
     if settings.db_secret_arn is None:
         url = environ.get("DATABASE_URL", "").strip()

@@ -23,6 +23,7 @@ COMMANDS = {
     ("status",),
     ("invoke",),
     ("demo",),
+    ("completion",),
 }
 
 

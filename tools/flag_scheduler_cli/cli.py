@@ -41,6 +41,7 @@ from flag_scheduler.store import connection
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli import commands
 from flag_scheduler_cli.commands import Context, Result
+from flag_scheduler_cli.completion import bash_script
 from flag_scheduler_cli.local import (
     FakeLambdaContext,
     data_folder,
@@ -150,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
         func=_operator(_status)
     )
     _add_local_runs(commands, common)
+    commands.add_parser(
+        "completion",
+        help="print a bash completion script",
+        description="Print a bash script completing flag-scheduler's commands, options and"
+        " option values: `source <(flag-scheduler completion)`, e.g. in ~/.bashrc.",
+    ).set_defaults(func=_completion)
     return parser
 
 
@@ -506,6 +513,11 @@ def _runs_the_handler(command: Handler) -> Handler:
         return command(args)
 
     return run
+
+
+def _completion(args: argparse.Namespace) -> int:
+    print(bash_script(_parser(), "flag-scheduler"), end="")
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -329,3 +329,12 @@ def test_status_list_and_show_print_an_unloadable_moment_instead_of_failing(
     assert "next retry:  infinity" in cli.ok("schedules", "show", str(waiting))
     cli.ok("schedules", "show", str(requeued))
     assert cli.json("schedules", "show", str(requeued))["schedule"]["requeued_at"] == "infinity"
+
+
+def test_a_database_refusal_is_one_line_naming_the_database(cli: Cli) -> None:
+    # libpq reads PGOPTIONS: every transaction of the command is read-only.
+    cli.env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+    line = cli.fails(1, "flags", "create", "banner")
+    assert line == (
+        "flag-scheduler: error: database: cannot execute INSERT in a read-only transaction"
+    )

@@ -64,6 +64,10 @@ class UsageError(Exception):
     """The command line or one of its files is wrong."""
 
 
+class DatabaseFailed(FlagSchedulerError):
+    """The database failed or refused an operator command."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit code 2)."""
 
@@ -356,6 +360,10 @@ class _Operation:
                     actor=_actor(),
                     database=_where(self.args),
                 )
+            except (TransientDatabaseError, PermanentDatabaseError) as exc:
+                # The catalog's translation of a driver error: say where it came from. The
+                # driver's error rides along for the advice to migrate.
+                raise DatabaseFailed(f"database: {exc}") from exc.__cause__
             finally:
                 conn.close()
 
@@ -634,19 +642,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FlagSchedulerError as exc:
-        print(f"flag-scheduler: error: {_error_text(exc)}", file=sys.stderr)
+        print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
-
-
-def _error_text(exc: FlagSchedulerError) -> str:
-    """What went wrong, in one line: the store's translation of a driver error says that
-    it came from the database, as the CLI always has."""
-    advice = _unmigrated(exc)
-    if advice:
-        return advice
-    if isinstance(exc, TransientDatabaseError | PermanentDatabaseError):
-        return f"database: {exc}"
-    return str(exc)
 
 
 # SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.

@@ -16,7 +16,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias, TypeVar
 from uuid import UUID
 
 from flag_scheduler import __version__
@@ -56,6 +56,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Plain strings: argparse quotes the repr of its choices in a usage error.
 SCHEDULE_STATES = tuple(state.value for state in (*State, Status.FAILED))
 
+T = TypeVar("T")
 # What each (sub)command runs, set as its parser's `func` default: the exit code.
 Handler = Callable[[argparse.Namespace], int]
 
@@ -295,7 +296,7 @@ def _add_local_runs(commands: _Commands, common: _Parser) -> None:
     ).set_defaults(func=_runs_the_handler(_demo))
 
 
-# --- the database every command but demo works on ---
+# --- the database the commands work on (all but demo and completion) ---
 
 
 def _where(args: argparse.Namespace) -> str:
@@ -504,9 +505,14 @@ def _schedules_preview(operation: _Operation) -> Result:
     return commands.policy_preview(policy, max_retries, operation.time("--from", args.start))
 
 
-def _given(option: Any, setting: Any) -> Any:
+def _given(option: T | None, setting: T) -> T:
     """An option's value, or the setting when the option was not given."""
     return setting if option is None else option
+
+
+def _completion(args: argparse.Namespace) -> int:
+    print(bash_script(_parser(), "flag-scheduler"), end="")
+    return EXIT_OK
 
 
 # --- the commands that run the handler in this process ---
@@ -521,11 +527,6 @@ def _runs_the_handler(command: Handler) -> Handler:
         return command(args)
 
     return run
-
-
-def _completion(args: argparse.Namespace) -> int:
-    print(bash_script(_parser(), "flag-scheduler"), end="")
-    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,10 +1,13 @@
-"""Helpers the tests share: URLs, running the service with a chosen clock, reading rows."""
+"""Helpers the tests share: URLs, running the service with a chosen clock, reading rows,
+running the CLI and Alembic as users do, and waiting for a session to wait on a lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +24,7 @@ from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
 from flag_scheduler.store.repository import ScheduleRepository
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def database_url_for(server_url: str, database: str) -> str:
@@ -119,3 +123,111 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update({"POWERTOOLS_METRICS_DISABLED": "true", **extra})
     return env
+
+
+class Cli:
+    """`flag-scheduler` bound to one test database."""
+
+    def __init__(self, database_url: str) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env)
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def fails(self, code: int, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == code, (result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr  # one clear line
+        assert lines[0].startswith("flag-scheduler: error: ") or "usage:" in result.stderr
+        return lines[0]
+
+
+def row_counts(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """How many flags, schedules and history rows there are, and each schedule's status and
+    retry count: equal before and after, a command wrote nothing."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM feature_flags),"
+        " (SELECT count(*) FROM feature_flag_schedules),"
+        " (SELECT count(*) FROM feature_flag_schedule_attempts),"
+        " (SELECT string_agg(status || retry_count, ',' ORDER BY id) FROM feature_flag_schedules)"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Alembic as an operator runs it: from the repository root, DATABASE_URL in the env."""
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def public_tables(url: str) -> set[str]:
+    """The tables in the database's public schema."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def backend_pid(conn: psycopg.Connection[Any] | None) -> int:
+    """The server process behind a connection (which must exist)."""
+    assert conn is not None
+    return conn.info.backend_pid
+
+
+def wait_for_lock_waiters(
+    conn: psycopg.Connection[Any],
+    *,
+    count: int = 1,
+    application_name: str | None = None,
+    wait_event: str | None = None,
+    timeout: float = 30,
+) -> list[int]:
+    """The pids of the sessions of this database waiting on a lock, once there are `count`
+    (only those of `application_name`, and waiting on a `wait_event` lock, when given).
+
+    Polls: the waiting session is another process, and the test goes on only once it waits.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND wait_event_type = 'Lock'"
+            " AND (%(app)s::text IS NULL OR application_name = %(app)s::text)"
+            " AND (%(event)s::text IS NULL OR wait_event = %(event)s::text)"
+            " ORDER BY pid",
+            {"app": application_name, "event": wait_event},
+        ).fetchall()
+        if len(waiting) >= count:
+            return [row[0] for row in waiting]
+        time.sleep(0.01)
+    activity = conn.execute(
+        "SELECT application_name, state, wait_event_type, wait_event, query"
+        " FROM pg_stat_activity WHERE datname = current_database()"
+    ).fetchall()
+    raise AssertionError(
+        f"expected {count} session(s) of {application_name or 'any application'} waiting on"
+        f" a {wait_event or 'any'} lock within {timeout} s: {activity}"
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from flag_scheduler.aws.settings import DatabaseSettings
 from flag_scheduler.errors import DatabaseLoginRefused
 from flag_scheduler_cli.local import FakeLambdaContext, migrate, start_embedded_server
 from tests.aws.conftest import client, create_secret
+from tests.support import run_cli
 from tests.system import audit
 
 RIGHT = "right-Pa55word"
@@ -108,14 +107,7 @@ def test_a_rotated_password_is_read_again_after_a_refused_login(
 def test_the_cli_says_the_login_was_refused_and_exits_2(
     password_server: PasswordServer, command: list[str]
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flag_scheduler_cli.cli", *command],
-        env=audit.invoke_env(password_server.url(WRONG)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(*command, env=audit.invoke_env(password_server.url(WRONG)))
     assert result.returncode == 2, result.stderr
     # (`invoke` logs run_failed first, as the function does in AWS.)
     last_line = result.stderr.splitlines()[-1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 
 from flag_scheduler.aws import migration
@@ -10,16 +9,9 @@ from flag_scheduler.aws.secrets import RDS_CA_BUNDLE
 from flag_scheduler.errors import ConfigurationError
 from flag_scheduler_cli.local import FakeLambdaContext
 from tests.aws.conftest import create_secret, rds_secret_document
+from tests.support import public_tables
 
 pytestmark = pytest.mark.usefixtures("aws")
-
-
-def _tables(url: str) -> set[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-        ).fetchall()
-    return {row[0] for row in rows}
 
 
 def test_migrates_an_empty_database_through_the_secret(
@@ -32,7 +24,9 @@ def test_migrates_an_empty_database_through_the_secret(
     assert first["status"] == "ok"
     assert first["from_revision"] is None
     assert first["to_revision"] is not None
-    assert {"feature_flags", "feature_flag_schedules", "alembic_version"} <= _tables(empty_database)
+    assert {"feature_flags", "feature_flag_schedules", "alembic_version"} <= public_tables(
+        empty_database
+    )
 
     again = migration.lambda_handler({}, FakeLambdaContext(function_name="migrations"))
     assert again == {

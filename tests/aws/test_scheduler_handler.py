@@ -16,7 +16,7 @@ from flag_scheduler.errors import ConfigurationError, SystemicFailure
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli import fault_injection
 from flag_scheduler_cli.local import FakeLambdaContext
-from tests.support import schedule_row
+from tests.support import backend_pid, schedule_row
 
 EVENTS = sorted((Path(__file__).resolve().parents[2] / "events").glob("*.json"))
 METRICS = {
@@ -191,26 +191,20 @@ def test_a_missing_database_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
         scheduler.lambda_handler({}, FakeLambdaContext())
 
 
-def _backend_pid() -> int:
-    connection = scheduler._container.connection
-    assert connection is not None
-    return connection.info.backend_pid
-
-
 def test_the_connection_is_reused_and_replaced_when_broken(
     env: pytest.MonkeyPatch, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:
     scheduler.lambda_handler({}, FakeLambdaContext())
-    first = _backend_pid()
+    first = backend_pid(scheduler._container.connection)
     scheduler.lambda_handler({}, FakeLambdaContext())
-    assert _backend_pid() == first
+    assert backend_pid(scheduler._container.connection) == first
 
     conn.execute("SELECT pg_terminate_backend(%s)", (first,))
     schedule = _due_now(catalog)
     result = scheduler.lambda_handler({}, FakeLambdaContext())
 
     assert result["applied"] == 1
-    assert _backend_pid() != first
+    assert backend_pid(scheduler._container.connection) != first
     assert schedule_row(conn, schedule).status == "applied"
 
 

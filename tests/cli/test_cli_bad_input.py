@@ -19,17 +19,11 @@ import pytest
 
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli import fault_injection
-from tests.cli.test_operator_cli import Cli, _counts
-from tests.support import cli_env, run_cli, run_service
+from tests.support import Cli, cli_env, row_counts, run_cli, run_service
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "s3cret-Pa55word"
-
-
-@pytest.fixture
-def cli(database_url: str) -> Cli:
-    return Cli(database_url)
 
 
 _run = run_cli
@@ -162,10 +156,10 @@ def test_out_of_range_times_are_usage_errors_naming_the_range(
     cli: Cli, conn: psycopg.Connection[Any], args: tuple[str, ...]
 ) -> None:
     cli.ok("flags", "create", "banner")
-    before = _counts(conn)
+    before = row_counts(conn)
     line = cli.fails(2, *args)
     assert "0001-01-02T00:00:00Z up to (not including) 9999-12-31T00:00:00Z" in line
-    assert _counts(conn) == before
+    assert row_counts(conn) == before
 
 
 @pytest.mark.parametrize(
@@ -216,14 +210,14 @@ def test_a_time_past_the_lateness_limit_needs_force(
     cli: Cli, conn: psycopg.Connection[Any]
 ) -> None:
     cli.ok("flags", "create", "banner")
-    before = _counts(conn)
+    before = row_counts(conn)
     late = (datetime.now(UTC) - timedelta(days=2)).isoformat()
     args = ("schedules", "create", "--flag", "banner", "--at", late, "--enable")
 
     line = cli.fails(2, *args)
     assert "FLAG_SCHEDULE_MAX_LATENESS_SECONDS (86400 s)" in line
     assert "--force" in line
-    assert _counts(conn) == before
+    assert row_counts(conn) == before
 
     assert cli.json(*args, "--force")["status"] == "pending"
     # Within the limit no --force is needed.
@@ -357,10 +351,10 @@ def test_list_accepts_every_state_it_shows(
 def test_invalid_flag_keys_and_environments_are_refused(
     cli: Cli, conn: psycopg.Connection[Any], args: tuple[str, ...], message: str
 ) -> None:
-    before = _counts(conn)
+    before = row_counts(conn)
     line = cli.fails(2, *args)
     assert message in line
-    assert _counts(conn) == before
+    assert row_counts(conn) == before
 
 
 def test_the_longest_valid_key_is_accepted(cli: Cli) -> None:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import psycopg
 
+from tests.support import run_cli
 from tests.system import audit
 
 
 def test_migrate_with_database_url_creates_the_schema(empty_database: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flag_scheduler_cli.cli", "migrate"],
-        env=audit.invoke_env(empty_database),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_cli("migrate", env=audit.invoke_env(empty_database))
     assert result.returncode == 0, result.stderr
     with psycopg.connect(empty_database) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables")}

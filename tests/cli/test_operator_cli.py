@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,63 +14,16 @@ import pytest
 
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli import fault_injection
-from tests.support import history, run_service, schedule_row
+from tests.support import (
+    Cli,
+    history,
+    row_counts,
+    run_service,
+    schedule_row,
+    wait_for_lock_waiters,
+)
 
 pytestmark = pytest.mark.slow
-
-
-class Cli:
-    """`flag-scheduler` bound to one test database."""
-
-    def __init__(self, database_url: str) -> None:
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "POWERTOOLS_METRICS_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-        }
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flag_scheduler_cli.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    def ok(self, *args: str) -> str:
-        result = self.run(*args)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json"))
-
-    def fails(self, code: int, *args: str) -> str:
-        result = self.run(*args)
-        assert result.returncode == code, (result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr  # one clear line
-        assert lines[0].startswith("flag-scheduler: error: ") or "usage:" in result.stderr
-        return lines[0]
-
-
-@pytest.fixture
-def cli(database_url: str) -> Cli:
-    return Cli(database_url)
-
-
-def _counts(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM feature_flags),"
-        " (SELECT count(*) FROM feature_flag_schedules),"
-        " (SELECT count(*) FROM feature_flag_schedule_attempts),"
-        " (SELECT string_agg(status || retry_count, ',' ORDER BY id) FROM feature_flag_schedules)"
-    ).fetchone()
-    assert row is not None
-    return tuple(row)
 
 
 def test_flags_create_list_and_show(cli: Cli) -> None:
@@ -208,10 +159,10 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(
     cli: Cli, conn: psycopg.Connection[Any], args: tuple[str, ...], code: int, message: str
 ) -> None:
     cli.ok("flags", "create", "banner")
-    before = _counts(conn)
+    before = row_counts(conn)
     line = cli.fails(code, *args)
     assert message in line
-    assert _counts(conn) == before
+    assert row_counts(conn) == before
 
 
 def test_retry_and_cancel_refuse_an_applied_schedule(
@@ -222,13 +173,13 @@ def test_retry_and_cancel_refuse_an_applied_schedule(
         flag, datetime.now(UTC) - timedelta(seconds=1), {"enabled": True}
     )
     run_service(database_url, datetime.now(UTC))
-    before = _counts(conn)
+    before = row_counts(conn)
 
     assert "is already applied" in cli.fails(1, "schedules", "retry", str(schedule))
     assert "only a pending or waiting-for-retry schedule can be cancelled" in cli.fails(
         1, "schedules", "cancel", str(schedule)
     )
-    assert _counts(conn) == before
+    assert row_counts(conn) == before
 
 
 def test_fail_retry_inspect_requeue_and_apply(
@@ -325,7 +276,7 @@ def test_cancel_racing_a_run_either_cancels_first_or_reports_the_application(
         holder.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (flag,))
         run = threading.Thread(target=run_service, args=(database_url, now), daemon=True)
         run.start()
-        _wait_for_lock_waiters(conn, 1)
+        wait_for_lock_waiters(conn, count=1)
         # The cancel now waits for the run's row lock on the schedule.
         cancel = subprocess.Popen(
             [sys.executable, "-m", "flag_scheduler_cli.cli", "schedules", "cancel", str(schedule)],
@@ -334,7 +285,7 @@ def test_cancel_racing_a_run_either_cancels_first_or_reports_the_application(
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_for_lock_waiters(conn, 2)
+        wait_for_lock_waiters(conn, count=2)
     run.join(timeout=30)
     _, stderr = cancel.communicate(timeout=60)
 
@@ -347,19 +298,6 @@ def test_cancel_racing_a_run_either_cancels_first_or_reports_the_application(
     cli.ok("schedules", "cancel", str(later))
     assert run_service(database_url, datetime.now(UTC)).claimed == 0
     assert catalog.get_flag("banner").enabled is True
-
-
-def _wait_for_lock_waiters(conn: psycopg.Connection[Any], count: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database()"
-        ).fetchone()
-        if row and row[0] >= count:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"expected {count} sessions waiting on a lock")
 
 
 def test_status_list_and_show_print_an_unloadable_moment_instead_of_failing(
@@ -391,3 +329,12 @@ def test_status_list_and_show_print_an_unloadable_moment_instead_of_failing(
     assert "next retry:  infinity" in cli.ok("schedules", "show", str(waiting))
     cli.ok("schedules", "show", str(requeued))
     assert cli.json("schedules", "show", str(requeued))["schedule"]["requeued_at"] == "infinity"
+
+
+def test_a_database_refusal_is_one_line_naming_the_database(cli: Cli) -> None:
+    # libpq reads PGOPTIONS: every transaction of the command is read-only.
+    cli.env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+    line = cli.fails(1, "flags", "create", "banner")
+    assert line == (
+        "flag-scheduler: error: database: cannot execute INSERT in a read-only transaction"
+    )

@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler_cli import commands
 
 
 def _preview(policy: BackoffPolicy, max_retries: int, start: datetime) -> dict[str, Any]:
-    ctx = commands.Context(catalog=None, now=start, settings=SchedulerSettings(), actor="test")  # type: ignore[arg-type]
-    data: dict[str, Any] = commands.policy_preview(ctx, policy, max_retries, start).data
+    data: dict[str, Any] = commands.policy_preview(policy, max_retries, start).data
     return data
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from flag_scheduler.aws import scheduler
 from flag_scheduler_cli.local import FakeLambdaContext
+from tests.support import backend_pid
 
 
 class Monotonic:
@@ -18,11 +19,10 @@ class Monotonic:
         return self.now
 
 
-def _backend_pid(clock: Monotonic) -> int:
+def _run_and_pid(clock: Monotonic) -> int:
+    """Run the handler once; the server process of the connection it keeps."""
     scheduler.run_invocation(FakeLambdaContext(), monotonic=clock)
-    connection = scheduler._container.connection
-    assert connection is not None
-    return connection.info.backend_pid
+    return backend_pid(scheduler._container.connection)
 
 
 def test_a_connection_is_reused_until_its_max_age_then_replaced(
@@ -32,17 +32,17 @@ def test_a_connection_is_reused_until_its_max_age_then_replaced(
     monkeypatch.setenv("FLAG_SCHEDULE_CONNECTION_MAX_AGE_SECONDS", "900")
     clock = Monotonic()
 
-    first = _backend_pid(clock)
+    first = _run_and_pid(clock)
     old_connection = scheduler._container.connection
     clock.now += 899  # younger than the limit: the same session
-    assert _backend_pid(clock) == first
+    assert _run_and_pid(clock) == first
     clock.now += 1  # 900 s old: a new session, the old one closed
-    second = _backend_pid(clock)
+    second = _run_and_pid(clock)
     assert second != first
     assert old_connection is not None
     assert old_connection.closed
     clock.now += 899  # the age counts from the new connection, not the first
-    assert _backend_pid(clock) == second
+    assert _run_and_pid(clock) == second
 
 
 def test_max_age_zero_opens_a_connection_every_invocation(
@@ -51,4 +51,4 @@ def test_max_age_zero_opens_a_connection_every_invocation(
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("FLAG_SCHEDULE_CONNECTION_MAX_AGE_SECONDS", "0")
     clock = Monotonic()
-    assert _backend_pid(clock) != _backend_pid(clock)
+    assert _run_and_pid(clock) != _run_and_pid(clock)

@@ -3,10 +3,6 @@ are checked, flags that predate the rule are kept and still take scheduled chang
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,36 +10,26 @@ import pytest
 from psycopg import errors as pg_errors
 
 from flag_scheduler.engine import limits
+from flag_scheduler.errors import PermanentDatabaseError
 from flag_scheduler.store.catalog import Catalog
 from migrations import schema
-from tests.support import T0, flag_fields, run_service, schedule_row
+from tests.support import T0, alembic, flag_fields, run_service, schedule_row
 
-ROOT = Path(__file__).resolve().parents[2]
 LEGACY = [(" padded ", "production"), ("new banner", "prod "), ("x" * 300, "")]
-
-
-def _alembic(url: str, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_the_migration_keeps_nonconforming_flags_and_they_still_apply(
     empty_database: str,
 ) -> None:
-    _alembic(empty_database, "upgrade", "0005")
+    upgraded = alembic(empty_database, "upgrade", "0005")
+    assert upgraded.returncode == 0, upgraded.stderr
     with psycopg.connect(empty_database, autocommit=True) as conn:
         catalog = Catalog(conn)
         legacy = [catalog.create_flag(key, environment=env) for key, env in LEGACY]  # pre-rule
         schedules = [catalog.create_schedule(f, T0, {"enabled": True}) for f in legacy]
 
-        _alembic(empty_database, "upgrade", "head")
+        upgraded = alembic(empty_database, "upgrade", "head")
+        assert upgraded.returncode == 0, upgraded.stderr
 
         assert run_service(empty_database, T0).applied == len(LEGACY)
         assert all(schedule_row(conn, s).status == "applied" for s in schedules)
@@ -71,9 +57,12 @@ def test_the_migration_keeps_nonconforming_flags_and_they_still_apply(
 def test_a_new_flag_breaking_the_rule_is_refused(
     conn: psycopg.Connection[Any], key: str, environment: str, constraint: str
 ) -> None:
-    with pytest.raises(pg_errors.CheckViolation) as refused:
+    with pytest.raises(PermanentDatabaseError) as refused:
         Catalog(conn).create_flag(key, environment=environment)
-    assert refused.value.diag.constraint_name == constraint
+    # The catalog raises our error; the driver's, with the constraint's name, is its cause.
+    cause = refused.value.__cause__
+    assert isinstance(cause, pg_errors.CheckViolation)
+    assert cause.diag.constraint_name == constraint
     assert limits.flag_key_problem(key) or limits.environment_problem(environment)
 
 

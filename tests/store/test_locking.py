@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,7 +20,7 @@ from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
 from flag_scheduler.errors import DatabaseUnavailable
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler.store.repository import ScheduleRepository
-from tests.support import T0, flag_fields, run_service, schedule_row
+from tests.support import T0, flag_fields, run_service, schedule_row, wait_for_lock_waiters
 
 
 class _Run(threading.Thread):
@@ -38,25 +37,6 @@ class _Run(threading.Thread):
             self.summary = self._target_run()
         except BaseException as exc:  # handed to the test thread
             self.error = exc
-
-
-def _wait_until_blocked_on_a_lock(conn: psycopg.Connection[Any]) -> int:
-    """The backend pid of the scheduler once it waits for a row lock."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'flag-scheduler'"
-            " AND wait_event_type = 'Lock' AND datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        ).fetchone()
-        if row:
-            return int(row[0])
-        time.sleep(0.01)
-    activity = conn.execute(
-        "SELECT application_name, state, wait_event_type, wait_event, query"
-        " FROM pg_stat_activity WHERE datname = current_database()"
-    ).fetchall()
-    raise AssertionError(f"the scheduler never waited on the flag lock: {activity}")
 
 
 @contextmanager
@@ -90,7 +70,7 @@ def test_a_run_waits_for_a_later_change_being_committed_and_does_not_overwrite_i
         )
         run = _Run(lambda: run_service(url, T0.replace(minute=6), lock_timeout_ms=20_000))
         run.start()
-        _wait_until_blocked_on_a_lock(conn)
+        wait_for_lock_waiters(conn, application_name="flag-scheduler", timeout=20)
     run.join(timeout=30)
 
     assert run.error is None, run.error
@@ -133,7 +113,7 @@ def test_a_connection_severed_mid_batch_fails_the_run_and_charges_no_retry(
         other.execute("SELECT 1 FROM feature_flags WHERE id = %s FOR NO KEY UPDATE", (flags[1],))
         run = _Run(lambda: run_service(url, T0.replace(minute=1), lock_timeout_ms=20_000))
         run.start()
-        pid = _wait_until_blocked_on_a_lock(conn)
+        pid = wait_for_lock_waiters(conn, application_name="flag-scheduler", timeout=20)[0]
         conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         run.join(timeout=30)
 
@@ -263,7 +243,7 @@ class _ClaimThenWaitForDelete(ScheduleRepository):
                 text=True,
             )
             with psycopg.connect(self._database_url, autocommit=True) as watcher:
-                _wait_until_waiting(watcher, "flag-deleter")
+                wait_for_lock_waiters(watcher, application_name="flag-deleter", timeout=20)
         return claimed
 
 
@@ -275,19 +255,6 @@ with psycopg.connect(sys.argv[1], application_name="flag-deleter") as conn:
     deleted = conn.execute("DELETE FROM feature_flags WHERE id = %s", (sys.argv[2],)).rowcount
 print(f"deleted {deleted}")
 """
-
-
-def _wait_until_waiting(conn: psycopg.Connection[Any], application_name: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if conn.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-            " AND wait_event_type = 'Lock'",
-            (application_name,),
-        ).fetchone():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{application_name} never waited for a lock")
 
 
 def test_deleting_a_flag_while_a_run_holds_its_schedule_waits_for_the_run_without_deadlock(

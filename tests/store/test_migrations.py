@@ -19,7 +19,7 @@ from flag_scheduler.engine.limits import EARLIEST_TIME, END_OF_TIME, MAX_RETRY_C
 from flag_scheduler.store import sql
 from flag_scheduler.store.catalog import Catalog
 from migrations.schema import metadata
-from tests.support import T0, run_service
+from tests.support import T0, alembic, public_tables, run_service
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = (
@@ -29,19 +29,6 @@ TABLES = (
     "scheduler_run_state",
     "notification_outbox",
 )
-
-
-def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Alembic as an operator runs it: from the repository root, DATABASE_URL in the env."""
-    env = {**os.environ, "DATABASE_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 # Every timestamp column, by table: each has a <column>_in_range check.
@@ -60,27 +47,19 @@ MOMENT_COLUMNS = {
 }
 
 
-def _tables(url: str) -> set[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-        ).fetchall()
-    return {r[0] for r in rows}
-
-
 def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_database: str) -> None:
-    up = _alembic(empty_database, "upgrade", "head")
+    up = alembic(empty_database, "upgrade", "head")
     assert up.returncode == 0, up.stderr
-    assert {"feature_flags", "feature_flag_schedules"} <= _tables(empty_database)
+    assert {"feature_flags", "feature_flag_schedules"} <= public_tables(empty_database)
 
-    down = _alembic(empty_database, "downgrade", "base")
+    down = alembic(empty_database, "downgrade", "base")
     assert down.returncode == 0, down.stderr
-    assert _tables(empty_database) == {"alembic_version"}
+    assert public_tables(empty_database) == {"alembic_version"}
 
-    again = _alembic(empty_database, "upgrade", "head")
+    again = alembic(empty_database, "upgrade", "head")
     assert again.returncode == 0, again.stderr
-    current = _alembic(empty_database, "current")
-    head = _alembic(empty_database, "heads").stdout.split()[0]
+    current = alembic(empty_database, "current")
+    head = alembic(empty_database, "heads").stdout.split()[0]
     assert f"{head} (head)" in current.stdout
 
 
@@ -268,7 +247,7 @@ def test_upgrade_over_rows_the_new_checks_refuse_parks_or_repairs_them(
     empty_database: str,
 ) -> None:
     url = empty_database
-    assert _alembic(url, "upgrade", "0005").returncode == 0
+    assert alembic(url, "upgrade", "0005").returncode == 0
     ids: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         flag = conn.execute(
@@ -296,7 +275,7 @@ def test_upgrade_over_rows_the_new_checks_refuse_parks_or_repairs_them(
             (T0,),
         )
 
-    up = _alembic(url, "upgrade", "head")
+    up = alembic(url, "upgrade", "head")
     assert up.returncode == 0, up.stderr
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -345,7 +324,7 @@ def test_upgrade_over_rows_the_new_checks_refuse_parks_or_repairs_them(
     summary = run_service(url, T0)
     assert (summary.claimed, summary.applied + summary.superseded) == (1, 1)
 
-    down = _alembic(url, "downgrade", "0005")
+    down = alembic(url, "downgrade", "0005")
     assert down.returncode == 0, down.stderr
-    again = _alembic(url, "upgrade", "head")
+    again = alembic(url, "upgrade", "head")
     assert again.returncode == 0, again.stderr

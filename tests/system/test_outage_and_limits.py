@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import io
+import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
+from flag_scheduler.aws import scheduler
 from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.errors import DatabaseUnavailable, SystemicFailure
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler.store.repository import ScheduleRepository
 from flag_scheduler_cli import fault_injection
+from flag_scheduler_cli.local import FakeLambdaContext
 from tests.support import T0, history, run_service, schedule_row
+from tests.system import invariants
 
 
 def test_a_streak_of_one_failure_across_flags_stops_the_run_without_charging_the_rest(
@@ -42,6 +47,54 @@ def test_a_streak_of_one_failure_across_flags_stops_the_run_without_charging_the
     assert len(untried) == 7
     assert all(r.retry_count == 0 for r in untried)  # not charged
     assert sum(len(history(conn, s)) for s in schedules) == 5
+
+
+def _by_status_and_retries(conn: psycopg.Connection[Any]) -> dict[tuple[str, int], int]:
+    return {
+        (status, retry_count): count
+        for status, retry_count, count in conn.execute(
+            "SELECT status, retry_count, count(*) FROM feature_flag_schedules GROUP BY 1, 2"
+        )
+    }
+
+
+def test_an_outage_over_500_schedules_fails_the_invocation_once_and_all_apply_afterwards(
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    catalog: Catalog,
+    monkeypatch: pytest.MonkeyPatch,
+    logs: io.StringIO,
+) -> None:
+    """Through the handler, at scale: what the streak test above shows on the engine, plus
+    the one log line an alarm keys on, and the recovery."""
+    invariants.install_audit(conn)
+    now = datetime.now(UTC)
+    flags = [catalog.create_flag(f"flag-{i:03d}") for i in range(500)]
+    for i, flag in enumerate(flags):
+        catalog.create_schedule(flag, now - timedelta(seconds=i + 1), {"rollout_percentage": 50})
+        fault_injection.set_fault(conn, flag, "57014", "canceling statement due to failover")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("FLAG_SCHEDULE_OUTAGE_THRESHOLD", "5")
+
+    with pytest.raises(SystemicFailure) as caught:
+        scheduler.lambda_handler({}, FakeLambdaContext())
+
+    assert caught.value.error_class == "statement_timeout"
+    events = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
+    aborted = [e for e in events if e["message"] == "run_aborted_systemic"]
+    assert len(aborted) == 1
+    assert aborted[0]["flags"] == 5
+    assert aborted[0]["evidence"][0].startswith("statement_timeout: canceling statement")
+    assert _by_status_and_retries(conn) == {("failed", 1): 5, ("pending", 0): 495}
+
+    for flag in flags:
+        fault_injection.clear_fault(conn, flag)
+    assert scheduler.lambda_handler({}, FakeLambdaContext())["applied"] == 495
+    # The tried ones wait out their backoff (a few minutes), then apply too.
+    later = now + timedelta(hours=1)
+    assert run_service(database_url, later).applied == 5
+    assert _by_status_and_retries(conn) == {("applied", 0): 495, ("applied", 1): 5}
+    invariants.assert_consistent(conn, now=later)
 
 
 def test_failures_of_mixed_classes_or_on_one_flag_are_not_an_outage(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import traceback
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -16,6 +14,7 @@ from flag_scheduler.aws import scheduler
 from flag_scheduler.errors import FlagSchedulerError
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli.local import FakeLambdaContext
+from tests.support import run_cli
 from tests.system import audit
 
 PASSWORD = "S3cr3t-p4ss@w0rd"
@@ -69,14 +68,7 @@ def test_the_handler_never_shows_the_password(
 @pytest.mark.parametrize("command", [["invoke"], ["schedules", "list"], ["status"]])
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_the_cli_never_shows_the_password(url: str, command: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "flag_scheduler_cli.cli", *command],
-        env={**audit.invoke_env(url), "POWERTOOLS_LOG_LEVEL": "INFO"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli(*command, env={**audit.invoke_env(url), "POWERTOOLS_LOG_LEVEL": "INFO"})
     assert result.returncode != 0
     assert "flag-scheduler: error:" in result.stderr
     assert not _leaks(result.stdout + result.stderr), result.stderr
@@ -106,13 +98,10 @@ def test_a_working_run_shows_no_password_in_summary_or_logs(
     assert summary["applied"] == 1
     captured = capsys.readouterr()
     assert not _leaks(json.dumps(summary) + logs.getvalue() + captured.out + captured.err)
-    result = subprocess.run(
-        [sys.executable, "-m", "flag_scheduler_cli.cli", "invoke", "--progress"],
+    result = run_cli(
+        "invoke",
+        "--progress",
         env=audit.invoke_env(_with_password(database_url), POWERTOOLS_LOG_LEVEL="DEBUG"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert not _leaks(result.stdout + result.stderr)

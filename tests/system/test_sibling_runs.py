@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import psycopg
 import pytest
 
 from flag_scheduler.store.catalog import Catalog
-from tests.support import history, schedule_row
+from tests.support import history, schedule_row, wait_for_lock_waiters
 from tests.system import audit
 
 pytestmark = pytest.mark.slow
@@ -98,22 +97,6 @@ def _make_due(conn: psycopg.Connection[Any], schedules: list[UUID]) -> None:
     )
 
 
-def _wait_for_a_run_waiting(conn: psycopg.Connection[Any], wait_event: str | None) -> None:
-    """Until a scheduler session waits on a lock (of this kind, when given)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'flag-scheduler'"
-            " AND datname = current_database() AND wait_event_type = 'Lock'"
-            " AND (%s::text IS NULL OR wait_event = %s::text)",
-            (wait_event, wait_event),
-        ).fetchone()
-        if row and row[0] > 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no run ever waited on a lock ({wait_event or 'any'})")
-
-
 def _finish(process: subprocess.Popen[str]) -> str:
     """The run's summary, or why it failed."""
     stdout, stderr = process.communicate(timeout=120)
@@ -147,7 +130,7 @@ def test_a_run_waiting_for_an_application_lock_keeps_no_sibling_waiting(
             FLAG_SCHEDULE_BATCH_SIZE=str(SHARED + 1),
             FLAG_SCHEDULE_LOCK_TIMEOUT_MS="60000",
         )
-        _wait_for_a_run_waiting(conn, None)
+        wait_for_lock_waiters(conn, application_name="flag-scheduler", timeout=60)
         # ...and B, needing the shared flags meanwhile, gives up on a lock after 300 ms.
         _make_due(conn, scene.second)
         run_b = audit.start_invoker(database_url, FLAG_SCHEDULE_LOCK_TIMEOUT_MS="300")
@@ -184,7 +167,9 @@ def test_a_sibling_holding_flags_past_the_lock_timeout_charges_nothing(
                 FLAG_SCHEDULE_LOCK_TIMEOUT_MS="1000",
                 FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS="120000",
             )
-            _wait_for_a_run_waiting(conn, "advisory")
+            wait_for_lock_waiters(
+                conn, application_name="flag-scheduler", wait_event="advisory", timeout=60
+            )
             _make_due(conn, scene.second)
             run_b = audit.start_invoker(database_url, FLAG_SCHEDULE_LOCK_TIMEOUT_MS="200")
             summary_b = _finish(run_b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import logging
@@ -12,31 +13,60 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias, TypeVar
 from uuid import UUID
 
 from flag_scheduler import __version__
-from flag_scheduler.aws.settings import int_in_range
+from flag_scheduler.aws.settings import (
+    SchedulerSettings,
+    check_powertools_environment,
+    int_in_range,
+)
 from flag_scheduler.engine import limits
+from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.engine.policy import is_too_late
+from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State, Status
 from flag_scheduler.errors import (
     ConfigurationError,
     FlagSchedulerError,
     InvalidUpdates,
-    first_line,
+    PermanentDatabaseError,
+    TransientDatabaseError,
 )
+from flag_scheduler.store import connection
+from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli import commands
+from flag_scheduler_cli.commands import Context, Result
+from flag_scheduler_cli.completion import bash_script
+from flag_scheduler_cli.local import (
+    FakeLambdaContext,
+    data_folder,
+    migrate,
+    start_embedded_server,
+)
+from flag_scheduler_cli.render import to_jsonable
+from flag_scheduler_cli.timeparse import parse_time
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
 # Plain strings: argparse quotes the repr of its choices in a usage error.
 SCHEDULE_STATES = tuple(state.value for state in (*State, Status.FAILED))
 
+T = TypeVar("T")
+# What each (sub)command runs, set as its parser's `func` default: the exit code.
+Handler = Callable[[argparse.Namespace], int]
+
 
 class UsageError(Exception):
     """The command line or one of its files is wrong."""
+
+
+class DatabaseFailed(FlagSchedulerError):
+    """The database failed or refused an operator command."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,13 +118,14 @@ def _seconds_in(low: float, high: float) -> Callable[[str], float]:
 
 def _setting_range(env: str) -> tuple[int, int]:
     """The range of an integer setting, so an option and its variable allow the same."""
-    from flag_scheduler.aws.settings import SchedulerSettings
-
     return SchedulerSettings.bounds(env)
 
 
 # A local run's time budget: positive, and at most a day (Lambda's own limit is 900 s).
 _TIMEOUT_RANGE = (0.001, 86_400.0)
+
+
+# --- the parser: one function per command group, each command naming its handler ---
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,14 +146,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
     migrate = commands.add_parser("migrate", parents=[common], help="alembic upgrade head")
     migrate.add_argument("--sql", action="store_true", help="print the SQL instead (offline)")
+    migrate.set_defaults(func=_migrate)
+    _add_flags(commands, common)
+    _add_schedules(commands, common)
+    commands.add_parser("status", parents=[common], help="the health at a glance").set_defaults(
+        func=_operator(_status)
+    )
+    _add_local_runs(commands, common)
+    commands.add_parser(
+        "completion",
+        help="print a bash completion script",
+        description="Print a bash script completing flag-scheduler's commands, options and"
+        " option values: `source <(flag-scheduler completion)`, e.g. in ~/.bashrc.",
+    ).set_defaults(func=_completion)
+    return parser
 
+
+# What add_subparsers returns: each command group adds its commands to it.
+_Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def _add_flags(commands: _Commands, common: _Parser) -> None:
     flags = commands.add_parser("flags", help="list, create or show flags")
     flag_commands = flags.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
     flags_list = flag_commands.add_parser("list", parents=[common], help="every flag")
     flags_list.add_argument("--env", help="only this environment")
+    flags_list.set_defaults(func=_operator(_flags_list))
     flags_create = flag_commands.add_parser("create", parents=[common], help="create a flag")
     flags_create.add_argument("key", help=f"the flag key: {limits.FLAG_KEY_RULE}")
     flags_create.add_argument(
@@ -133,15 +184,31 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("--disable", dest="enabled", action="store_false")
     flags_create.add_argument("--rollout", type=_int_in(0, 100), default=0, metavar="0..100")
     flags_create.add_argument("--description")
+    flags_create.set_defaults(func=_operator(_flags_create))
     flags_show = flag_commands.add_parser("show", parents=[common], help="a flag and its schedules")
     flags_show.add_argument("key")
     flags_show.add_argument("--env", default="production")
+    flags_show.set_defaults(func=_operator(_flags_show))
 
+
+def _add_schedules(commands: _Commands, common: _Parser) -> None:
     schedules = commands.add_parser("schedules", help="create, inspect, retry or cancel schedules")
-    schedule_commands = schedules.add_subparsers(
-        dest="schedules_command", required=True, metavar="ACTION"
-    )
-    create = schedule_commands.add_parser("create", parents=[common], help="schedule a change")
+    actions = schedules.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    _add_schedules_create(actions, common)
+    _add_schedules_list(actions, common)
+    for name, text, handler in (
+        ("show", "state, history and upcoming retries", _schedules_show),
+        ("retry", "requeue a permanently failed or expired schedule, due now", _schedules_retry),
+        ("cancel", "cancel a pending or waiting-for-retry schedule", _schedules_cancel),
+    ):
+        sub = actions.add_parser(name, parents=[common], help=text)
+        sub.add_argument("id", type=_uuid)
+        sub.set_defaults(func=_operator(handler))
+    _add_schedules_preview(actions, common)
+
+
+def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
+    create = actions.add_parser("create", parents=[common], help="schedule a change")
     create.add_argument("--flag", required=True, metavar="KEY")
     create.add_argument("--env", default="production")
     create.add_argument(
@@ -158,8 +225,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="schedule a time already past the lateness limit (it will expire at once)",
     )
+    create.set_defaults(func=_operator(_schedules_create))
 
-    listing = schedule_commands.add_parser("list", parents=[common], help="list schedules")
+
+def _add_schedules_list(actions: _Commands, common: _Parser) -> None:
+    listing = actions.add_parser("list", parents=[common], help="list schedules")
     listing.add_argument(
         "--status",
         action="append",
@@ -171,16 +241,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--env")
     listing.add_argument("--due", action="store_true", help="only those due now")
     listing.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
+    listing.set_defaults(func=_operator(_schedules_list))
 
-    for name, text in (
-        ("show", "state, history and upcoming retries"),
-        ("retry", "requeue a permanently failed or expired schedule, due now"),
-        ("cancel", "cancel a pending or waiting-for-retry schedule"),
-    ):
-        sub = schedule_commands.add_parser(name, parents=[common], help=text)
-        sub.add_argument("id", type=_uuid)
 
-    preview = schedule_commands.add_parser(
+def _add_schedules_preview(actions: _Commands, common: _Parser) -> None:
+    preview = actions.add_parser(
         "preview", parents=[common], help="the retry timeline of a schedule or a policy"
     )
     preview.add_argument("id", type=_uuid, nargs="?")
@@ -198,9 +263,10 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{low}..{high} (default: {variable})",
         )
     preview.add_argument("--from", dest="start", metavar="TIME", default="now")
+    preview.set_defaults(func=_operator(_schedules_preview))
 
-    commands.add_parser("status", parents=[common], help="the health at a glance")
 
+def _add_local_runs(commands: _Commands, common: _Parser) -> None:
     invoke = commands.add_parser(
         "invoke",
         parents=[common],
@@ -220,24 +286,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print each batch's counts to stderr (default on a terminal)",
     )
+    invoke.set_defaults(func=_runs_the_handler(_invoke))
     commands.add_parser(
         "demo",
         help="walk a simulated clock through apply, retry and permanent failure",
         description="On a throwaway embedded PostgreSQL: create flags and schedules, make"
         " changes fail, and run the real handler minute by minute.",
-    )
-    return parser
+    ).set_defaults(func=_runs_the_handler(_demo))
 
 
-# --- the database every command but demo works on ---
+# --- the database the commands work on (all but demo and completion) ---
 
 
 def _where(args: argparse.Namespace) -> str:
     """Which database the command works on, for people (never the URL: it may hold a password)."""
     if os.environ.get("DATABASE_URL", "").strip():
         return "DATABASE_URL"
-    from flag_scheduler_cli.local import data_folder
-
     return f"embedded PostgreSQL in {data_folder(os.environ, args.data_dir)}"
 
 
@@ -248,8 +312,6 @@ def _database_url(args: argparse.Namespace) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from flag_scheduler_cli.local import data_folder, migrate, start_embedded_server
-
     server = start_embedded_server(data_folder(os.environ, args.data_dir), throwaway=False)
     url = server.get_uri()
     migrate(url)
@@ -263,20 +325,21 @@ def _actor() -> str:
         return "cli"
 
 
-def _operate(args: argparse.Namespace) -> tuple[str, Any]:
-    from flag_scheduler.aws.settings import SchedulerSettings
-    from flag_scheduler.engine.records import FlagUpdates
-    from flag_scheduler.store import connection
-    from flag_scheduler.store.catalog import Catalog
-    from flag_scheduler_cli import commands
-    from flag_scheduler_cli.timeparse import parse_time
+# --- the operator commands: checked before connecting, then run on the catalog ---
 
-    settings = SchedulerSettings.from_env(os.environ)
-    now = datetime.now(UTC)
 
-    def time_arg(option: str, text: str) -> datetime:
+@dataclass(frozen=True)
+class _Operation:
+    """One operator command's arguments, settings and clock reading."""
+
+    args: argparse.Namespace
+    settings: SchedulerSettings
+    now: datetime
+
+    def time(self, option: str, text: str) -> datetime:
+        """A time argument, or a UsageError naming the option."""
         try:
-            moment = parse_time(text, now)
+            moment = parse_time(text, self.now)
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
         problem = limits.time_problem(moment)
@@ -284,65 +347,100 @@ def _operate(args: argparse.Namespace) -> tuple[str, Any]:
             raise UsageError(f"{option}: {problem}")
         return moment
 
-    # Checked before connecting: bad input never touches the database.
-    _check_names(args)
-    updates = None
-    if args.command == "schedules" and args.schedules_command == "create":
-        args.at_time = time_arg("--at", args.at)
-        _check_not_too_late(args.at_time, now, settings.max_lateness_seconds, force=args.force)
-        document: dict[str, object] = {}
-        if args.enabled is not None:
-            document["enabled"] = args.enabled
-        if args.rollout is not None:
-            document["rollout_percentage"] = args.rollout
-        if not document:
-            raise UsageError("say what to change: --enable, --disable and/or --rollout N")
-        updates = FlagUpdates.from_document(document)
-    if args.command == "schedules" and args.schedules_command == "preview" and args.id is None:
-        from flag_scheduler.engine.backoff import BackoffPolicy
-
-        policy = BackoffPolicy(
-            base_seconds=args.base if args.base is not None else settings.backoff_base_seconds,
-            cap_seconds=args.cap if args.cap is not None else settings.backoff_cap_seconds,
-            jitter_seconds=args.jitter
-            if args.jitter is not None
-            else settings.backoff_jitter_seconds,
-        )
-        if policy.cap_seconds < policy.base_seconds or policy.jitter_seconds < 0:
-            raise UsageError("--cap must be >= --base, and --jitter >= 0")
-        max_retries = args.max_retries if args.max_retries is not None else settings.max_retries
-        ctx = commands.Context(catalog=None, now=now, settings=settings, actor=_actor())  # type: ignore[arg-type]
-        result = commands.policy_preview(ctx, policy, max_retries, time_arg("--from", args.start))
-        return result.text, result.data
-
-    with _database_url(args) as url:
-        if args.command == "migrate":
-            from flag_scheduler_cli.local import migrate
-
-            migrate(url)  # (the embedded server is already migrated: then a no-op)
-            return "database is at the newest schema", {"migrated": True}
-        conn = connection.connect(url, application_name="flag-scheduler-cli")
-        try:
-            ctx = commands.Context(
-                catalog=Catalog(conn),
-                now=now,
-                settings=settings,
-                actor=_actor(),
-                database=_where(args),
-            )
-            result = _dispatch(args, ctx, updates)
-        finally:
-            conn.close()
-    return result.text, result.data
+    @contextmanager
+    def context(self) -> Iterator[Context]:
+        """The database opened for the commands: a catalog on its own connection."""
+        with _database_url(self.args) as url:
+            conn = connection.connect(url, application_name="flag-scheduler-cli")
+            try:
+                yield Context(
+                    catalog=Catalog(conn),
+                    now=self.now,
+                    settings=self.settings,
+                    actor=_actor(),
+                    database=_where(self.args),
+                )
+            except (TransientDatabaseError, PermanentDatabaseError) as exc:
+                # The catalog's translation of a driver error: say where it came from. The
+                # driver's error rides along for the advice to migrate.
+                raise DatabaseFailed(f"database: {exc}") from exc.__cause__
+            finally:
+                conn.close()
 
 
-def _check_names(args: argparse.Namespace) -> None:
-    """Refuse a flag key or environment the schema would refuse, before connecting."""
-    if args.command != "flags" or args.flags_command != "create":
-        return
+def _operator(command: Callable[[_Operation], Result]) -> Handler:
+    """A handler that reads the settings, runs `command` and prints its result."""
+    return functools.partial(_run_operator, command)
+
+
+def _run_operator(command: Callable[[_Operation], Result], args: argparse.Namespace) -> int:
+    operation = _Operation(
+        args=args, settings=SchedulerSettings.from_env(os.environ), now=datetime.now(UTC)
+    )
+    result = command(operation)
+    print(json.dumps(to_jsonable(result.data), indent=2) if args.json else result.text)
+    return EXIT_OK
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    # Alembic reports each revision it runs: the progress of a long migration.
+    _show_migration_progress()
+    if args.sql:
+        migrate(os.environ.get("DATABASE_URL", "").strip() or "postgresql://", sql=True)
+        return EXIT_OK
+    return _run_operator(_migrate_to_head, args)
+
+
+def _migrate_to_head(operation: _Operation) -> Result:
+    with _database_url(operation.args) as url:
+        migrate(url)  # (the embedded server is already migrated: then a no-op)
+    return Result("database is at the newest schema", {"migrated": True})
+
+
+def _show_migration_progress() -> None:
+    progress = logging.getLogger("alembic.runtime.migration")
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    progress.addHandler(stream)
+
+
+def _status(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.status(ctx)
+
+
+def _flags_list(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.flags_list(ctx, operation.args.env)
+
+
+def _flags_create(operation: _Operation) -> Result:
+    args = operation.args
+    # The schema would refuse them: say so before connecting.
     problem = limits.flag_key_problem(args.key) or limits.environment_problem(args.env)
     if problem:
         raise UsageError(problem)
+    with operation.context() as ctx:
+        return commands.flags_create(
+            ctx, args.key, args.env, args.enabled, args.rollout, args.description
+        )
+
+
+def _flags_show(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.flags_show(ctx, operation.args.key, operation.args.env)
+
+
+def _schedules_create(operation: _Operation) -> Result:
+    args = operation.args
+    at = operation.time("--at", args.at)
+    lateness = operation.settings.max_lateness_seconds
+    _check_not_too_late(at, operation.now, lateness, force=args.force)
+    updates = _updates(enabled=args.enabled, rollout=args.rollout)
+    with operation.context() as ctx:
+        return commands.schedules_create(ctx, args.flag, args.env, at, updates, args.max_retries)
 
 
 def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bool) -> None:
@@ -356,40 +454,88 @@ def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bo
     )
 
 
-def _dispatch(args: argparse.Namespace, ctx: Any, updates: Any) -> Any:
-    from flag_scheduler_cli import commands
+def _updates(*, enabled: bool | None, rollout: int | None) -> FlagUpdates:
+    """The change --enable/--disable and --rollout ask for, validated as the engine does."""
+    document: dict[str, object] = {}
+    if enabled is not None:
+        document["enabled"] = enabled
+    if rollout is not None:
+        document["rollout_percentage"] = rollout
+    if not document:
+        raise UsageError("say what to change: --enable, --disable and/or --rollout N")
+    return FlagUpdates.from_document(document)
 
-    if args.command == "status":
-        return commands.status(ctx)
-    if args.command == "flags":
-        if args.flags_command == "list":
-            return commands.flags_list(ctx, args.env)
-        if args.flags_command == "create":
-            return commands.flags_create(
-                ctx, args.key, args.env, args.enabled, args.rollout, args.description
-            )
-        return commands.flags_show(ctx, args.key, args.env)
-    action = args.schedules_command
-    if action == "create":
-        return commands.schedules_create(
-            ctx, args.flag, args.env, args.at_time, updates, args.max_retries
-        )
-    if action == "list":
+
+def _schedules_list(operation: _Operation) -> Result:
+    args = operation.args
+    with operation.context() as ctx:
         return commands.schedules_list(ctx, args.status, args.flag, args.env, args.due, args.limit)
-    if action == "show":
-        return commands.schedules_show(ctx, args.id)
-    if action == "retry":
-        return commands.schedules_retry(ctx, args.id)
-    if action == "cancel":
-        return commands.schedules_cancel(ctx, args.id)
-    return commands.schedules_preview(ctx, args.id)
 
 
-def _migrate_sql() -> None:
-    from flag_scheduler_cli.local import migrate
+def _schedules_show(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.schedules_show(ctx, operation.args.id)
 
-    url = os.environ.get("DATABASE_URL", "").strip() or "postgresql://"
-    migrate(url, sql=True)
+
+def _schedules_retry(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.schedules_retry(ctx, operation.args.id)
+
+
+def _schedules_cancel(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.schedules_cancel(ctx, operation.args.id)
+
+
+def _schedules_preview(operation: _Operation) -> Result:
+    """A schedule's upcoming attempts, or, without an id, any schedule's under a policy
+    (no database needed)."""
+    args = operation.args
+    if args.id is not None:
+        with operation.context() as ctx:
+            return commands.schedules_preview(ctx, args.id)
+    settings = operation.settings
+    policy = BackoffPolicy(
+        base_seconds=_given(args.base, settings.backoff_base_seconds),
+        cap_seconds=_given(args.cap, settings.backoff_cap_seconds),
+        jitter_seconds=_given(args.jitter, settings.backoff_jitter_seconds),
+    )
+    if policy.cap_seconds < policy.base_seconds or policy.jitter_seconds < 0:
+        raise UsageError("--cap must be >= --base, and --jitter >= 0")
+    max_retries = _given(args.max_retries, settings.max_retries)
+    return commands.policy_preview(policy, max_retries, operation.time("--from", args.start))
+
+
+def _given(option: T | None, setting: T) -> T:
+    """An option's value, or the setting when the option was not given."""
+    return setting if option is None else option
+
+
+def _completion(args: argparse.Namespace) -> int:
+    print(bash_script(_parser(), "flag-scheduler"), end="")
+    return EXIT_OK
+
+
+# --- the commands that run the handler in this process ---
+
+
+def _runs_the_handler(command: Handler) -> Handler:
+    """`command`, after checking the Powertools variables: importing the handler would
+    reject a bad one with a traceback instead of a usage error."""
+
+    def run(args: argparse.Namespace) -> int:
+        check_powertools_environment(os.environ)
+        return command(args)
+
+    return run
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # Deferred: importing the handler runs its cold start (Powertools checks, JSON logs).
+    from flag_scheduler_cli.demo import run_demo
+
+    run_demo()
+    return EXIT_OK
 
 
 def _read_event(path: Path | None) -> Any:
@@ -411,8 +557,6 @@ def _read_event(path: Path | None) -> Any:
 
 
 def _invoke(args: argparse.Namespace) -> int:
-    from flag_scheduler.aws.settings import SchedulerSettings
-
     margin = SchedulerSettings.from_env(os.environ).time_margin_seconds
     if args.timeout <= margin:
         raise UsageError(
@@ -424,8 +568,8 @@ def _invoke(args: argparse.Namespace) -> int:
     print(f"flag-scheduler: database: {_where(args)}", file=sys.stderr)
     with _database_url(args) as url:
         os.environ["DATABASE_URL"] = url
+        # Deferred: importing the handler runs its cold start (Powertools checks, JSON logs).
         from flag_scheduler.aws import scheduler
-        from flag_scheduler_cli.local import FakeLambdaContext
 
         progress = _batch_printer() if (args.progress or sys.stderr.isatty()) else None
         # What Lambda would send to CloudWatch (JSON logs, EMF) goes to stderr here, so
@@ -490,55 +634,15 @@ def _main(argv: Sequence[str] | None) -> int:
     # platformdirs warns about that on every later start: noise, not the user's mistake.
     warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR .* has mode")
     args = _parser().parse_args(argv)
+    handler: Handler = args.func
     try:
-        if args.command in ("demo", "invoke"):
-            # Both import the handler: Powertools would reject a bad variable with a traceback.
-            from flag_scheduler.aws.settings import check_powertools_environment
-
-            check_powertools_environment(os.environ)
-        if args.command == "demo":
-            from flag_scheduler_cli.demo import run_demo
-
-            run_demo()
-            return EXIT_OK
-        if args.command == "invoke":
-            return _invoke(args)
-        if args.command == "migrate":
-            # Alembic reports each revision it runs: the progress of a long migration.
-            _show_migration_progress()
-            if args.sql:
-                _migrate_sql()
-                return EXIT_OK
-        text, data = _operate(args)
+        return handler(args)
     except (UsageError, ConfigurationError, InvalidUpdates) as exc:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FlagSchedulerError as exc:
         print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
-    except _database_errors() as exc:
-        message = first_line(exc)
-        print(
-            f"flag-scheduler: error: {_unmigrated(exc) or f'database: {message}'}", file=sys.stderr
-        )
-        return EXIT_FAILED
-    print(json.dumps(_jsonable(data), indent=2) if args.json else text)
-    return EXIT_OK
-
-
-def _show_migration_progress() -> None:
-    progress = logging.getLogger("alembic.runtime.migration")
-    progress.setLevel(logging.INFO)
-    progress.propagate = False
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter("%(message)s"))
-    progress.addHandler(stream)
-
-
-def _jsonable(data: Any) -> Any:
-    from flag_scheduler_cli.render import to_jsonable
-
-    return to_jsonable(data)
 
 
 # SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.
@@ -546,22 +650,15 @@ _UNDEFINED_TABLE = "42P01"
 
 
 def _unmigrated(exc: BaseException) -> str | None:
-    """The advice to migrate, when `exc` (or the driver error it translates) is a missing
-    table; the handler's repository keeps the driver's error as __cause__."""
-    for error in (exc, exc.__cause__):
-        if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:
-            detail = getattr(getattr(error, "diag", None), "message_primary", None) or error
-            return (
-                f"the database has no flag-scheduler tables ({detail});"
-                " run `flag-scheduler migrate` first"
-            )
-    return None
-
-
-def _database_errors() -> tuple[type[BaseException], ...]:
-    import psycopg
-
-    return (psycopg.Error,)
+    """The advice to migrate, when the driver error `exc` translates (its __cause__: the
+    store keeps it) is a missing table."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) != _UNDEFINED_TABLE:
+        return None
+    detail = getattr(getattr(cause, "diag", None), "message_primary", None) or cause
+    return (
+        f"the database has no flag-scheduler tables ({detail}); run `flag-scheduler migrate` first"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.engine import policy as rules
-from flag_scheduler.engine.backoff import BackoffPolicy, retry_timeline
+from flag_scheduler.engine.backoff import BackoffPolicy, PlannedAttempt, retry_timeline
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State
@@ -244,26 +244,41 @@ def _policy_text(settings: SchedulerSettings) -> str:
 def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
     """The attempts still to come for a pending or waiting schedule, with the real jitter."""
     if schedule.state == State.PENDING:
-        first, made = max(schedule.scheduled_at, ctx.now), schedule.retry_count
+        first = max(schedule.scheduled_at, ctx.now)
     elif schedule.state == State.WAITING_FOR_RETRY and schedule.next_retry_at is not None:
-        first, made = schedule.next_retry_at, schedule.retry_count
+        first = schedule.next_retry_at
     else:
         return None
-    settings = ctx.settings
+    limit = _retry_limit(ctx, schedule)
     timeline = retry_timeline(
-        settings.backoff,
+        ctx.settings.backoff,
         schedule.id,
         first,
-        _retry_limit(ctx, schedule),
-        attempts_made=made,
+        limit,
+        attempts_made=schedule.retry_count,
         until=END_OF_TIME,
     )
+    expires_at = _expires_at(ctx.settings, schedule)
+    rows, attempts = _attempt_rows(timeline, expires_at)
+    verdict, final = _verdict(timeline, expires_at, limit)
+    text = render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
+    return Result(text, {"schedule_id": schedule.id, "attempts": attempts, **final})
+
+
+def _expires_at(settings: SchedulerSettings, schedule: ScheduleView) -> datetime | None:
+    """When the lateness limit expires the schedule (counted from a requeue, if any)."""
     since = rules.due_since(schedule.scheduled_at, schedule.requeued_at)
-    lateness = settings.max_lateness_seconds
-    expires_at = rules.expires_at(since, max_lateness_seconds=lateness)
-    rows, attempts = [], []
+    return rules.expires_at(since, max_lateness_seconds=settings.max_lateness_seconds)
+
+
+def _attempt_rows(
+    timeline: list[PlannedAttempt], expires_at: datetime | None
+) -> tuple[list[tuple[object, ...]], list[dict[str, Any]]]:
+    """The timeline as table rows and as JSON records, each attempt marked if it expires."""
+    rows: list[tuple[object, ...]] = []
+    attempts: list[dict[str, Any]] = []
     for planned in timeline:
-        expired = rules.is_too_late(since, now=planned.at, max_lateness_seconds=lateness)
+        expired = expires_at is not None and planned.at > expires_at
         delay = planned.delay_before.total_seconds() if planned.delay_before else None
         rows.append(
             (
@@ -281,26 +296,29 @@ def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
                 "expired": expired,
             }
         )
-    last = timeline[-1].at
-    if rules.is_too_late(since, now=last, max_lateness_seconds=lateness):
+    return rows, attempts
+
+
+def _verdict(
+    timeline: list[PlannedAttempt], expires_at: datetime | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """How the timeline ends if every attempt fails: expired, cut at the end of time, or
+    permanently failed."""
+    last = timeline[-1]
+    if expires_at is not None and last.at > expires_at:
         verdict = f"expires at {render.when(expires_at)} (lateness limit) before its last attempt"
-        final = {"expires_at": expires_at, "permanently_failed_at": None}
-    elif timeline[-1].attempt < _retry_limit(ctx, schedule) + 1:
+        return verdict, {"expires_at": expires_at, "permanently_failed_at": None}
+    if last.attempt < limit + 1:
         verdict = (
-            f"attempt {timeline[-1].attempt + 1} and later would fall after"
+            f"attempt {last.attempt + 1} and later would fall after"
             f" {render.when(END_OF_TIME)}, the last time a schedule can hold: not shown"
         )
-        final = {"expires_at": expires_at, "permanently_failed_at": None}
-    else:
-        verdict = f"if every attempt fails: permanently failed at {render.when(last)}"
-        final = {"expires_at": expires_at, "permanently_failed_at": last}
-    text = render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
-    return Result(text, {"schedule_id": schedule.id, "attempts": attempts, **final})
+        return verdict, {"expires_at": expires_at, "permanently_failed_at": None}
+    verdict = f"if every attempt fails: permanently failed at {render.when(last.at)}"
+    return verdict, {"expires_at": expires_at, "permanently_failed_at": last.at}
 
 
-def policy_preview(
-    ctx: Context, policy: BackoffPolicy, max_retries: int, start: datetime
-) -> Result:
+def policy_preview(policy: BackoffPolicy, max_retries: int, start: datetime) -> Result:
     """The retry timeline of any schedule under a policy: jitter shown as a window."""
     attempts, rows = _jitter_windows(policy, max_retries, start)
     earliest, latest = attempts[-1]["earliest"], attempts[-1]["latest"]

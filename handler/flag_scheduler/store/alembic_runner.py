@@ -55,6 +55,7 @@ def alembic_config(url: str) -> Config:
     The URL travels as `-x url=` (read by migrations/env.py): out of os.environ, and out of
     ConfigParser interpolation, where a '%' in a password would break.
     """
+    # Deferred: the scheduler's zip holds this module but not alembic or sqlalchemy.
     from alembic.config import Config
 
     config = Config()
@@ -70,6 +71,7 @@ def upgrade(url: str, *, sql: bool = False) -> None:
 
     Errors are Alembic's and SQLAlchemy's own: each caller says them its way.
     """
+    # Deferred: the scheduler's zip holds this module but not alembic or sqlalchemy.
     from alembic import command
 
     command.upgrade(alembic_config(url), "head", sql=sql)
@@ -77,6 +79,7 @@ def upgrade(url: str, *, sql: bool = False) -> None:
 
 def current_revision(url: str) -> str | None:
     """The revision the database at `url` is at (None before the first migration)."""
+    # Deferred: the scheduler's zip holds this module but not alembic or sqlalchemy.
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine, pool
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TypeVar, overload
@@ -19,7 +20,7 @@ from psycopg.types.json import Jsonb
 from flag_scheduler.engine.records import AttemptRecord, FlagUpdates
 from flag_scheduler.engine.states import ErrorClass, Outcome, State, Status, by_value
 from flag_scheduler.errors import NotFound, StateConflict
-from flag_scheduler.store import sql
+from flag_scheduler.store import connection, sql
 from flag_scheduler.store.rows import record_row
 
 T = TypeVar("T")
@@ -212,14 +213,37 @@ class Catalog:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
+    def _translated(self) -> AbstractContextManager[None]:
+        """Driver errors raised as ours, as the scheduler's repository raises them."""
+        return connection.translated(self._conn)
+
     def _read(
         self, statement: str, params: dict[str, Any] | None, rows: BaseRowFactory[T]
-    ) -> psycopg.Cursor[T]:
+    ) -> list[T]:
         """Run a read whose timestamps may include values no datetime can hold; `rows`
-        makes each row a record by column name."""
-        cursor = self._conn.cursor(row_factory=rows)
-        cursor.adapters.register_loader(_TIMESTAMPTZ, _LenientTimestamptzLoader)
-        return cursor.execute(statement, params)
+        makes each row a record by column name.
+
+        Raises:
+            FlagSchedulerError: the database failed (DatabaseUnavailable when the
+                connection is lost).
+        """
+        with self._translated():
+            cursor = self._conn.cursor(row_factory=rows)
+            cursor.adapters.register_loader(_TIMESTAMPTZ, _LenientTimestamptzLoader)
+            return cursor.execute(statement, params).fetchall()
+
+    def _read_one(
+        self, statement: str, params: dict[str, Any] | None, rows: BaseRowFactory[T]
+    ) -> T | None:
+        found = self._read(statement, params, rows)
+        return found[0] if found else None
+
+    def _returning_id(self, statement: str, params: dict[str, Any]) -> UUID:
+        """Run an INSERT ... RETURNING id and return the id."""
+        with self._translated():
+            row = self._conn.execute(statement, params).fetchone()
+        assert row is not None
+        return UUID(str(row[0]))
 
     # --- flags ---
 
@@ -237,32 +261,31 @@ class Catalog:
         Raises:
             StateConflict: the flag already exists in that environment.
         """
-        try:
-            row = self._conn.execute(
-                sql.INSERT_FLAG,
-                {
-                    "flag_key": flag_key,
-                    "environment": environment,
-                    "enabled": enabled,
-                    "rollout_percentage": rollout_percentage,
-                    "description": description,
-                },
-            ).fetchone()
-        except pg_errors.UniqueViolation:
-            raise StateConflict(
-                f"flag {flag_key!r} already exists in environment {environment!r}"
-            ) from None
+        params = {
+            "flag_key": flag_key,
+            "environment": environment,
+            "enabled": enabled,
+            "rollout_percentage": rollout_percentage,
+            "description": description,
+        }
+        with self._translated():
+            try:
+                row = self._conn.execute(sql.INSERT_FLAG, params).fetchone()
+            except pg_errors.UniqueViolation:
+                raise StateConflict(
+                    f"flag {flag_key!r} already exists in environment {environment!r}"
+                ) from None
         assert row is not None
         return UUID(str(row[0]))
 
     def flags(self, environment: str | None = None) -> list[FlagView]:
-        return self._read(sql.LIST_FLAGS, {"environment": environment}, _FLAG_VIEW).fetchall()
+        return self._read(sql.LIST_FLAGS, {"environment": environment}, _FLAG_VIEW)
 
     def get_flag(self, flag_key: str, environment: str = "production") -> FlagView:
         """Raises NotFound when the flag does not exist in that environment."""
-        flag = self._read(
+        flag = self._read_one(
             sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}, _FLAG_VIEW
-        ).fetchone()
+        )
         if flag is None:
             raise NotFound(f"no flag {flag_key!r} in environment {environment!r}")
         return flag
@@ -278,7 +301,7 @@ class Catalog:
         max_retries: int | None = None,
     ) -> UUID:
         """Insert a pending schedule as any writer would (no validation here)."""
-        row = self._conn.execute(
+        return self._returning_id(
             sql.INSERT_SCHEDULE,
             {
                 "flag_id": flag_id,
@@ -286,9 +309,7 @@ class Catalog:
                 "updates": Jsonb(updates),
                 "max_retries": max_retries,
             },
-        ).fetchone()
-        assert row is not None
-        return UUID(str(row[0]))
+        )
 
     def schedule_change(
         self,
@@ -323,21 +344,17 @@ class Catalog:
                 "limit": limit,
             },
             _SCHEDULE_VIEW,
-        ).fetchall()
+        )
 
     def get_schedule(self, schedule_id: UUID) -> ScheduleView:
         """Raises NotFound when there is no such schedule."""
-        schedule = self._read(
-            sql.GET_SCHEDULE, {"schedule_id": schedule_id}, _SCHEDULE_VIEW
-        ).fetchone()
+        schedule = self._read_one(sql.GET_SCHEDULE, {"schedule_id": schedule_id}, _SCHEDULE_VIEW)
         if schedule is None:
             raise NotFound(f"no schedule with id {schedule_id}")
         return schedule
 
     def history(self, schedule_id: UUID) -> list[HistoryEntry]:
-        return self._read(
-            sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id}, _HISTORY_ENTRY
-        ).fetchall()
+        return self._read(sql.SCHEDULE_HISTORY, {"schedule_id": schedule_id}, _HISTORY_ENTRY)
 
     def requeue(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
         """Make a permanently failed (or expired) schedule due now, with retries afresh.
@@ -390,7 +407,7 @@ class Catalog:
             NotFound: no such schedule.
             StateConflict: the schedule's state does not allow it (`allowed` says which does).
         """
-        with self._conn.transaction():
+        with self._translated(), self._conn.transaction():
             row = self._conn.execute(statement, {"schedule_id": schedule_id, "now": now}).fetchone()
             if row is None:
                 current = self.get_schedule(schedule_id)
@@ -414,9 +431,9 @@ class Catalog:
         self._conn.execute(sql.INSERT_ATTEMPT, asdict(attempt))
 
     def status(self, now: datetime) -> StatusReport:
-        counts = self._read(sql.STATUS_COUNTS, {"now": now}, dict_row).fetchone()
+        counts = self._read_one(sql.STATUS_COUNTS, {"now": now}, dict_row)
         assert counts is not None
-        run = self._read(sql.GET_RUN_STATE, None, dict_row).fetchone()
+        run = self._read_one(sql.GET_RUN_STATE, None, dict_row)
         return StatusReport(now=now, **counts, **(run or {}))
 
 

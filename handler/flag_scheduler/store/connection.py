@@ -1,17 +1,28 @@
-"""Opening PostgreSQL connections the way the scheduler needs them."""
+"""Opening PostgreSQL connections the way the scheduler needs them, and the one translation
+of the driver's errors into ours (for the engine's repository and the operators' catalog)."""
 
 from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
-from flag_scheduler.errors import DatabaseLoginRefused, DatabaseUnavailable, first_line
+from flag_scheduler.engine.states import ErrorClass
+from flag_scheduler.errors import (
+    DatabaseLoginRefused,
+    DatabaseUnavailable,
+    FlagSchedulerError,
+    PermanentDatabaseError,
+    TransientDatabaseError,
+    first_line,
+)
 
 APPLICATION_NAME = "flag-scheduler"
 
@@ -78,6 +89,44 @@ def connect(
     if login_refused(message):
         raise DatabaseLoginRefused(f"the database login was refused: {message}")
     raise DatabaseUnavailable(f"cannot connect to the database: {message}")
+
+
+# SQLSTATEs a later attempt can get past, by the name we record them under.
+_TRANSIENT_SQLSTATES = {
+    "40001": ErrorClass.SERIALIZATION_FAILURE,
+    "40P01": ErrorClass.DEADLOCK,
+    "55P03": ErrorClass.LOCK_TIMEOUT,
+    "57014": ErrorClass.STATEMENT_TIMEOUT,
+}
+# SQLSTATE classes that mean the data itself is wrong: 22 data exception, 23 integrity.
+_PERMANENT_SQLSTATE_CLASSES = {"22": ErrorClass.DATA_ERROR, "23": ErrorClass.INTEGRITY_ERROR}
+
+
+def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSchedulerError:
+    """Map a psycopg error on `conn` to our own exception class, with a one-line message."""
+    sqlstate = exc.sqlstate or ""
+    message = (exc.diag.message_primary or first_line(exc)).strip()
+    if conn.broken or conn.closed or isinstance(exc, pg_errors.AdminShutdown):
+        return DatabaseUnavailable(f"database connection lost: {message}")
+    if sqlstate.startswith("08"):
+        return DatabaseUnavailable(f"database connection lost: {message}")
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return TransientDatabaseError(message, error_class=_TRANSIENT_SQLSTATES[sqlstate])
+    if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
+        return PermanentDatabaseError(
+            message, error_class=_PERMANENT_SQLSTATE_CLASSES[sqlstate[:2]]
+        )
+    return TransientDatabaseError(message, error_class=ErrorClass.UNKNOWN)
+
+
+@contextlib.contextmanager
+def translated(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Raise a driver error on `conn` as translate_error's class (the driver's error as
+    __cause__, so a caller can still read its SQLSTATE)."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate_error(exc, conn) from exc
 
 
 # libpq reports these without a SQLSTATE: the server's FATAL text (28P01, 28000) or the

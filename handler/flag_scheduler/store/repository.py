@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
-from psycopg import errors as pg_errors
 from psycopg.rows import BaseRowFactory, dict_row
 from psycopg.types.json import Jsonb
 
@@ -32,28 +31,16 @@ from flag_scheduler.engine.records import (
     OutboxMessage,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import ErrorClass, MessageKind, by_value
+from flag_scheduler.engine.states import MessageKind, by_value
 from flag_scheduler.errors import (
-    DatabaseUnavailable,
-    FlagSchedulerError,
     PermanentDatabaseError,
     TransientDatabaseError,
-    first_line,
 )
 from flag_scheduler.store import connection, sql
 from flag_scheduler.store.rows import record_row
 
 T = TypeVar("T")
 
-# SQLSTATEs a later attempt can get past, by the name we record them under.
-_TRANSIENT_SQLSTATES = {
-    "40001": ErrorClass.SERIALIZATION_FAILURE,
-    "40P01": ErrorClass.DEADLOCK,
-    "55P03": ErrorClass.LOCK_TIMEOUT,
-    "57014": ErrorClass.STATEMENT_TIMEOUT,
-}
-# SQLSTATE classes that mean the data itself is wrong: 22 data exception, 23 integrity.
-_PERMANENT_SQLSTATE_CLASSES = {"22": ErrorClass.DATA_ERROR, "23": ErrorClass.INTEGRITY_ERROR}
 
 # Each statement's columns are named as its record's fields (see sql.py).
 _DUE_SCHEDULE = record_row(DueSchedule)
@@ -62,23 +49,6 @@ _APPLIED_SCHEDULE = record_row(AppliedSchedule, fields=tuple)
 _PENDING_ALERT = record_row(PendingAlert)
 _BACKLOGS = record_row(Backlogs)
 _CLAIMED_MESSAGE = record_row(ClaimedMessage, kind=by_value(MessageKind).__getitem__)
-
-
-def translate_error(exc: psycopg.Error, conn: psycopg.Connection[Any]) -> FlagSchedulerError:
-    """Map a psycopg error to our own exception class."""
-    sqlstate = exc.sqlstate or ""
-    message = (exc.diag.message_primary or first_line(exc)).strip()
-    if conn.broken or conn.closed or isinstance(exc, pg_errors.AdminShutdown):
-        return DatabaseUnavailable(f"database connection lost: {message}")
-    if sqlstate.startswith("08"):
-        return DatabaseUnavailable(f"database connection lost: {message}")
-    if sqlstate in _TRANSIENT_SQLSTATES:
-        return TransientDatabaseError(message, error_class=_TRANSIENT_SQLSTATES[sqlstate])
-    if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
-        return PermanentDatabaseError(
-            message, error_class=_PERMANENT_SQLSTATE_CLASSES[sqlstate[:2]]
-        )
-    return TransientDatabaseError(message, error_class=ErrorClass.UNKNOWN)
 
 
 class ScheduleRepository:
@@ -97,12 +67,8 @@ class ScheduleRepository:
         """How many statements this repository has sent (for the benchmark's figures)."""
         return self._statements
 
-    @contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.Error as exc:
-            raise translate_error(exc, self._conn) from exc
+    def _translated(self) -> AbstractContextManager[None]:
+        return connection.translated(self._conn)
 
     def _execute(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
         self._statements += 1

@@ -1,0 +1,61 @@
+"""The CLI's parser: each command names the function that runs it (no database here)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+import pytest
+
+from flag_scheduler_cli.cli import EXIT_OK, _parser, main
+
+COMMANDS = {
+    ("migrate",),
+    ("flags", "list"),
+    ("flags", "create"),
+    ("flags", "show"),
+    ("schedules", "create"),
+    ("schedules", "list"),
+    ("schedules", "show"),
+    ("schedules", "retry"),
+    ("schedules", "cancel"),
+    ("schedules", "preview"),
+    ("status",),
+    ("invoke",),
+    ("demo",),
+    ("completion",),
+}
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable command: the parsers with no subcommands below them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+            return
+    yield path, parser
+
+
+def test_every_command_names_its_handler() -> None:
+    handlers = {path: parser.get_default("func") for path, parser in _commands(_parser())}
+    assert handlers.keys() == COMMANDS
+    assert all(callable(handler) for handler in handlers.values()), handlers
+
+
+def test_a_policy_preview_needs_no_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    argv = ["schedules", "preview", "--max-retries", "1", "--from", "2026-01-01T00:00:00Z"]
+    assert main([*argv, "--base", "60", "--cap", "600", "--jitter", "5"]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines() == [
+        "policy: max_retries 1, base 60 s, cap 600 s, jitter 5 s",
+        "ATTEMPT  EARLIEST              LATEST                BACKOFF",
+        "1        2026-01-01 00:00:00Z  2026-01-01 00:00:00Z",
+        "2        2026-01-01 00:01:00Z  2026-01-01 00:01:05Z  +1m00s",
+        "if every attempt fails: permanently failed between 2026-01-01 00:01:00Z and"
+        " 2026-01-01 00:01:05Z",
+    ]

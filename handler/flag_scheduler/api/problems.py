@@ -1,0 +1,97 @@
+"""RFC 9457 problem documents: one stable `type` per error, one human `detail`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+
+from flag_scheduler.api.auth import Forbidden, Unauthenticated
+from flag_scheduler.errors import (
+    DatabaseUnavailable,
+    FlagSchedulerError,
+    NotFound,
+    StateConflict,
+)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+# Problem types are URNs: stable names that resolve nowhere, so no host has to stay up.
+TYPE_PREFIX = "urn:flag-scheduler:problem:"
+
+# (status, type slug, title) per error class; the most specific class listed wins.
+_BY_CLASS: dict[type[BaseException], tuple[int, str, str]] = {
+    Unauthenticated: (401, "unauthenticated", "Not authenticated"),
+    Forbidden: (403, "forbidden", "Missing scope"),
+    NotFound: (404, "not-found", "Not found"),
+    StateConflict: (409, "wrong-state", "Conflict with the current state"),
+    DatabaseUnavailable: (503, "database-unavailable", "Database unavailable"),
+}
+
+
+def register(error: type[BaseException], status: int, slug: str, title: str) -> None:
+    """Give an error class its own status and problem type (modules that define errors call
+    this once at import)."""
+    _BY_CLASS[error] = (status, slug, title)
+
+
+def problem_type(slug: str) -> str:
+    return f"{TYPE_PREFIX}{slug}"
+
+
+def problem_body(status: int, slug: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": problem_type(slug), "title": title, "status": status, "detail": detail, **extra}
+
+
+def problem_response(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        body=json.dumps(problem_body(status, slug, title, detail, **extra), default=str),
+        headers=dict(headers or {}),
+    )
+
+
+def classify(exc: BaseException) -> tuple[int, str, str] | None:
+    """(status, slug, title) for a known error, by its nearest listed class."""
+    for cls in type(exc).__mro__:
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
+    return None
+
+
+def from_error(exc: BaseException) -> Response[str]:
+    """The problem response for one of our errors; an unlisted FlagSchedulerError is a 500."""
+    known = classify(exc)
+    if known is None:
+        detail = str(exc) if isinstance(exc, FlagSchedulerError) else "internal error"
+        return problem_response(500, "internal", "Internal error", detail)
+    status, slug, title = known
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return problem_response(status, slug, title, str(exc), headers=headers)
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:
+    """422 naming each bad field (pydantic's error list, as the request validator reports it)."""
+    fields = [
+        {"field": _location(error.get("loc", ())), "message": str(error.get("msg", "invalid"))}
+        for error in errors
+    ]
+    detail = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
+    return problem_response(
+        422, "validation-failed", "Invalid request", detail or "invalid request", errors=fields
+    )
+
+
+def _location(loc: Sequence[Any]) -> str:
+    """`body.updates.enabled`, `query.limit`, `path.schedule_id`, `header.idempotency-key`."""
+    return ".".join(str(part) for part in loc) or "request"

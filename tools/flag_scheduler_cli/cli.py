@@ -27,6 +27,7 @@ from flag_scheduler.errors import (
     InvalidUpdates,
     first_line,
 )
+from flag_scheduler_cli import serve
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
@@ -226,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
         description="On a throwaway embedded PostgreSQL: create flags and schedules, make"
         " changes fail, and run the real handler minute by minute.",
     )
+    serve.add_parser(commands)
     return parser
 
 
@@ -506,6 +508,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_OK
         if args.command == "invoke":
             return _invoke(args)
+        if args.command == "serve":
+            return serve.run(args)
         if args.command == "migrate":
             # Alembic reports each revision it runs: the progress of a long migration.
             _show_migration_progress()

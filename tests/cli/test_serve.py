@@ -1,0 +1,223 @@
+"""`flag-scheduler serve`: the API's function over real HTTP, with the development token."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from flag_scheduler_cli import serve
+from tests.cli.serving import DEV_TOKEN, request, serve_command, serving
+from tests.support import cli_env
+
+PROBLEM = "application/problem+json"
+
+
+def _content_type(headers: dict[str, str]) -> str:
+    return {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+
+
+# --- over real HTTP against a serve subprocess ---
+
+
+@pytest.mark.slow
+def test_without_a_development_token_every_request_is_401(database_url: str) -> None:
+    with serving(database_url, token=None) as served:
+        for token in (None, "anything"):
+            response = request(served, "GET", "/status", token=token)
+            assert response.status == 401
+            assert _content_type(response.headers) == PROBLEM
+            assert response.body["type"] == "urn:flag-scheduler:problem:unauthenticated"
+            assert "FLAG_SCHEDULER_DEV_TOKEN is not set" in response.body["detail"]
+        assert request(served, "GET", "/openapi.json", token=None).status == 401
+    assert any("every request is answered 401" in line for line in served.stderr)
+
+
+@pytest.mark.slow
+def test_a_wrong_or_missing_token_is_401_and_the_right_one_reads_and_writes(
+    database_url: str,
+) -> None:
+    with serving(database_url) as served:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token"},
+            {"Authorization": f"Basic {DEV_TOKEN}"},
+            {"Authorization": f"Bearer {DEV_TOKEN}x"},
+        ):
+            response = request(served, "POST", "/flags", token=None, headers=headers, body={})
+            assert response.status == 401, headers
+            assert _content_type(response.headers) == PROBLEM
+            assert response.headers.get("WWW-Authenticate") == "Bearer"
+
+        status = request(served, "GET", "/status")
+        assert status.status == 200
+        assert status.body["due_now"] == 0
+
+        created = request(
+            served,
+            "POST",
+            "/flags",
+            body={"flag_key": "served-banner", "environment": "staging", "enabled": True},
+        )
+        assert created.status == 201, created.body
+        assert created.body["flag_key"] == "served-banner"
+        got = request(served, "GET", "/flags/served-banner?environment=staging")
+        assert got.status == 200
+        assert got.body["enabled"] is True
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT enabled, created_by FROM feature_flags WHERE flag_key = 'served-banner'"
+        ).fetchone()
+    assert row == (True, "dev")  # the development token's subject is the actor
+
+
+def test_serve_refuses_to_bind_beyond_loopback_with_a_development_token() -> None:
+    for host in ("0.0.0.0", "::", "192.0.2.10"):
+        completed = subprocess.run(
+            serve_command("--host", host, "--port", "0"),
+            env=cli_env(FLAG_SCHEDULER_DEV_TOKEN=DEV_TOKEN, DATABASE_URL="postgresql://nowhere"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 2, completed.stderr
+        assert completed.stderr.startswith(f"flag-scheduler: error: --host {host} is reachable")
+        assert "FLAG_SCHEDULER_DEV_TOKEN" in completed.stderr
+        assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),  # all of 127.0.0.0/8
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),  # every interface
+        ("::", False),
+        ("10.0.0.1", False),
+        ("no-such-host.invalid", False),
+    ],
+)
+def test_which_addresses_count_as_loopback(host: str, loopback: bool) -> None:
+    assert serve.is_loopback(host) is loopback
+    if loopback:
+        serve.check_bind_address(host, DEV_TOKEN)
+    serve.check_bind_address(host, None)  # no token: nothing to leak
+
+
+# --- the translation, in process (no database) ---
+
+
+def test_a_request_becomes_the_payload_2_event_api_gateway_sends() -> None:
+    event = serve.to_event(
+        "POST",
+        "/flags/a%20b/schedules?status=failed&status=pending&empty=",
+        [
+            ("Host", "127.0.0.1:8080"),
+            ("X-Trace", "one"),
+            ("x-trace", "two"),
+            ("Cookie", "a=1; b=2"),
+            ("User-Agent", "curl/8"),
+        ],
+        b'{"k": "v"}',
+        source_ip="127.0.0.1",
+        authorizer=serve.dev_authorizer(),
+        now=datetime(2026, 12, 1, 7, 0, tzinfo=UTC),
+    )
+    assert event["version"] == "2.0"
+    assert event["rawPath"] == "/flags/a%20b/schedules"
+    assert event["rawQueryString"] == "status=failed&status=pending&empty="
+    assert event["queryStringParameters"] == {"status": "failed,pending", "empty": ""}
+    assert event["headers"]["x-trace"] == "one,two"
+    assert "cookie" not in event["headers"]
+    assert event["cookies"] == ["a=1", "b=2"]
+    assert event["body"] == '{"k": "v"}'
+    assert event["isBase64Encoded"] is False
+    http = event["requestContext"]["http"]
+    assert (http["method"], http["sourceIp"], http["userAgent"]) == ("POST", "127.0.0.1", "curl/8")
+    assert event["requestContext"]["timeEpoch"] == 1796108400000
+    jwt = event["requestContext"]["authorizer"]["jwt"]
+    assert jwt["claims"] == {"sub": "dev", "scope": "flags:read flags:write"}
+    assert jwt["scopes"] == ["flags:read", "flags:write"]
+
+
+def test_a_body_that_is_not_utf8_is_base64_encoded_and_an_empty_one_absent() -> None:
+    args: dict[str, Any] = {"source_ip": "::1", "authorizer": None, "now": datetime.now(UTC)}
+    binary = serve.to_event("PUT", "/x", [], b"\xff\x00", **args)
+    assert (binary["body"], binary["isBase64Encoded"]) == ("/wA=", True)
+    empty = serve.to_event("GET", "/x", [], b"", **args)
+    assert "body" not in empty
+    assert "queryStringParameters" not in empty
+    assert "authorizer" not in empty["requestContext"]
+
+
+def test_a_result_becomes_the_http_response() -> None:
+    status, headers, body = serve.from_result(
+        {
+            "statusCode": 201,
+            "headers": {"Content-Type": "application/json"},
+            "cookies": ["c=1"],
+            "body": "e30=",
+            "isBase64Encoded": True,
+        }
+    )
+    assert (status, body) == (201, b"{}")
+    assert headers == [("Content-Type", "application/json"), ("Set-Cookie", "c=1")]
+
+
+def _gateway(function: Any) -> serve.Gateway:
+    return serve.Gateway(function, DEV_TOKEN, lambda: None)
+
+
+def test_a_function_that_raises_is_a_500_like_api_gateway_gives() -> None:
+    def broken(event: Any, context: Any) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    gateway = _gateway(broken)
+    try:
+        status, _, body = gateway.handle(
+            "GET", "/status", [("Authorization", f"Bearer {DEV_TOKEN}")], b"", "127.0.0.1"
+        )
+    finally:
+        gateway.close()
+    assert (status, body) == (500, b'{"message":"Internal Server Error"}')
+
+
+def test_requests_reach_the_function_one_at_a_time() -> None:
+    """Powertools' resolver keeps the current event in a class attribute: two requests
+    resolved at once would read each other's."""
+    inside, most = 0, 0
+    lock = threading.Lock()
+
+    def function(event: Any, context: Any) -> dict[str, Any]:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.02)  # long enough for the other threads' requests to arrive
+        with lock:
+            inside -= 1
+        return {"statusCode": 204}
+
+    gateway = _gateway(function)
+    auth = [("Authorization", f"Bearer {DEV_TOKEN}")]
+    threads = [
+        threading.Thread(target=gateway.handle, args=("GET", "/status", auth, b"", "127.0.0.1"))
+        for _ in range(8)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        gateway.close()
+    assert most == 1

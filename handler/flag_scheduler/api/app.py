@@ -37,11 +37,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
 from flag_scheduler import __version__
-from flag_scheduler.api import problems, runtime
-from flag_scheduler.api.auth import Caller, Forbidden, Unauthenticated, authorize
-from flag_scheduler.api.models import StatusOut
+from flag_scheduler.api import flags, problems, request, runtime, schedules
+from flag_scheduler.api.auth import Forbidden, Unauthenticated, authorize
+from flag_scheduler.api.models import StatusOut, responses
 from flag_scheduler.errors import FlagSchedulerError
-from flag_scheduler.store.catalog import Catalog
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -61,10 +60,9 @@ class ScopedResolver(APIGatewayHttpResolver):
         if event.get("rawPath") in PUBLIC_PATHS:
             return super().resolve(event, context)
         try:
-            caller = authorize(event, runtime.auth_settings())
+            authorize(event, runtime.auth_settings())
         except (Unauthenticated, Forbidden) as exc:
             return _raw_problem(exc)
-        self.append_context(caller=caller)  # type: ignore[no-untyped-call]
         return super().resolve(event, context)
 
 
@@ -89,18 +87,8 @@ app.configure_openapi(
     version=__version__,
     description="Schedule feature-flag changes; see the README's HTTP API section.",
 )
-
-
-def caller() -> Caller:
-    """The authenticated caller of the request being handled."""
-    found = app.context.get("caller")
-    if not isinstance(found, Caller):
-        raise Unauthenticated("the request carries no verified token claims")
-    return found
-
-
-def catalog() -> Catalog:
-    return Catalog(runtime.connection())
+app.include_router(flags.router)
+app.include_router(schedules.router)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -119,6 +107,8 @@ def _invalid_request(exc: RequestValidationError) -> Response[str]:
 
 @app.exception_handler(FlagSchedulerError)  # type: ignore[untyped-decorator]
 def _our_error(exc: FlagSchedulerError) -> Response[str]:
+    if isinstance(exc, request.BadParameter):
+        return problems.validation_problem([{"loc": exc.field.split("."), "msg": exc.message}])
     response = problems.from_error(exc)
     if response.status_code >= 500:
         logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
@@ -138,9 +128,13 @@ def get_openapi() -> dict[str, Any]:
     return openapi_document()
 
 
-@app.get("/status", summary="The scheduler's health, as `flag-scheduler status` shows it")
+@app.get(
+    "/status",
+    summary="The scheduler's health, as `flag-scheduler status` shows it",
+    responses=responses(StatusOut),
+)
 def get_status() -> StatusOut:
-    report = catalog().status(runtime.now())
+    report = request.catalog().status(runtime.now())
     return StatusOut.from_report(report)
 
 

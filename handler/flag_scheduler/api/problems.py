@@ -10,10 +10,21 @@ from aws_lambda_powertools.event_handler import Response
 
 from flag_scheduler.api.auth import Forbidden, Unauthenticated
 from flag_scheduler.errors import (
+    AmbiguousLocalTime,
+    ConfigurationError,
     DatabaseUnavailable,
+    FlagExists,
+    FlagNotFound,
     FlagSchedulerError,
+    IdempotencyKeyReused,
+    InvalidScheduleTime,
+    NonexistentLocalTime,
     NotFound,
+    ScheduleClash,
+    ScheduleNotFound,
     StateConflict,
+    TooLate,
+    UnknownTimeZone,
 )
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -25,15 +36,20 @@ _BY_CLASS: dict[type[BaseException], tuple[int, str, str]] = {
     Unauthenticated: (401, "unauthenticated", "Not authenticated"),
     Forbidden: (403, "forbidden", "Missing scope"),
     NotFound: (404, "not-found", "Not found"),
+    FlagNotFound: (404, "flag-not-found", "No such flag"),
+    ScheduleNotFound: (404, "schedule-not-found", "No such schedule"),
     StateConflict: (409, "wrong-state", "Conflict with the current state"),
+    FlagExists: (409, "flag-exists", "Flag already exists"),
+    ScheduleClash: (409, "schedule-clash", "Another change sets this field at this instant"),
+    InvalidScheduleTime: (422, "invalid-time", "Time out of range"),
+    UnknownTimeZone: (422, "unknown-time-zone", "Unknown time zone"),
+    NonexistentLocalTime: (422, "time-in-gap", "Local time in a daylight-saving gap"),
+    AmbiguousLocalTime: (422, "ambiguous-time", "Local time is ambiguous"),
+    TooLate: (422, "too-late", "Past the lateness limit"),
+    IdempotencyKeyReused: (422, "idempotency-key-reused", "Idempotency-Key reused"),
     DatabaseUnavailable: (503, "database-unavailable", "Database unavailable"),
+    ConfigurationError: (500, "configuration", "The API is misconfigured"),
 }
-
-
-def register(error: type[BaseException], status: int, slug: str, title: str) -> None:
-    """Give an error class its own status and problem type (modules that define errors call
-    this once at import)."""
-    _BY_CLASS[error] = (status, slug, title)
 
 
 def problem_type(slug: str) -> str:

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.records import AttemptRecord, FlagUpdates
 from flag_scheduler.engine.states import ErrorClass, Outcome, State, Status, by_value
-from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.errors import FlagExists, FlagNotFound, ScheduleNotFound, StateConflict
 from flag_scheduler.store import sql
 from flag_scheduler.store.rows import record_row
 
@@ -249,7 +249,7 @@ class Catalog:
                 },
             ).fetchone()
         except pg_errors.UniqueViolation:
-            raise StateConflict(
+            raise FlagExists(
                 f"flag {flag_key!r} already exists in environment {environment!r}"
             ) from None
         assert row is not None
@@ -264,7 +264,7 @@ class Catalog:
             sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}, _FLAG_VIEW
         ).fetchone()
         if flag is None:
-            raise NotFound(f"no flag {flag_key!r} in environment {environment!r}")
+            raise FlagNotFound(f"no flag {flag_key!r} in environment {environment!r}")
         return flag
 
     # --- schedules ---
@@ -331,7 +331,7 @@ class Catalog:
             sql.GET_SCHEDULE, {"schedule_id": schedule_id}, _SCHEDULE_VIEW
         ).fetchone()
         if schedule is None:
-            raise NotFound(f"no schedule with id {schedule_id}")
+            raise ScheduleNotFound(f"no schedule with id {schedule_id}")
         return schedule
 
     def history(self, schedule_id: UUID) -> list[HistoryEntry]:

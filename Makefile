@@ -55,8 +55,9 @@ lock: $(STAMP)
 	$(UV_EXPORT) --no-default-groups -o handler/requirements.txt
 	$(UV_EXPORT) --no-default-groups --group migration -o migration-function/requirements.txt
 
-# The benchmark (not part of test): the handler draining a backlog against the SQL floor.
-# Prints a Markdown table; figures also go to bench-results/latest.json. Takes a few minutes.
+# The benchmark (not part of test): the handler draining a backlog against the SQL floor, and
+# the HTTP API's requests/s and p50/p99 latency through the in-process resolver (one client).
+# Prints Markdown tables; figures also go to bench-results/latest.json. Takes a few minutes.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 

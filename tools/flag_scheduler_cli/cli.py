@@ -269,7 +269,7 @@ def _operate(args: argparse.Namespace) -> tuple[str, Any]:
     from flag_scheduler.config import Settings
     from flag_scheduler.engine.records import FlagUpdates
     from flag_scheduler.store import connection
-    from flag_scheduler.store.catalog import Catalog
+    from flag_scheduler.store.api_catalog import ApiCatalog
     from flag_scheduler_cli import commands
     from flag_scheduler_cli.timeparse import parse_time
 
@@ -326,7 +326,7 @@ def _operate(args: argparse.Namespace) -> tuple[str, Any]:
         conn = connection.connect(url, application_name="flag-scheduler-cli")
         try:
             ctx = commands.Context(
-                catalog=Catalog(conn),
+                catalog=ApiCatalog(conn),
                 now=now,
                 settings=settings,
                 actor=_actor(),
@@ -374,7 +374,7 @@ def _dispatch(args: argparse.Namespace, ctx: Any, updates: Any) -> Any:
     action = args.schedules_command
     if action == "create":
         return commands.schedules_create(
-            ctx, args.flag, args.env, args.at_time, updates, args.max_retries
+            ctx, args.flag, args.env, args.at_time, updates, args.max_retries, force=args.force
         )
     if action == "list":
         return commands.schedules_list(ctx, args.status, args.flag, args.env, args.due, args.limit)

@@ -12,7 +12,8 @@ from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay, retry_time
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State
-from flag_scheduler.store.catalog import Catalog, FlagView, ScheduleView
+from flag_scheduler.store.api_catalog import ApiCatalog, NewSchedule
+from flag_scheduler.store.catalog import FlagView, ScheduleView
 from flag_scheduler_cli import render
 
 
@@ -26,7 +27,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Context:
-    catalog: Catalog
+    catalog: ApiCatalog
     now: datetime
     settings: Settings
     actor: str
@@ -105,14 +106,22 @@ def schedules_create(
     at: datetime,
     updates: FlagUpdates,
     max_retries: int | None,
+    *,
+    force: bool = False,
 ) -> Result:
+    """Schedule a change after the checks the API makes (engine/creation_checks.py); `force`
+    skips only the lateness limit."""
     flag = ctx.catalog.get_flag(flag_key, environment)
-    schedule = ctx.catalog.schedule_change(flag, at, updates, max_retries=max_retries)
-    return Result(
+    new = NewSchedule(flag, at, updates, max_retries, ctx.actor)
+    lateness = 0 if force else ctx.settings.max_lateness_seconds
+    created = ctx.catalog.schedule_checked(new, now=ctx.now, max_lateness_seconds=lateness)
+    schedule = created.schedule
+    lines = [
         f"scheduled {schedule.id}: {flag_key} ({environment})"
         f" {render.updates_text(schedule.updates)} at {render.when(schedule.scheduled_at)}",
-        schedule,
-    )
+        *(f"{notice.code.replace('_', ' ')}: {notice.detail}" for notice in created.notices),
+    ]
+    return Result("\n".join(lines), schedule)
 
 
 def schedules_list(

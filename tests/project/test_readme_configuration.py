@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from flag_scheduler import config
+from flag_scheduler.api import auth
 from flag_scheduler.aws import settings as aws_settings
 from flag_scheduler.config import Settings
-from flag_scheduler_cli import local
+from flag_scheduler_cli import local, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "handler" / "flag_scheduler"
@@ -67,7 +68,13 @@ def test_every_aws_setting_is_listed() -> None:
     sorted(
         _powertools_variables()
         | _named_constants(config)
-        | {local.DATA_DIR_VARIABLE, config.POWERTOOLS_LOG_LEVEL}
+        | {local.DATA_DIR_VARIABLE, config.POWERTOOLS_LOG_LEVEL, serve.DEV_TOKEN_VARIABLE}
+        | {
+            auth.READ_SCOPE_VARIABLE,
+            auth.WRITE_SCOPE_VARIABLE,
+            auth.SCOPE_CLAIM_VARIABLE,
+            auth.ACTOR_CLAIMS_VARIABLE,
+        }
     ),
 )
 def test_every_other_variable_is_listed(variable: str) -> None:

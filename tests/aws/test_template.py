@@ -239,6 +239,7 @@ EXPECTED_ALARMS = {
     "UnrecordableAlarm": "SchedulesUnrecordable",
     "NotificationFailuresAlarm": "AlertPublishFailures",
     "OutboxBacklogAlarm": "OutboxBacklog",
+    "ApiServerErrorsAlarm": "5xx",
 }
 
 
@@ -447,6 +448,11 @@ def test_the_stage_throttles_and_writes_json_access_logs_with_retention() -> Non
     line = json.loads(access["Format"])
     for key in ("requestId", "status", "routeKey", "integrationError", "authorizerError", "sub"):
         assert line[key].startswith("$context."), key
+    alarm = RESOURCES["ApiServerErrorsAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["Dimensions"]) == (
+        "AWS/ApiGateway",
+        [{"Name": "ApiId", "Value": {"Ref": "HttpApi"}}],
+    )
     group = RESOURCES["ApiAccessLogGroup"]["Properties"]
     assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert HTTP_API["FailOnWarnings"] is True

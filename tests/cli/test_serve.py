@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from flag_scheduler.api import runtime
+from flag_scheduler.api.app import lambda_handler
 from flag_scheduler_cli import serve
 from tests.cli.serving import DEV_TOKEN, request, serve_command, serving
 from tests.support import cli_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBLEM = "application/problem+json"
 
@@ -221,3 +227,34 @@ def test_requests_reach_the_function_one_at_a_time() -> None:
     finally:
         gateway.close()
     assert most == 1
+
+
+def _keys(event: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
+    context = event["requestContext"]
+    return set(event), set(context), set(context["http"])
+
+
+def test_the_sample_api_event_has_the_shape_serve_builds_and_is_answered(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """events/api-get-status.json is a deployed stack's event (with a Cognito token's claims):
+    the function answers it, and serve's events carry the same fields."""
+    sample = json.loads((ROOT / "events" / "api-get-status.json").read_text())
+    built = serve.to_event(
+        "GET",
+        "/status",
+        [("Host", "h")],
+        b"",
+        source_ip="::1",
+        authorizer={},
+        now=datetime.now(UTC),
+    )
+    assert _keys(sample) == _keys(built)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    runtime.reset()
+    try:
+        result = lambda_handler(sample, None)
+    finally:
+        runtime.reset()
+    assert result["statusCode"] == 200, result
+    assert json.loads(result["body"])["due_now"] == 0

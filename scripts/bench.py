@@ -538,8 +538,9 @@ def main() -> None:
     )
     print(f"flag-scheduler benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine}")
     print(f"{args.flags:,} flags; batch size {args.batch_size or 'default'}\n")
-    print(markdown(rows))
-    print()
+    if rows:
+        print(markdown(rows))
+        print()
     if api_rows:
         print("HTTP API through the in-process resolver (payload-2.0 events, one client):\n")
         print(api_markdown(api_rows))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -96,6 +97,25 @@ def test_serve_refuses_to_bind_beyond_loopback_with_a_development_token() -> Non
         assert completed.stderr.startswith(f"flag-scheduler: error: --host {host} is reachable")
         assert "FLAG_SCHEDULER_DEV_TOKEN" in completed.stderr
         assert "Traceback" not in completed.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        completed = subprocess.run(
+            serve_command("--port", port),
+            env=cli_env(DATABASE_URL="postgresql://nowhere"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        f"flag-scheduler: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,8 @@ def test_a_wrong_or_missing_token_is_401_and_the_right_one_reads_and_writes(
 
         status = request(served, "GET", "/status")
         assert status.status == 200
+        nowhere = request(served, "GET", "/nowhere")  # no route: API Gateway's own 404
+        assert (nowhere.status, nowhere.body) == (404, {"message": "Not Found"})
         assert status.body["due_now"] == 0
 
         created = request(
@@ -278,3 +280,58 @@ def test_the_sample_api_event_has_the_shape_serve_builds_and_is_answered(
         runtime.reset()
     assert result["statusCode"] == 200, result
     assert json.loads(result["body"])["due_now"] == 0
+
+
+ROUTES = serve.routes_of(
+    [
+        ("GET", "/schedules/{schedule_id}"),
+        ("POST", "/schedules/{schedule_id}/cancel"),
+        ("POST", "/schedules/retry"),
+        ("GET", "/status"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("GET", "/schedules/abc", ("GET /schedules/{schedule_id}", {"schedule_id": "abc"})),
+        ("GET", "/schedules/a%20b", ("GET /schedules/{schedule_id}", {"schedule_id": "a b"})),
+        ("POST", "/schedules/retry", ("POST /schedules/retry", {})),  # the literal route wins
+        (
+            "POST",
+            "/schedules/x/cancel",
+            ("POST /schedules/{schedule_id}/cancel", {"schedule_id": "x"}),
+        ),
+        ("GET", "/schedules/a/b", None),  # a parameter is one segment
+        ("DELETE", "/status", None),  # no route for the method
+        ("GET", "/status/", None),
+        ("GET", "/nowhere", None),
+    ],
+)
+def test_a_request_takes_the_route_api_gateway_would_give_it(
+    method: str, path: str, expected: tuple[str, dict[str, str]] | None
+) -> None:
+    assert serve.match(ROUTES, method, path) == expected
+
+
+def test_a_path_no_route_matches_never_reaches_the_function() -> None:
+    events: list[dict[str, Any]] = []
+
+    def function(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        events.append(event)
+        return {"statusCode": 200, "body": "{}"}
+
+    gateway = serve.Gateway(function, DEV_TOKEN, lambda: None, ROUTES)
+    auth = [("Authorization", f"Bearer {DEV_TOKEN}")]
+    try:
+        missing = gateway.handle("GET", "/nowhere?x=1", auth, b"", "127.0.0.1")
+        found = gateway.handle("POST", "/schedules/s1/cancel?x=1", auth, b"", "127.0.0.1")
+    finally:
+        gateway.close()
+    assert missing == (404, [("Content-Type", "application/json")], b'{"message":"Not Found"}')
+    assert found[0] == 200
+    (event,) = events
+    assert event["routeKey"] == event["requestContext"]["routeKey"]
+    assert event["routeKey"] == "POST /schedules/{schedule_id}/cancel"
+    assert event["pathParameters"] == {"schedule_id": "s1"}

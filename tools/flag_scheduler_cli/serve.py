@@ -10,21 +10,23 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from flag_scheduler.errors import ConfigurationError
 from flag_scheduler_cli.local import (
@@ -44,6 +46,7 @@ DEV_SCOPES = ("flags:read", "flags:write")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 FUNCTION_TIMEOUT_SECONDS = 30.0
 _PROBLEM_TYPE = "urn:flag-scheduler:problem:"
+_HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 Function = Callable[[dict[str, Any], Any], Mapping[str, Any]]
 
@@ -110,6 +113,8 @@ def to_event(
     source_ip: str,
     authorizer: dict[str, Any] | None,
     now: datetime,
+    route_key: str = "$default",
+    path_parameters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The API Gateway HTTP API (payload 2.0) event for one request.
 
@@ -142,7 +147,7 @@ def to_event(
             "userAgent": joined.get("user-agent", ""),
         },
         "requestId": f"local-{uuid.uuid4()}",
-        "routeKey": "$default",
+        "routeKey": route_key,
         "stage": "$default",
         "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
         "timeEpoch": int(now.timestamp() * 1000),
@@ -151,7 +156,7 @@ def to_event(
         request_context["authorizer"] = authorizer
     event: dict[str, Any] = {
         "version": "2.0",
-        "routeKey": "$default",
+        "routeKey": route_key,
         "rawPath": parts.path,
         "rawQueryString": parts.query,
         "headers": joined,
@@ -162,6 +167,8 @@ def to_event(
         event["cookies"] = cookies
     if query:
         event["queryStringParameters"] = query
+    if path_parameters:
+        event["pathParameters"] = path_parameters
     if body:
         try:
             event["body"] = body.decode("utf-8")
@@ -194,9 +201,51 @@ def problem(
     return status, headers, json.dumps(document).encode()
 
 
+@dataclass(frozen=True)
+class Route:
+    """One route of the stack: `GET /schedules/{schedule_id}` matches one path segment."""
+
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def of(cls, method: str, template: str) -> Route:
+        parts = re.split(r"(\{[^}/]+\})", template)
+        regex = "".join(
+            f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
+            for part in parts
+        )
+        return cls(method.upper(), template, re.compile(regex))
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.template}"
+
+
+def routes_of(operations: Iterable[tuple[str, str]]) -> list[Route]:
+    """Routes for (method, path template) pairs, literal segments before variables, as API
+    Gateway prefers them (`/schedules/retry` over `/schedules/{schedule_id}`)."""
+    routes = [Route.of(method, path) for method, path in operations]
+    return sorted(routes, key=lambda r: (r.template.count("{"), r.template))
+
+
+def match(routes: list[Route], method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    """The route key and the (decoded) path parameters of the route a request takes."""
+    for route in routes:
+        found = route.pattern.fullmatch(path)
+        if found and route.method == method.upper():
+            return route.key, {k: unquote(v) for k, v in found.groupdict().items()}
+    return None
+
+
 class Gateway:
     """What API Gateway does for a request: check the token, build the event, call the
     function with a time limit, turn its result into a response.
+
+    With `routes` (the stack's), a request no route matches is API Gateway's 404 and the
+    function never runs; a matched one carries its route key and path parameters. Unlike API
+    Gateway, the token is checked first: without it every request is a 401.
 
     The function runs on one worker thread, one request at a time, as in one Lambda
     container: Powertools' resolver keeps the current event in a class attribute, so two
@@ -204,10 +253,17 @@ class Gateway:
     connection from request to request.
     """
 
-    def __init__(self, function: Function, token: str | None, context_factory: Callable[[], Any]):
+    def __init__(
+        self,
+        function: Function,
+        token: str | None,
+        context_factory: Callable[[], Any],
+        routes: list[Route] | None = None,
+    ):
         self.function = function
         self.token = token
         self.context_factory = context_factory
+        self.routes = routes
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="function")
 
     def handle(
@@ -221,6 +277,12 @@ class Gateway:
                 else "send Authorization: Bearer <the development token>"
             )
             return problem(401, "unauthenticated", "Not authenticated", why)
+        route_key, parameters = "$default", None
+        if self.routes is not None:
+            matched = match(self.routes, method, urlsplit(target).path)
+            if matched is None:
+                return 404, [("Content-Type", "application/json")], b'{"message":"Not Found"}'
+            route_key, parameters = matched
         event = to_event(
             method,
             target,
@@ -229,6 +291,8 @@ class Gateway:
             source_ip=source_ip,
             authorizer=dev_authorizer(),
             now=datetime.now(UTC),
+            route_key=route_key,
+            path_parameters=parameters,
         )
         future = self.worker.submit(self.function, event, self.context_factory())
         try:
@@ -357,7 +421,10 @@ def run(args: argparse.Namespace) -> int:
     from flag_scheduler.api.app import lambda_handler
 
     gateway = Gateway(
-        lambda_handler, token, lambda: FakeLambdaContext(timeout_seconds=FUNCTION_TIMEOUT_SECONDS)
+        lambda_handler,
+        token,
+        lambda: FakeLambdaContext(timeout_seconds=FUNCTION_TIMEOUT_SECONDS),
+        _stack_routes(),
     )
     try:
         server = make_server(args.host, args.port, gateway)
@@ -385,6 +452,21 @@ def run(args: argparse.Namespace) -> int:
         server.server_close()
         gateway.close()
     return 0
+
+
+def _stack_routes() -> list[Route]:
+    """The deployed stack's routes: the OpenAPI document's operations and the public paths
+    (tests/aws/test_template.py holds the template to the same)."""
+    # Deferred with the API itself (see run).
+    from flag_scheduler.api.app import PUBLIC_PATHS, openapi_document
+
+    operations = [
+        (method, path)
+        for path, item in openapi_document()["paths"].items()
+        for method in item
+        if method.upper() in _HTTP_METHODS
+    ]
+    return routes_of([*operations, *(("GET", path) for path in PUBLIC_PATHS)])
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

@@ -42,9 +42,11 @@ def serve_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def serving(database_url: str, *, token: str | None = DEV_TOKEN) -> Iterator[Served]:
+def serving(
+    database_url: str, *, token: str | None = DEV_TOKEN, **extra_env: str
+) -> Iterator[Served]:
     """`flag-scheduler serve --port 0` on `database_url`; stopped (SIGTERM) afterwards."""
-    env = cli_env(DATABASE_URL=database_url)
+    env = cli_env(DATABASE_URL=database_url, **extra_env)
     env.pop("FLAG_SCHEDULER_DEV_TOKEN", None)
     if token is not None:
         env["FLAG_SCHEDULER_DEV_TOKEN"] = token

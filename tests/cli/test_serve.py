@@ -85,6 +85,18 @@ def test_a_wrong_or_missing_token_is_401_and_the_right_one_reads_and_writes(
     assert row == (True, "dev")  # the development token's subject is the actor
 
 
+@pytest.mark.slow
+def test_the_development_token_grants_the_scopes_the_api_asks_for(database_url: str) -> None:
+    with serving(
+        database_url,
+        FLAG_SCHEDULER_API_READ_SCOPE="flags/read",
+        FLAG_SCHEDULER_API_WRITE_SCOPE="flags/write",
+    ) as served:
+        assert request(served, "GET", "/status").status == 200
+        created = request(served, "POST", "/flags", body={"flag_key": "scoped"})
+        assert created.status == 201, created.body
+
+
 def test_serve_refuses_to_bind_beyond_loopback_with_a_development_token() -> None:
     for host in ("0.0.0.0", "::", "192.0.2.10"):
         completed = subprocess.run(

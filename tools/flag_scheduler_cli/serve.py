@@ -15,9 +15,8 @@ import signal
 import socket
 import sys
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,13 +38,17 @@ from flag_scheduler_cli.local import (
 logger = logging.getLogger(__name__)
 
 DEV_TOKEN_VARIABLE = "FLAG_SCHEDULER_DEV_TOKEN"  # noqa: S105 (a variable name, not a secret)
-# What the development token stands for: the claims API Gateway's JWT authorizer would pass.
+# What the development token stands for: the claims API Gateway's JWT authorizer would pass
+# (serve grants the scopes the API is configured to ask for; these are its defaults).
 DEV_SUBJECT = "dev"
 DEV_SCOPES = ("flags:read", "flags:write")
 # API Gateway's own limits: a 10 MB request and a 30 s integration timeout.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 FUNCTION_TIMEOUT_SECONDS = 30.0
 _PROBLEM_TYPE = "urn:flag-scheduler:problem:"
+# API Gateway's own bodies, for a function that failed and a path no route matches.
+_INTERNAL_ERROR = b'{"message":"Internal Server Error"}'
+_NOT_FOUND = b'{"message":"Not Found"}'
 _HTTP_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 Function = Callable[[dict[str, Any], Any], Mapping[str, Any]]
@@ -94,12 +97,12 @@ def bearer_matches(authorization: str | None, token: str | None) -> bool:
     return hmac.compare_digest(presented.strip().encode(), token.encode())
 
 
-def dev_authorizer() -> dict[str, Any]:
+def dev_authorizer(scopes: Sequence[str] = DEV_SCOPES) -> dict[str, Any]:
     """The JWT authorizer context of a request carrying the development token."""
     return {
         "jwt": {
-            "claims": {"sub": DEV_SUBJECT, "scope": " ".join(DEV_SCOPES)},
-            "scopes": list(DEV_SCOPES),
+            "claims": {"sub": DEV_SUBJECT, "scope": " ".join(scopes)},
+            "scopes": list(scopes),
         }
     }
 
@@ -259,11 +262,13 @@ class Gateway:
         token: str | None,
         context_factory: Callable[[], Any],
         routes: list[Route] | None = None,
+        scopes: Sequence[str] = DEV_SCOPES,
     ):
         self.function = function
         self.token = token
         self.context_factory = context_factory
         self.routes = routes
+        self.authorizer = dev_authorizer(scopes)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="function")
 
     def handle(
@@ -281,7 +286,7 @@ class Gateway:
         if self.routes is not None:
             matched = match(self.routes, method, urlsplit(target).path)
             if matched is None:
-                return 404, [("Content-Type", "application/json")], b'{"message":"Not Found"}'
+                return 404, [("Content-Type", "application/json")], _NOT_FOUND
             route_key, parameters = matched
         event = to_event(
             method,
@@ -289,7 +294,7 @@ class Gateway:
             headers,
             body,
             source_ip=source_ip,
-            authorizer=dev_authorizer(),
+            authorizer=self.authorizer,
             now=datetime.now(UTC),
             route_key=route_key,
             path_parameters=parameters,
@@ -301,12 +306,8 @@ class Gateway:
             return problem(504, "timeout", "Function timed out", "no answer within 30 s")
         except Exception:
             # API Gateway answers 500 when the function raises; the traceback is the log.
-            traceback.print_exc(file=sys.stderr)
-            return (
-                500,
-                [("Content-Type", "application/json")],
-                b'{"message":"Internal Server Error"}',
-            )
+            logger.exception("function_failed")
+            return 500, [("Content-Type", "application/json")], _INTERNAL_ERROR
 
     def close(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)
@@ -419,12 +420,15 @@ def run(args: argparse.Namespace) -> int:
     where = _use_database(args.data_dir)
     # Deferred: the CLI's other commands do not pay for importing the API and Powertools.
     from flag_scheduler.api.app import lambda_handler
+    from flag_scheduler.api.auth import AuthSettings
 
+    auth = AuthSettings.from_env(os.environ)
     gateway = Gateway(
         lambda_handler,
         token,
         lambda: FakeLambdaContext(timeout_seconds=FUNCTION_TIMEOUT_SECONDS),
         _stack_routes(),
+        scopes=(auth.read_scope, auth.write_scope),
     )
     try:
         server = make_server(args.host, args.port, gateway)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run invoke install test lint typecheck pytest lock bench clean rds-ca-bundle
+.PHONY: run invoke serve install test lint typecheck pytest lock bench clean rds-ca-bundle
 
 # The main job on a throwaway embedded PostgreSQL: the real handler under a simulated clock.
 run: $(STAMP)
@@ -15,6 +15,11 @@ run: $(STAMP)
 # folder (~/.local/share/flag-scheduler/pgdata; FLAG_SCHEDULER_DATA_DIR to move it).
 invoke: $(STAMP)
 	$(BIN)/flag-scheduler invoke --event events/scheduled-event.json
+
+# The HTTP API on http://127.0.0.1:8080, on the same database as invoke. Requests pass only with
+# `Authorization: Bearer $FLAG_SCHEDULER_DEV_TOKEN` (set the variable first; README "HTTP API").
+serve: $(STAMP)
+	$(BIN)/flag-scheduler serve
 
 # Lint, type-check and the whole test suite (a real PostgreSQL; embedded unless DATABASE_URL).
 test: lint typecheck check-template pytest

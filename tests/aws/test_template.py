@@ -287,7 +287,16 @@ def test_dashboard_body_is_json_with_the_promised_widgets() -> None:
     body, _ = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     rendered = json.loads(re.sub(r"\$\{[^}]+\}", "1", body))
     titles = " | ".join(w["properties"]["title"] for w in rendered["widgets"])
-    for words in ("Schedules per", "Retry backlog", "Lag", "Errors", "% of the", "Alarms"):
+    for words in (
+        "Schedules per",
+        "Retry backlog",
+        "Lag",
+        "Errors",
+        "% of the",
+        "Alarms",
+        "HTTP API requests",
+        "HTTP API latency",
+    ):
         assert words in titles
     text = json.dumps(rendered)
     for metric in (

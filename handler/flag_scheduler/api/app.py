@@ -33,6 +33,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
@@ -113,6 +114,24 @@ def _our_error(exc: FlagSchedulerError) -> Response[str]:
     if response.status_code >= 500:
         logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
     return response
+
+
+@app.exception_handler(psycopg.Error)  # type: ignore[untyped-decorator]
+def _database_error(exc: psycopg.Error) -> Response[str]:
+    """A driver error no store method translated: the connection is gone (503), or a bug."""
+    logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return problems.problem_response(
+            503, "database-unavailable", "Database unavailable", "the database is unavailable"
+        )
+    return problems.problem_response(500, "internal", "Internal error", "internal error")
+
+
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def _unexpected(exc: Exception) -> Response[str]:
+    """A bug: logged with its traceback, answered as a problem rather than a gateway 502."""
+    logger.exception("request_failed_unexpectedly", extra={"error_class": type(exc).__name__})
+    return problems.problem_response(500, "internal", "Internal error", "internal error")
 
 
 @app.not_found

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from flag_scheduler.api import request, runtime, views
@@ -26,6 +26,7 @@ from flag_scheduler.api.models import (
     responses,
 )
 from flag_scheduler.api.schedules import PageLimit, StatusFilter, parse_statuses
+from flag_scheduler.engine import limits
 from flag_scheduler.engine.creation_checks import LocalTime, resolve_local
 from flag_scheduler.engine.timeline import timeline
 from flag_scheduler.store.api_catalog import IdempotencyKey, NewSchedule, ScheduleFilter
@@ -33,6 +34,9 @@ from flag_scheduler.store.api_catalog import IdempotencyKey, NewSchedule, Schedu
 router = APIGatewayHttpRouter()  # type: ignore[no-untyped-call]
 
 EnvironmentQuery = Annotated[Environment, Query(description="Default: production")]
+FlagKeyPath = Annotated[
+    str, Path(pattern=f"^{limits.FLAG_KEY_PATTERN}$", description=limits.FLAG_KEY_RULE)
+]
 IdempotencyHeader = Annotated[
     str | None,
     Header(
@@ -71,7 +75,7 @@ def create_flag(flag: FlagIn) -> FlagOut:
     summary="A flag with its pending and recent schedules",
     responses=responses(FlagDetailOut, 404),
 )
-def get_flag(flag_key: str, environment: EnvironmentQuery = "production") -> FlagDetailOut:
+def get_flag(flag_key: FlagKeyPath, environment: EnvironmentQuery = "production") -> FlagDetailOut:
     catalog = request.catalog()
     flag = catalog.get_flag(flag_key, environment)
     pending = catalog.schedules(
@@ -114,7 +118,7 @@ def _moment(scheduled_at: datetime | LocalTimeIn) -> datetime:
     responses=responses(ScheduleCreatedOut, 404, 409, status=201, description="Created"),
 )
 def create_schedule(
-    flag_key: str,
+    flag_key: FlagKeyPath,
     schedule: ScheduleIn,
     environment: EnvironmentQuery = "production",
     idempotency_key: IdempotencyHeader = None,
@@ -152,7 +156,7 @@ def create_schedule(
     responses=responses(SchedulePageOut, 404),
 )
 def list_flag_schedules(
-    flag_key: str,
+    flag_key: FlagKeyPath,
     environment: EnvironmentQuery = "production",
     status: StatusFilter = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -173,7 +177,7 @@ def list_flag_schedules(
     responses=responses(TimelineOut, 404),
 )
 def get_timeline(
-    flag_key: str,
+    flag_key: FlagKeyPath,
     environment: EnvironmentQuery = "production",
     until: Annotated[
         str | None, Query(description="RFC 3339; default: every pending change")

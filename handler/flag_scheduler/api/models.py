@@ -123,7 +123,8 @@ class FlagIn(_In):
     environment: Environment = "production"
     enabled: StrictBool = False
     rollout_percentage: Annotated[StrictInt, Field(ge=0, le=100)] = 0
-    description: Annotated[str, Field(max_length=1000)] | None = None
+    # Any text but NUL, which PostgreSQL text cannot hold.
+    description: Annotated[str, Field(max_length=1000, pattern="^[^\x00]*$")] | None = None
 
 
 class FlagOut(_Out):

@@ -33,13 +33,18 @@ class BadParameter(FlagSchedulerError):
 def caller() -> Caller:
     """The caller of the request being handled (the resolver has already checked them)."""
     found = caller_of(BaseRouter.current_event.raw_event, runtime.auth_settings())
-    return Caller(actor=found.actor[:MAX_ACTOR_LENGTH], scopes=found.scopes)
+    return Caller(actor=_storable(found.actor)[:MAX_ACTOR_LENGTH], scopes=found.scopes)
+
+
+def _storable(text: str) -> str:
+    """`text` as PostgreSQL text can hold it: no NUL, no lone surrogate."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def request_id() -> str | None:
     context = BaseRouter.current_event.raw_event.get("requestContext") or {}
     value = context.get("requestId")
-    return str(value)[:200] if value else None
+    return _storable(str(value))[:200] if value else None
 
 
 def catalog() -> ApiCatalog:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run invoke serve install test lint typecheck pytest lock bench clean rds-ca-bundle
+.PHONY: run invoke serve install test lint typecheck pytest lock bench clean rds-ca-bundle openapi
 
 # The main job on a throwaway embedded PostgreSQL: the real handler under a simulated clock.
 run: $(STAMP)
@@ -69,6 +69,10 @@ bench: $(STAMP)
 # Rebuild the shipped CA bundle from a downloaded global-bundle.pem (README: TLS to the database).
 rds-ca-bundle: $(STAMP)
 	$(BIN)/python scripts/rds_ca_bundle.py $(GLOBAL_BUNDLE) $(if $(AMAZON_ROOTS),--amazon-roots $(AMAZON_ROOTS))
+
+# Regenerate docs/openapi.json from the API's routes and models (a test fails while stale).
+openapi: $(STAMP)
+	$(BIN)/python scripts/openapi.py
 
 # The embedded database is not here (it lives in the per-user data folder): clean keeps it.
 clean:

@@ -286,3 +286,49 @@ def test_status_counts(api: str) -> None:
         0,
         300.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        # Each bad field named once, in the form the caller chose.
+        (
+            {"scheduled_at": "tomorrow", "updates": {"enabled": True}},
+            {"body.scheduled_at": "must be an RFC 3339 date-time with seconds and an offset"},
+        ),
+        (
+            {"scheduled_at": {"local": "2026-12-24T09:00"}, "updates": {}},
+            {
+                "body.scheduled_at.time_zone": "Field required",
+                "body.updates": "updates must set at least one of enabled, rollout_percentage",
+            },
+        ),
+        (
+            {"scheduled_at": "2026-12-24T09:00:00", "updates": {"enabled": None}},
+            {
+                "body.scheduled_at": "must be an RFC 3339 date-time with seconds and an offset",
+                "body.updates": "enabled must not be null",
+            },
+        ),
+        (
+            {
+                "scheduled_at": "2026-02-30T09:00:00Z",
+                "updates": {"rollout_percentage": 101},
+                "max_retries": 11,
+            },
+            {
+                "body.scheduled_at": "'2026-02-30T09:00:00Z' is not a real date and time",
+                "body.updates.rollout_percentage": "Input should be less than or equal to 100",
+                "body.max_retries": "Input should be less than or equal to 10",
+            },
+        ),
+    ],
+)
+def test_validation_names_each_bad_field(body: dict[str, Any], errors: dict[str, str]) -> None:
+    flag()
+    response = schedule(status=422, **body)
+    assert response["type"] == PROBLEM + "validation-failed"
+    found = {error["field"]: error["message"] for error in response["errors"]}
+    assert set(found) == set(errors)
+    for field, message in errors.items():
+        assert found[field].startswith(message), (field, found[field])

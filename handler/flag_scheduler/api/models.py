@@ -11,9 +11,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
+    Tag,
     WithJsonSchema,
 )
 
@@ -228,10 +230,22 @@ class NoticeOut(_Out):
     schedule_id: UUID | None = None
 
 
+def _time_form(value: Any) -> str:
+    return "tag:local" if isinstance(value, dict | LocalTimeIn) else "tag:rfc3339"
+
+
+# Either form; the discriminator validates only the form given, so a bad value gets one
+# error about that form (tags start with "tag:" and are left out of error locations).
+ScheduledAt = Annotated[
+    Annotated[Rfc3339, Tag("tag:rfc3339")] | Annotated[LocalTimeIn, Tag("tag:local")],
+    Discriminator(_time_form),
+]
+
+
 class ScheduleIn(_In):
     """A change of a flag at a moment: RFC 3339 with an offset, or a local time in a zone."""
 
-    scheduled_at: Rfc3339 | LocalTimeIn
+    scheduled_at: ScheduledAt
     updates: FlagUpdates
     max_retries: RetryLimit | None = None
 

@@ -99,7 +99,10 @@ def from_error(exc: BaseException) -> Response[str]:
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:
     """422 naming each bad field (pydantic's error list, as the request validator reports it)."""
     fields = [
-        {"field": _location(error.get("loc", ())), "message": str(error.get("msg", "invalid"))}
+        {
+            "field": _location(error.get("loc", ())),
+            "message": str(error.get("msg", "invalid")).removeprefix("Value error, "),
+        }
         for error in errors
     ]
     detail = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
@@ -109,5 +112,8 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:
 
 
 def _location(loc: Sequence[Any]) -> str:
-    """`body.updates.enabled`, `query.limit`, `path.schedule_id`, `header.idempotency-key`."""
-    return ".".join(str(part) for part in loc) or "request"
+    """`body.updates.enabled`, `query.limit`, `path.schedule_id`, `header.idempotency-key`;
+    without the labels pydantic gives union members (`tag:local`, `function-before[...]`)."""
+    parts = [str(part) for part in loc]
+    kept = [part for part in parts if not part.startswith("tag:") and "[" not in part]
+    return ".".join(kept) or "request"

@@ -27,7 +27,7 @@ from flag_scheduler.errors import (
     InvalidUpdates,
     first_line,
 )
-from flag_scheduler_cli import serve
+from flag_scheduler_cli import bulk_retry, serve
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
@@ -181,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = schedule_commands.add_parser(name, parents=[common], help=text)
         sub.add_argument("id", type=_uuid)
 
+    bulk_retry.add_parser(schedule_commands, common)
     preview = schedule_commands.add_parser(
         "preview", parents=[common], help="the retry timeline of a schedule or a policy"
     )
@@ -384,6 +385,8 @@ def _dispatch(args: argparse.Namespace, ctx: Any, updates: Any) -> Any:
         return commands.schedules_retry(ctx, args.id)
     if action == "cancel":
         return commands.schedules_cancel(ctx, args.id)
+    if action == bulk_retry.COMMAND:
+        return commands.schedules_retry_failed(ctx, args)
     return commands.schedules_preview(ctx, args.id)
 
 

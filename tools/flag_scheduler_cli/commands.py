@@ -12,7 +12,7 @@ from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay, retry_time
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State
-from flag_scheduler.store.api_catalog import ApiCatalog, NewSchedule
+from flag_scheduler.store.api_catalog import ApiCatalog, NewSchedule, RequeueFilter
 from flag_scheduler.store.catalog import FlagView, ScheduleView
 from flag_scheduler_cli import render
 
@@ -214,6 +214,25 @@ def schedules_retry(ctx: Context, schedule_id: UUID) -> Result:
         f" retries available again: {_retry_limit(ctx, schedule)}",
         schedule,
     )
+
+
+def schedules_retry_failed(ctx: Context, args: Any) -> Result:
+    """Requeue (or with --dry-run only list) the permanently failed schedules matching the
+    filter, as POST /schedules/retry does."""
+    where = RequeueFilter(
+        expired=args.expired,
+        flag_key=args.flag,
+        environment=args.env,
+        error_class=args.error_class,
+        failed_since=args.since,
+        failed_before=args.before,
+    )
+    schedules = ctx.catalog.requeue_matching(
+        where, limit=args.limit, dry_run=args.dry_run, now=ctx.now, actor=ctx.actor
+    )
+    verb = "would requeue" if args.dry_run else "requeued"
+    text = f"{verb} {len(schedules)} schedule(s)\n{_schedules_table(schedules)}"
+    return Result(text, {"dry_run": args.dry_run, "count": len(schedules), "items": schedules})
 
 
 def schedules_cancel(ctx: Context, schedule_id: UUID) -> Result:

@@ -8,10 +8,10 @@ from typing import Any
 from uuid import UUID
 
 from flag_scheduler.config import Settings
-from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay, retry_timeline
+from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
-from flag_scheduler.engine.states import State
+from flag_scheduler.engine.upcoming import ScheduleState, upcoming_attempts
 from flag_scheduler.store.api_catalog import ApiCatalog, NewSchedule, RequeueFilter
 from flag_scheduler.store.catalog import FlagView, ScheduleView
 from flag_scheduler_cli import render
@@ -268,63 +268,65 @@ def _policy_text(settings: Settings) -> str:
 
 
 def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
-    """The attempts still to come for a pending or waiting schedule, with the real jitter."""
-    if schedule.state == State.PENDING:
-        first, made = max(schedule.scheduled_at, ctx.now), schedule.retry_count
-    elif schedule.state == State.WAITING_FOR_RETRY and schedule.next_retry_at is not None:
-        first, made = schedule.next_retry_at, schedule.retry_count
-    else:
-        return None
+    """The attempts still to come for a pending or waiting schedule, with the real jitter
+    (engine/upcoming.py: the API's GET /schedules/{id} shows the same)."""
     settings = ctx.settings
-    timeline = retry_timeline(
-        settings.backoff,
-        schedule.id,
-        first,
-        _retry_limit(ctx, schedule),
-        attempts_made=made,
-        until=END_OF_TIME,
+    state = ScheduleState(
+        id=schedule.id,
+        state=schedule.state,
+        scheduled_at=schedule.scheduled_at,
+        next_retry_at=schedule.next_retry_at,
+        requeued_at=schedule.requeued_at,
+        retry_count=schedule.retry_count,
+        retry_limit=_retry_limit(ctx, schedule),
     )
-    expires_at = (
-        (schedule.requeued_at or schedule.scheduled_at)
-        + timedelta(seconds=settings.max_lateness_seconds)
-        if settings.max_lateness_seconds
-        else None
+    plan = upcoming_attempts(
+        state,
+        now=ctx.now,
+        policy=settings.backoff,
+        max_lateness_seconds=settings.max_lateness_seconds,
     )
-    rows, attempts = [], []
-    for planned in timeline:
-        expired = expires_at is not None and planned.at > expires_at
-        delay = planned.delay_before.total_seconds() if planned.delay_before else None
-        rows.append(
-            (
-                planned.attempt,
-                render.when(planned.at),
-                f"+{render.duration(delay)}" if delay is not None else "",
-                "would expire" if expired else "",
-            )
+    if plan is None:
+        return None
+    rows = [
+        (
+            a.attempt,
+            render.when(a.at),
+            f"+{render.duration(a.delay_before_seconds)}"
+            if a.delay_before_seconds is not None
+            else "",
+            "would expire" if a.expired else "",
         )
-        attempts.append(
-            {
-                "attempt": planned.attempt,
-                "at": planned.at,
-                "delay_before_seconds": delay,
-                "expired": expired,
-            }
-        )
-    last = timeline[-1].at
-    if expires_at is not None and last > expires_at:
-        verdict = f"expires at {render.when(expires_at)} (lateness limit) before its last attempt"
-        final = {"expires_at": expires_at, "permanently_failed_at": None}
-    elif timeline[-1].attempt < _retry_limit(ctx, schedule) + 1:
+        for a in plan.attempts
+    ]
+    if plan.permanently_failed_at is not None:
+        failed_at = render.when(plan.permanently_failed_at)
+        verdict = f"if every attempt fails: permanently failed at {failed_at}"
+    elif plan.cut_short_at_attempt is not None:
         verdict = (
-            f"attempt {timeline[-1].attempt + 1} and later would fall after"
+            f"attempt {plan.cut_short_at_attempt} and later would fall after"
             f" {render.when(END_OF_TIME)}, the last time a schedule can hold: not shown"
         )
-        final = {"expires_at": expires_at, "permanently_failed_at": None}
     else:
-        verdict = f"if every attempt fails: permanently failed at {render.when(last)}"
-        final = {"expires_at": expires_at, "permanently_failed_at": last}
+        verdict = (
+            f"expires at {render.when(plan.expires_at)} (lateness limit) before its last attempt"
+        )
+    data = {
+        "schedule_id": schedule.id,
+        "attempts": [
+            {
+                "attempt": a.attempt,
+                "at": a.at,
+                "delay_before_seconds": a.delay_before_seconds,
+                "expired": a.expired,
+            }
+            for a in plan.attempts
+        ],
+        "expires_at": plan.expires_at,
+        "permanently_failed_at": plan.permanently_failed_at,
+    }
     text = render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
-    return Result(text, {"schedule_id": schedule.id, "attempts": attempts, **final})
+    return Result(text, data)
 
 
 def policy_preview(

@@ -205,3 +205,26 @@ def test_pages_stay_stable_while_rows_are_inserted(api: str) -> None:
     assert total == (len(originals) + len(inserts),)
     assert len(seen) == len(set(seen)), "a row was repeated"
     assert set(originals) <= set(seen), "a row that existed before paging began was skipped"
+
+
+def test_concurrent_clashing_changes_create_one(api: str) -> None:
+    # Two different requests setting `enabled` at one instant, no idempotency key: the
+    # per-flag planning lock makes the second see the first, so it is refused (409).
+    flag_id = _flag_id("banner")
+    bodies = [{"enabled": True}, {"enabled": False}]
+    events = [
+        http_event(
+            "POST",
+            "/flags/banner/schedules",
+            body={"scheduled_at": "2030-01-01T09:00:00Z", "updates": updates},
+        )
+        for updates in bodies
+    ]
+    with psycopg.connect(api, autocommit=True) as conn:
+        conn.execute(f"SELECT pg_advisory_lock({PLANNING_LOCK})", {"flag_id": flag_id})
+        workers = [_start(api, [event]) for event in events]
+        _wait_for_waiters(conn, 2)
+        conn.execute(f"SELECT pg_advisory_unlock({PLANNING_LOCK})", {"flag_id": flag_id})
+        statuses = sorted(r["status"] for worker in workers for r in _results(worker))
+        rows = conn.execute("SELECT count(*) FROM feature_flag_schedules").fetchone()
+    assert (statuses, rows) == ([201, 409], (1,))

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 
 from flag_scheduler import __version__
 from flag_scheduler.api import flags, problems, request, runtime, schedules
@@ -83,20 +84,24 @@ def _raw_problem(exc: Unauthenticated | Forbidden) -> dict[str, Any]:
 
 
 app = ScopedResolver(enable_validation=True)
-app.configure_openapi(
-    title=OPENAPI_TITLE,
-    version=__version__,
-    description="Schedule feature-flag changes; see the README's HTTP API section.",
-)
+OPENAPI_SETTINGS: dict[str, Any] = {
+    "title": OPENAPI_TITLE,
+    "version": __version__,
+    "description": (
+        "Schedule feature-flag changes; see the README's HTTP API section. Every operation"
+        " takes a bearer JWT: reads need the scope flags:read, writes flags:write."
+    ),
+    "security_schemes": {"bearer": HTTPBearer(bearerFormat="JWT")},
+    "security": [{"bearer": []}],
+}
+app.configure_openapi(**OPENAPI_SETTINGS)
 app.include_router(flags.router)
 app.include_router(schedules.router)
 
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document the resolver generates (docs/openapi.json is a copy)."""
-    document: dict[str, Any] = json.loads(
-        app.get_openapi_json_schema(title=OPENAPI_TITLE, version=__version__)
-    )
+    document: dict[str, Any] = json.loads(app.get_openapi_json_schema(**OPENAPI_SETTINGS))
     return document
 
 

@@ -3,6 +3,7 @@ server publishes, generated requests over real HTTP, no 5xx and every response a
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from tests.support import database_url_for
 
 pytestmark = pytest.mark.slow
 
-# Bounded so the whole suite stays well inside CI's time: examples per operation and phase.
+# Bounded so the whole suite stays well inside CI's time: examples per operation and mode.
 MAX_EXAMPLES = 25
 AUTH = {"Authorization": f"Bearer {DEV_TOKEN}"}
 # tests/conftest.py prints this property at the end of the run (xdist workers' output is not shown).
@@ -70,7 +71,10 @@ def test_every_operation_answers_as_documented(
     assert len(operations) >= 13  # the issue's endpoints (GET /openapi.json is not described)
     cases: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
-    for path, method in operations:
+    # Positive: valid input must get the documented answer; negative: invalid input (hostile
+    # strings, wrong types, bodies that are not UTF-8, bad tokens) must too, never a 5xx.
+    modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    for (path, method), mode in itertools.product(operations, modes):
 
         @settings(
             max_examples=MAX_EXAMPLES,
@@ -81,7 +85,7 @@ def test_every_operation_answers_as_documented(
             derandomize=bool(os.environ.get("CI")),
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         )
-        @given(case=schema[path][method].as_strategy())
+        @given(case=schema[path][method].as_strategy(mode))
         def answers_as_documented(case: Any) -> None:
             response = case.call_and_validate(base_url=served.url, headers=AUTH, checks=CHECKS)
             cases[case.operation.label] += 1
@@ -91,7 +95,8 @@ def test_every_operation_answers_as_documented(
     by_status = ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items()))
     line = (
         f"schemathesis {schemathesis.__version__} against flag-scheduler serve:"
-        f" {len(cases)} operations, {sum(cases.values())} generated requests, no failure"
+        f" {len(cases)} operations, {sum(cases.values())} generated requests (valid and invalid"
+        " input), no failure"
         f" (no 5xx; status, content type and body as documented); responses by status"
         f" {{{by_status}}}"
     )

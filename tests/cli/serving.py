@@ -108,9 +108,11 @@ def request(
     body: Any = None,
     token: str | None = DEV_TOKEN,
     headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> HttpResponse:
-    """One HTTP request; the JSON body decoded (None when empty)."""
-    data = None if body is None else json.dumps(body).encode()
+    """One HTTP request (`body` as JSON, or `raw` bytes); the JSON answer decoded (None when
+    empty)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
         all_headers["Authorization"] = f"Bearer {token}"

@@ -86,6 +86,16 @@ def test_a_wrong_or_missing_token_is_401_and_the_right_one_reads_and_writes(
 
 
 @pytest.mark.slow
+def test_a_body_that_is_not_utf8_is_refused_not_a_500(database_url: str) -> None:
+    """API Gateway hands such a body over base64-encoded (isBase64Encoded), as serve does."""
+    with serving(database_url) as served:
+        for raw in (b"\xff", b'{"flag_key": "caf\xe9"}'):
+            response = request(served, "POST", "/flags", raw=raw)
+            assert response.status in (400, 422), (raw, response.body)
+            assert _content_type(response.headers) == PROBLEM
+
+
+@pytest.mark.slow
 def test_the_development_token_grants_the_scopes_the_api_asks_for(database_url: str) -> None:
     with serving(
         database_url,

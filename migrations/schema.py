@@ -230,24 +230,19 @@ notification_outbox = Table(
 )
 
 # One row per (caller, Idempotency-Key) of POST /flags/{flag_key}/schedules (0009): the
-# schedule the first request created and the response it got, replayed to a retry.
+# schedule the first request created and the response it got, replayed to a retry. No
+# foreign key: writers may TRUNCATE the contract tables; a stale key is dropped on replay.
 api_idempotency_keys = Table(
     "api_idempotency_keys",
     metadata,
     Column("actor", Text, primary_key=True),
     Column("idempotency_key", Text, primary_key=True),
     Column("request_hash", Text, nullable=False),
-    Column(
-        "schedule_id",
-        UUID(as_uuid=True),
-        ForeignKey("feature_flag_schedules.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("schedule_id", UUID(as_uuid=True), nullable=False),
     Column("response", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     CheckConstraint(
         "char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"
     ),
     *_in_range("created_at"),
-    Index("ix_api_idempotency_keys_schedule_id", "schedule_id"),
 )

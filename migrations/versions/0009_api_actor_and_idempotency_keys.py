@@ -30,6 +30,8 @@ def upgrade() -> None:
     op.add_column("feature_flag_schedule_attempts", sa.Column("actor", sa.Text(), nullable=True))
     # One row per (caller, Idempotency-Key): the primary key is what makes concurrent
     # duplicates of one request create one schedule (INSERT ... ON CONFLICT DO NOTHING).
+    # No foreign key to the schedule: writers may TRUNCATE the contract tables, which a
+    # reference from here would refuse; a key whose schedule is gone is dropped on replay.
     op.create_table(
         "api_idempotency_keys",
         sa.Column("actor", sa.Text(), nullable=False),
@@ -51,22 +53,11 @@ def upgrade() -> None:
             REAL_MOMENT.format("created_at"),
             name=op.f("ck_api_idempotency_keys_created_at_in_range"),
         ),
-        sa.ForeignKeyConstraint(
-            ["schedule_id"],
-            ["feature_flag_schedules.id"],
-            name=op.f("fk_api_idempotency_keys_schedule_id_feature_flag_schedules"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("actor", "idempotency_key", name=op.f("pk_api_idempotency_keys")),
-    )
-    # The cascade from a deleted schedule finds its keys by index, not by a scan.
-    op.create_index(
-        op.f("ix_api_idempotency_keys_schedule_id"), "api_idempotency_keys", ["schedule_id"]
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_api_idempotency_keys_schedule_id"), table_name="api_idempotency_keys")
     op.drop_table("api_idempotency_keys")
     op.drop_column("feature_flag_schedule_attempts", "actor")
     op.drop_column("feature_flag_schedules", "created_by")

@@ -228,3 +228,15 @@ def test_concurrent_clashing_changes_create_one(api: str) -> None:
         statuses = sorted(r["status"] for worker in workers for r in _results(worker))
         rows = conn.execute("SELECT count(*) FROM feature_flag_schedules").fetchone()
     assert (statuses, rows) == ([201, 409], (1,))
+
+
+def test_a_key_whose_schedule_is_gone_starts_afresh(api: str) -> None:
+    _flag_id("banner")
+    first = call(_schedule_event("banner", "k"))
+    with psycopg.connect(api, autocommit=True) as conn:
+        # Writers may empty the contract tables; the key table does not stop them.
+        conn.execute("TRUNCATE feature_flag_schedules, feature_flag_schedule_attempts")
+    again = call(_schedule_event("banner", "k"))
+    assert again.status == 201
+    assert again.body["id"] != first.body["id"]
+    assert "Idempotent-Replayed" not in again.headers

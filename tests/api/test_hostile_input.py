@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import quote
 
@@ -145,3 +146,13 @@ def test_malformed_bodies(seeded: str, raw_body: str) -> None:
         response = call(http_event("POST", path, raw_body=raw_body))
         _ok(response)
         assert response.status in (400, 422), (path, raw_body, response.body)
+
+
+def test_body_that_is_not_utf8(seeded: str) -> None:
+    event = http_event(
+        "POST", "/flags/banner/schedules", raw_body=base64.b64encode(b"\xff\xfe").decode()
+    )
+    event["isBase64Encoded"] = True
+    response = call(event)
+    assert response.status == 422
+    assert response.body["errors"] == [{"field": "body", "message": "is not UTF-8 encoded JSON"}]

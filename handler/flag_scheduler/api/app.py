@@ -121,6 +121,12 @@ def _our_error(exc: FlagSchedulerError) -> Response[str]:
     return response
 
 
+@app.exception_handler(UnicodeDecodeError)  # type: ignore[untyped-decorator]
+def _not_utf8(exc: UnicodeDecodeError) -> Response[str]:
+    """A body (base64 in the event) that is not UTF-8 cannot be JSON: the caller's mistake."""
+    return problems.validation_problem([{"loc": ["body"], "msg": "is not UTF-8 encoded JSON"}])
+
+
 @app.exception_handler(psycopg.Error)  # type: ignore[untyped-decorator]
 def _database_error(exc: psycopg.Error) -> Response[str]:
     """A driver error no store method translated: the connection is gone (503), or a bug."""

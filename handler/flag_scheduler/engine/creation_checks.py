@@ -23,10 +23,10 @@ from flag_scheduler.errors import (
     UnknownTimeZone,
 )
 
-# IANA names are ASCII words joined by '/' (Europe/Berlin, America/Argentina/Buenos_Aires,
-# Etc/GMT+5). Checked before ZoneInfo sees the name: it would read any path it is given.
 # Sorts after every real id: a new change is placed last among changes at its instant.
 LAST_ID = UUID(int=2**128 - 1)
+# IANA names are ASCII words joined by '/' (Europe/Berlin, America/Argentina/Buenos_Aires,
+# Etc/GMT+5). Checked before ZoneInfo sees the name: it would read any path it is given.
 _ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]{0,31}(/[A-Za-z0-9_+-]{1,32}){0,3}")
 
 

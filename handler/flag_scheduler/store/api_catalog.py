@@ -18,7 +18,12 @@ from flag_scheduler.engine.creation_checks import Notice, check_change, check_ti
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import ErrorClass, Outcome, by_value
 from flag_scheduler.engine.timeline import FlagPlan, PendingChange
-from flag_scheduler.errors import FlagExists, IdempotencyKeyReused, InvalidUpdates
+from flag_scheduler.errors import (
+    FlagExists,
+    IdempotencyKeyReused,
+    InvalidUpdates,
+    ScheduleNotFound,
+)
 from flag_scheduler.store import sql
 from flag_scheduler.store.catalog import _SCHEDULE_VIEW, Catalog, FlagView, ScheduleView
 from flag_scheduler.store.rows import record_row
@@ -246,6 +251,12 @@ class ApiCatalog(Catalog):
                 f"Idempotency-Key {_shown(idempotency.key)} was used for a different request"
                 f" (it created schedule {row['schedule_id']}); use a new key for a new request"
             )
+        try:
+            schedule = self.get_schedule(row["schedule_id"])
+        except ScheduleNotFound:
+            # Its schedule is gone: the key names nothing, this request starts afresh.
+            self._conn.execute(sql.DELETE_IDEMPOTENCY_KEY, params)
+            return None
         notices = [
             Notice(
                 code=notice["code"],
@@ -254,7 +265,7 @@ class ApiCatalog(Catalog):
             )
             for notice in row["response"].get("notices", [])
         ]
-        return CreatedSchedule(self.get_schedule(row["schedule_id"]), notices, replayed=True)
+        return CreatedSchedule(schedule, notices, replayed=True)
 
     def _remember(
         self, idempotency: IdempotencyKey, schedule_id: UUID, notices: list[Notice]

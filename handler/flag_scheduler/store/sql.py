@@ -462,6 +462,11 @@ FROM api_idempotency_keys
 WHERE actor = %(actor)s AND idempotency_key = %(key)s
 """
 
+# Forgets a key whose schedule no longer exists (deleted, or its table truncated).
+DELETE_IDEMPOTENCY_KEY = """
+DELETE FROM api_idempotency_keys WHERE actor = %(actor)s AND idempotency_key = %(key)s
+"""
+
 # Claims (caller, key) for the schedule just created; returns nothing when a concurrent
 # request holding the same key committed first (this one then waits for it and rolls back).
 INSERT_IDEMPOTENCY_KEY = """

@@ -130,6 +130,15 @@ def _not_utf8(exc: UnicodeDecodeError) -> Response[str]:
 @app.exception_handler(psycopg.Error)  # type: ignore[untyped-decorator]
 def _database_error(exc: psycopg.Error) -> Response[str]:
     """A driver error no store method translated: the connection is gone (503), or a bug."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        # A run holds the row (or the statement ran past its timeout): worth a retry.
+        return problems.problem_response(
+            503,
+            "busy",
+            "Busy",
+            "the schedule is being processed; retry in a moment",
+            headers={"Retry-After": "5"},
+        )
     logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return problems.problem_response(

@@ -15,7 +15,7 @@ from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from flag_scheduler.api import runtime
 from flag_scheduler.api.auth import Caller, caller_of
 from flag_scheduler.errors import FlagSchedulerError
-from flag_scheduler.store.api_catalog import ApiCatalog
+from flag_scheduler.store.api_catalog import ApiCatalog, WriteTimeouts
 
 # Actors longer than this are cut: an identity claim is not a place for a document.
 MAX_ACTOR_LENGTH = 320
@@ -48,7 +48,12 @@ def request_id() -> str | None:
 
 
 def catalog() -> ApiCatalog:
-    return ApiCatalog(runtime.connection(), request_id=request_id())
+    settings = runtime.settings()
+    timeouts = WriteTimeouts(
+        lock_timeout_ms=settings.lock_timeout_ms,
+        statement_timeout_ms=settings.statement_timeout_ms,
+    )
+    return ApiCatalog(runtime.connection(), request_id=request_id(), timeouts=timeouts)
 
 
 def encode_cursor(scheduled_at: datetime, schedule_id: UUID) -> str:

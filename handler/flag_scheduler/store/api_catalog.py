@@ -4,6 +4,8 @@ them, schedules created only after the creation-time checks, keyset pages, bulk 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -104,12 +106,51 @@ class _LostKeyRace(Exception):
     """A concurrent request with the same Idempotency-Key committed first."""
 
 
-class ApiCatalog(Catalog):
-    """Catalog writes that name their caller (`actor`) and the request (`request_id`)."""
+@dataclass(frozen=True)
+class WriteTimeouts:
+    """Bounds on how long a write may wait for a lock (a run holding the row) or run."""
 
-    def __init__(self, conn: psycopg.Connection[Any], *, request_id: str | None = None) -> None:
+    lock_timeout_ms: int
+    statement_timeout_ms: int
+
+
+class ApiCatalog(Catalog):
+    """Catalog writes that name their caller (`actor`) and the request (`request_id`), each
+    bounded by `timeouts` when given (a lock wait past it raises LockNotAvailable)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        request_id: str | None = None,
+        timeouts: WriteTimeouts | None = None,
+    ) -> None:
         super().__init__(conn)
         self._request_id = request_id
+        self._timeouts = timeouts
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """A transaction with this catalog's timeouts (SET LOCAL: RDS Proxy does not pin)."""
+        with self._conn.transaction():
+            if self._timeouts is not None:
+                self._conn.execute(
+                    sql.SET_TRANSACTION_TIMEOUTS,
+                    {
+                        "lock_timeout": f"{self._timeouts.lock_timeout_ms}ms",
+                        "statement_timeout": f"{self._timeouts.statement_timeout_ms}ms",
+                        "idle_timeout": f"{self._timeouts.statement_timeout_ms}ms",
+                    },
+                )
+            yield
+
+    def cancel(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
+        with self._write():
+            return super().cancel(schedule_id, now=now, actor=actor)
+
+    def requeue(self, schedule_id: UUID, *, now: datetime, actor: str) -> ScheduleView:
+        with self._write():
+            return super().requeue(schedule_id, now=now, actor=actor)
 
     def _record_action(
         self, schedule_id: UUID, outcome: Outcome, now: datetime, actor: str
@@ -207,7 +248,7 @@ class ApiCatalog(Catalog):
         max_lateness_seconds: int,
         idempotency: IdempotencyKey | None,
     ) -> CreatedSchedule:
-        with self._conn.transaction():
+        with self._write():
             self._conn.execute(sql.LOCK_FLAG_FOR_PLANNING, {"flag_id": new.flag.id})
             if idempotency is not None:
                 earlier = self._replay(idempotency)
@@ -317,7 +358,7 @@ class ApiCatalog(Catalog):
         """Requeue (or, with dry_run, only find) up to `limit` permanently failed schedules
         matching `where`; returns them as they are after the requeue."""
         params = {**asdict(where), "limit": limit}
-        with self._conn.transaction():
+        with self._write():
             ids = [row[0] for row in self._conn.execute(sql.SELECT_REQUEUEABLE, params)]
             if not dry_run and ids:
                 self._conn.execute(

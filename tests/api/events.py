@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from flag_scheduler.api.app import lambda_handler
+
 READ_WRITE = "flags:read flags:write"
 # A claim set an OIDC provider issues: `sub` always, `email` when the user has one.
 USER_CLAIMS = {"sub": "user-123", "email": "ops@example.com"}
@@ -78,8 +80,6 @@ class ApiResponse:
 
 def call(event: dict[str, Any]) -> ApiResponse:
     """The function's answer to one event, its JSON body decoded."""
-    from flag_scheduler.api.app import lambda_handler
-
     result = lambda_handler(event, None)
     text = result.get("body") or ""
     return ApiResponse(

@@ -60,3 +60,16 @@ def test_cli_bulk_retry_matches_the_api(api: str, conn: psycopg.Connection[Any])
     refused = cli.run("schedules", "retry-failed", "--since", "yesterday")
     assert refused.returncode == 2
     assert "expected an ISO 8601 time with offset" in refused.stderr
+
+
+def test_cli_actions_keep_the_user_in_request_id_and_fill_actor(
+    api: str, conn: psycopg.Connection[Any]
+) -> None:
+    cli = Cli(api)
+    failed = _failed(api, conn, "a", "40001")
+    cli.json("schedules", "retry", failed)
+    [requeued] = cli.json("schedules", "show", failed)["history"][-1:]
+    assert requeued["outcome"] == "requeued"
+    assert requeued["request_id"].startswith("cli")
+    api_history = call(http_event("GET", f"/schedules/{failed}")).body["history"]
+    assert api_history[-1]["actor"] == requeued["request_id"]

@@ -161,7 +161,8 @@ class ApiCatalog(Catalog):
                 "schedule_id": schedule_id,
                 "now": now,
                 "outcome": outcome,
-                "request_id": self._request_id,
+                # The CLI has no request id: its history showed the actor there, and still does.
+                "request_id": self._request_id or actor,
                 "actor": actor,
             },
         )
@@ -363,7 +364,12 @@ class ApiCatalog(Catalog):
             if not dry_run and ids:
                 self._conn.execute(
                     sql.REQUEUE_MANY,
-                    {"ids": ids, "now": now, "request_id": self._request_id, "actor": actor},
+                    {
+                        "ids": ids,
+                        "now": now,
+                        "request_id": self._request_id or actor,
+                        "actor": actor,
+                    },
                 )
         return [self.get_schedule(schedule_id) for schedule_id in ids]
 

@@ -67,6 +67,8 @@ feature_flags = Table(
     Column("description", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # Who created the flag through the API or the CLI (0009); NULL for other writers.
+    Column("created_by", Text, nullable=True),
     CheckConstraint("rollout_percentage BETWEEN 0 AND 100", name="rollout_percentage_range"),
     UniqueConstraint("flag_key", "environment"),
     *_in_range("created_at", "updated_at"),
@@ -114,6 +116,8 @@ feature_flag_schedules = Table(
             persisted=True,
         ),
     ),
+    # Who created the schedule through the API or the CLI (0009); NULL for other writers.
+    Column("created_by", Text, nullable=True),
     CheckConstraint(_in("status", SCHEDULE_STATUSES), name="status_valid"),
     # The engine never writes more than 10: retry_count grows only below max_retries (<= 10).
     CheckConstraint("retry_count BETWEEN 0 AND 10", name="retry_count_range"),
@@ -165,6 +169,8 @@ feature_flag_schedule_attempts = Table(
     Column("error_class", Text, nullable=True),
     Column("error", Text, nullable=True),
     Column("request_id", Text, nullable=True),
+    # The caller behind an operator action (0009); NULL for the scheduler's own attempts.
+    Column("actor", Text, nullable=True),
     CheckConstraint(_in("outcome", ATTEMPT_OUTCOMES), name="outcome_valid"),
     CheckConstraint(_in("error_class", ERROR_CLASSES), name="error_class_valid"),
     # A schedule parked as unrecordable has no attempt number: it may be what overflowed.
@@ -221,4 +227,22 @@ notification_outbox = Table(
     *_in_range("created_at", "next_attempt_at", "last_attempt_at"),
     UniqueConstraint("message_id"),
     Index("ix_notification_outbox_next_attempt_at_id", "next_attempt_at", "id"),
+)
+
+# One row per (caller, Idempotency-Key) of POST /flags/{flag_key}/schedules (0009): the
+# schedule the first request created and the response it got, replayed to a retry. No
+# foreign key: writers may TRUNCATE the contract tables; a stale key is dropped on replay.
+api_idempotency_keys = Table(
+    "api_idempotency_keys",
+    metadata,
+    Column("actor", Text, primary_key=True),
+    Column("idempotency_key", Text, primary_key=True),
+    Column("request_hash", Text, nullable=False),
+    Column("schedule_id", UUID(as_uuid=True), nullable=False),
+    Column("response", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint(
+        "char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"
+    ),
+    *_in_range("created_at"),
 )

@@ -312,22 +312,40 @@ class Bench:
         return ", ".join(scans)
 
 
-def cold_start(repeats: int) -> dict[str, Any]:
-    """Median import time of the handler vs its third-party dependencies, interleaved."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "handler")}
-    handler_code = (
-        "import time,sys; t=time.perf_counter(); import flag_scheduler.aws.scheduler;"
-        " print(time.perf_counter()-t, 'boto3' in sys.modules)"
-    )
-    deps_code = (
-        "import time; t=time.perf_counter(); import psycopg, pydantic;"
+_DEPENDENCIES = {
+    # What each entry imports from third parties, imported the same way it does.
+    "scheduler": (
+        "import psycopg, pydantic;"
         " from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator;"
         " from psycopg.types.json import Jsonb;"
         " from aws_lambda_powertools import Logger, Metrics;"
         " from aws_lambda_powertools.logging import correlation_paths;"
         " from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers;"
         " from aws_lambda_powertools.metrics import MetricUnit;"
-        " print(time.perf_counter()-t, False)"
+    ),
+    "api": (
+        "import psycopg, pydantic;"
+        " from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator;"
+        " from psycopg.types.json import Jsonb;"
+        " from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response;"
+        " from aws_lambda_powertools.event_handler.openapi.exceptions import"
+        " RequestValidationError;"
+    ),
+}
+_ENTRIES = {"scheduler": "flag_scheduler.aws.scheduler", "api": "flag_scheduler.api.app"}
+
+
+def cold_start(repeats: int, entry: str = "scheduler") -> dict[str, Any]:
+    """Median import time of an entry module vs its third-party dependencies, interleaved."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "handler")}
+    handler_code = (
+        f"import time,sys; t=time.perf_counter(); import {_ENTRIES[entry]};"
+        " print(time.perf_counter()-t, 'boto3' in sys.modules)"
+    )
+    deps_code = (
+        "import time; t=time.perf_counter(); "
+        + _DEPENDENCIES[entry]
+        + " print(time.perf_counter()-t, False)"
     )
     timings: dict[str, list[float]] = {"handler": [], "deps": []}
     boto3 = False
@@ -341,11 +359,41 @@ def cold_start(repeats: int) -> dict[str, Any]:
     handler_s = statistics.median(timings["handler"])
     deps_s = statistics.median(timings["deps"])
     return {
+        "module": _ENTRIES[entry],
         "handler_import_ms": round(handler_s * 1000, 1),
         "dependencies_import_ms": round(deps_s * 1000, 1),
         "ratio": round(handler_s / deps_s, 3),
         "boto3_imported": boto3,
     }
+
+
+def api_figures(url: str, requests: int) -> list[dict[str, Any]]:
+    """scripts/bench_api.py on `url` in its own process (its imports stay out of this one)."""
+    env = {**os.environ, "POWERTOOLS_METRICS_DISABLED": "true"}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_api.py"), url, "--requests", str(requests)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit(f"API bench failed:\n{completed.stderr[-3000:]}{completed.stdout[-500:]}")
+    rows: list[dict[str, Any]] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def api_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| operation | requests | requests/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['operation']} | {r['requests']:,} | {r['requests_per_second']:,.0f}"
+            f" | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -379,12 +427,15 @@ def main() -> None:
     parser.add_argument("--memory-schedules", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, help="FLAG_SCHEDULE_BATCH_SIZE for invokers")
     parser.add_argument("--cold-start-repeats", type=int, default=9)
+    parser.add_argument("--api-requests", type=int, default=1000, help="per API operation")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "latest.json")
     parser.add_argument(
-        "--only", nargs="*", help="run only these parts (floor, 1, 4, burst, big, memory, cold)"
+        "--only",
+        nargs="*",
+        help="run only these parts (floor, 1, 4, burst, big, memory, cold, api)",
     )
     args = parser.parse_args()
-    parts = set(args.only or ["floor", "1", "4", "burst", "big", "memory", "cold"])
+    parts = set(args.only or ["floor", "1", "4", "burst", "big", "memory", "cold", "api"])
 
     with tempfile.TemporaryDirectory(prefix="flag-scheduler-bench-") as folder:
         server = None
@@ -466,6 +517,14 @@ def main() -> None:
         if "cold" in parts:
             extra["cold_start"] = cold_start(args.cold_start_repeats)
             progress(f"cold start: {extra['cold_start']}")
+            extra["api_cold_start"] = cold_start(args.cold_start_repeats, "api")
+            progress(f"API cold start: {extra['api_cold_start']}")
+        api_rows: list[dict[str, Any]] = []
+        if "api" in parts:
+            with bench.database() as url:
+                api_rows = api_figures(url, args.api_requests)
+            for r in api_rows:
+                progress(f"API {r['operation']}: {r['requests_per_second']} requests/s")
         if server is not None:
             server.cleanup()
 
@@ -475,8 +534,13 @@ def main() -> None:
     )
     print(f"flag-scheduler benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine}")
     print(f"{args.flags:,} flags; batch size {args.batch_size or 'default'}\n")
-    print(markdown(rows))
-    print()
+    if rows:
+        print(markdown(rows))
+        print()
+    if api_rows:
+        print("HTTP API through the in-process resolver (payload-2.0 events, one client):\n")
+        print(api_markdown(api_rows))
+        print()
     for key, value in extra.items():
         print(f"- {key}: {value}")
     for row in rows:
@@ -485,7 +549,9 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(
         json.dumps(
-            {"machine": machine, "rows": [asdict(r) for r in rows], **extra}, indent=2, default=str
+            {"machine": machine, "rows": [asdict(r) for r in rows], "api": api_rows, **extra},
+            indent=2,
+            default=str,
         )
     )
 

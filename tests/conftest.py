@@ -130,3 +130,13 @@ def logs() -> Iterator[io.StringIO]:
     previous = stream.setStream(buffer)
     yield buffer
     stream.setStream(previous)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the one-line summaries tests record as the `summary_line` property (a test's own
+    output is hidden, and an xdist worker's is never shown)."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "summary_line" and report.when == "call":
+                    terminalreporter.write_line(str(value))

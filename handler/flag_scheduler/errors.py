@@ -97,3 +97,43 @@ class NotFound(FlagSchedulerError):
 
 class StateConflict(FlagSchedulerError):
     """The flag or schedule is not in a state that allows this."""
+
+
+class FlagNotFound(NotFound):
+    """No flag with this key in this environment."""
+
+
+class ScheduleNotFound(NotFound):
+    """No schedule with this id."""
+
+
+class FlagExists(StateConflict):
+    """A flag with this key already exists in this environment."""
+
+
+class ScheduleClash(StateConflict):
+    """Another pending change sets the same field of the same flag at the same instant."""
+
+
+class InvalidScheduleTime(FlagSchedulerError):
+    """The schedule time is not a moment a schedule can hold."""
+
+
+class UnknownTimeZone(InvalidScheduleTime):
+    """The time zone is not an IANA time zone name."""
+
+
+class NonexistentLocalTime(InvalidScheduleTime):
+    """The local time falls in a daylight-saving gap: it never happens in that zone."""
+
+
+class AmbiguousLocalTime(InvalidScheduleTime):
+    """The local time happens twice in that zone (a daylight-saving overlap): say which."""
+
+
+class TooLate(InvalidScheduleTime):
+    """The schedule time is past the lateness limit: the change could only expire."""
+
+
+class IdempotencyKeyReused(FlagSchedulerError):
+    """This Idempotency-Key was already used for a different request."""

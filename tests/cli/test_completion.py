@@ -52,11 +52,21 @@ def test_the_command_prints_the_script(script: str, capsys: pytest.CaptureFixtur
     ("line", "offered"),
     [
         # the commands, from their first letters
-        ("flag-scheduler s", ["schedules", "status"]),
+        ("flag-scheduler s", ["schedules", "status", "serve"]),
         # a command group's actions
         (
             "flag-scheduler schedules ",
-            ["create", "list", "show", "retry", "cancel", "preview", "-h", "--help"],
+            [
+                "create",
+                "list",
+                "show",
+                "retry",
+                "cancel",
+                "retry-failed",
+                "preview",
+                "-h",
+                "--help",
+            ],
         ),
         # a command's options, after its other words
         ("flag-scheduler flags create banner --e", ["--env", "--enable"]),

@@ -19,10 +19,12 @@ COMMANDS = {
     ("schedules", "show"),
     ("schedules", "retry"),
     ("schedules", "cancel"),
+    ("schedules", "retry-failed"),
     ("schedules", "preview"),
     ("status",),
     ("invoke",),
     ("demo",),
+    ("serve",),
     ("completion",),
 }
 

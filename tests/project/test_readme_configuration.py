@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from flag_scheduler.api import auth
 from flag_scheduler.aws import settings
 from flag_scheduler.aws.settings import PROCESS_SETTINGS, Variable
-from flag_scheduler_cli import local
+from flag_scheduler_cli import local, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "handler" / "flag_scheduler"
@@ -79,7 +80,13 @@ def test_the_settings_of_every_process_are_found() -> None:
     sorted(
         _powertools_variables()
         | _named_constants(settings)
-        | {local.DATA_DIR_VARIABLE, settings.POWERTOOLS_LOG_LEVEL}
+        | {local.DATA_DIR_VARIABLE, settings.POWERTOOLS_LOG_LEVEL, serve.DEV_TOKEN_VARIABLE}
+        | {
+            auth.READ_SCOPE_VARIABLE,
+            auth.WRITE_SCOPE_VARIABLE,
+            auth.SCOPE_CLAIM_VARIABLE,
+            auth.ACTOR_CLAIMS_VARIABLE,
+        }
     ),
 )
 def test_every_other_variable_is_listed(variable: str) -> None:

@@ -38,8 +38,8 @@ from flag_scheduler.errors import (
     TransientDatabaseError,
 )
 from flag_scheduler.store import connection
-from flag_scheduler.store.catalog import Catalog
-from flag_scheduler_cli import commands
+from flag_scheduler.store.api_catalog import ApiCatalog
+from flag_scheduler_cli import bulk_retry, commands, serve
 from flag_scheduler_cli.commands import Context, Result
 from flag_scheduler_cli.completion import bash_script
 from flag_scheduler_cli.local import (
@@ -204,6 +204,7 @@ def _add_schedules(commands: _Commands, common: _Parser) -> None:
         sub = actions.add_parser(name, parents=[common], help=text)
         sub.add_argument("id", type=_uuid)
         sub.set_defaults(func=_operator(handler))
+    bulk_retry.add_parser(actions, common).set_defaults(func=_operator(_schedules_retry_failed))
     _add_schedules_preview(actions, common)
 
 
@@ -293,6 +294,7 @@ def _add_local_runs(commands: _Commands, common: _Parser) -> None:
         description="On a throwaway embedded PostgreSQL: create flags and schedules, make"
         " changes fail, and run the real handler minute by minute.",
     ).set_defaults(func=_runs_the_handler(_demo))
+    serve.add_parser(commands).set_defaults(func=_runs_the_handler(serve.run))
 
 
 # --- the database the commands work on (all but demo and completion) ---
@@ -354,7 +356,7 @@ class _Operation:
             conn = connection.connect(url, application_name="flag-scheduler-cli")
             try:
                 yield Context(
-                    catalog=Catalog(conn),
+                    catalog=ApiCatalog(conn),
                     now=self.now,
                     settings=self.settings,
                     actor=_actor(),
@@ -440,7 +442,9 @@ def _schedules_create(operation: _Operation) -> Result:
     _check_not_too_late(at, operation.now, lateness, force=args.force)
     updates = _updates(enabled=args.enabled, rollout=args.rollout)
     with operation.context() as ctx:
-        return commands.schedules_create(ctx, args.flag, args.env, at, updates, args.max_retries)
+        return commands.schedules_create(
+            ctx, args.flag, args.env, at, updates, args.max_retries, force=args.force
+        )
 
 
 def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bool) -> None:
@@ -470,6 +474,11 @@ def _schedules_list(operation: _Operation) -> Result:
     args = operation.args
     with operation.context() as ctx:
         return commands.schedules_list(ctx, args.status, args.flag, args.env, args.due, args.limit)
+
+
+def _schedules_retry_failed(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return commands.schedules_retry_failed(ctx, operation.args)
 
 
 def _schedules_show(operation: _Operation) -> Result:

@@ -10,11 +10,12 @@ from uuid import UUID
 
 from flag_scheduler.aws.settings import SchedulerSettings
 from flag_scheduler.engine import policy as rules
-from flag_scheduler.engine.backoff import BackoffPolicy, PlannedAttempt, retry_timeline
+from flag_scheduler.engine.backoff import BackoffPolicy, retry_timeline
 from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
-from flag_scheduler.engine.states import State
-from flag_scheduler.store.catalog import Catalog, FlagView, ScheduleView
+from flag_scheduler.engine.upcoming import ScheduleState, Upcoming, upcoming_attempts
+from flag_scheduler.store.api_catalog import ApiCatalog, NewSchedule, RequeueFilter
+from flag_scheduler.store.catalog import FlagView, ScheduleView
 from flag_scheduler_cli import render
 
 
@@ -28,7 +29,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Context:
-    catalog: Catalog
+    catalog: ApiCatalog
     now: datetime
     settings: SchedulerSettings
     actor: str
@@ -107,14 +108,22 @@ def schedules_create(
     at: datetime,
     updates: FlagUpdates,
     max_retries: int | None,
+    *,
+    force: bool = False,
 ) -> Result:
+    """Schedule a change after the checks the API makes (engine/creation_checks.py); `force`
+    skips only the lateness limit."""
     flag = ctx.catalog.get_flag(flag_key, environment)
-    schedule = ctx.catalog.schedule_change(flag, at, updates, max_retries=max_retries)
-    return Result(
+    new = NewSchedule(flag, at, updates, max_retries, ctx.actor)
+    lateness = 0 if force else ctx.settings.max_lateness_seconds
+    created = ctx.catalog.schedule_checked(new, now=ctx.now, max_lateness_seconds=lateness)
+    schedule = created.schedule
+    lines = [
         f"scheduled {schedule.id}: {flag_key} ({environment})"
         f" {render.updates_text(schedule.updates)} at {render.when(schedule.scheduled_at)}",
-        schedule,
-    )
+        *(f"{notice.code.replace('_', ' ')}: {notice.detail}" for notice in created.notices),
+    ]
+    return Result("\n".join(lines), schedule)
 
 
 def schedules_list(
@@ -209,6 +218,25 @@ def schedules_retry(ctx: Context, schedule_id: UUID) -> Result:
     )
 
 
+def schedules_retry_failed(ctx: Context, args: Any) -> Result:
+    """Requeue (or with --dry-run only list) the permanently failed schedules matching the
+    filter, as POST /schedules/retry does."""
+    where = RequeueFilter(
+        expired=args.expired,
+        flag_key=args.flag,
+        environment=args.env,
+        error_class=args.error_class,
+        failed_since=args.since,
+        failed_before=args.before,
+    )
+    schedules = ctx.catalog.requeue_matching(
+        where, limit=args.limit, dry_run=args.dry_run, now=ctx.now, actor=ctx.actor
+    )
+    verb = "would requeue" if args.dry_run else "requeued"
+    text = f"{verb} {len(schedules)} schedule(s)\n{_schedules_table(schedules)}"
+    return Result(text, {"dry_run": args.dry_run, "count": len(schedules), "items": schedules})
+
+
 def schedules_cancel(ctx: Context, schedule_id: UUID) -> Result:
     schedule = ctx.catalog.cancel(schedule_id, now=ctx.now, actor=ctx.actor)
     return Result(
@@ -242,80 +270,67 @@ def _policy_text(settings: SchedulerSettings) -> str:
 
 
 def _upcoming(ctx: Context, schedule: ScheduleView) -> Result | None:
-    """The attempts still to come for a pending or waiting schedule, with the real jitter."""
-    if schedule.state == State.PENDING:
-        first = max(schedule.scheduled_at, ctx.now)
-    elif schedule.state == State.WAITING_FOR_RETRY and schedule.next_retry_at is not None:
-        first = schedule.next_retry_at
-    else:
-        return None
-    limit = _retry_limit(ctx, schedule)
-    timeline = retry_timeline(
-        ctx.settings.backoff,
-        schedule.id,
-        first,
-        limit,
-        attempts_made=schedule.retry_count,
-        until=END_OF_TIME,
+    """The attempts still to come for a pending or waiting schedule, with the real jitter
+    (engine/upcoming.py: the API's GET /schedules/{id} shows the same)."""
+    state = ScheduleState(
+        id=schedule.id,
+        state=schedule.state,
+        scheduled_at=schedule.scheduled_at,
+        next_retry_at=schedule.next_retry_at,
+        requeued_at=schedule.requeued_at,
+        retry_count=schedule.retry_count,
+        retry_limit=_retry_limit(ctx, schedule),
     )
-    expires_at = _expires_at(ctx.settings, schedule)
-    rows, attempts = _attempt_rows(timeline, expires_at)
-    verdict, final = _verdict(timeline, expires_at, limit)
-    text = render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
-    return Result(text, {"schedule_id": schedule.id, "attempts": attempts, **final})
-
-
-def _expires_at(settings: SchedulerSettings, schedule: ScheduleView) -> datetime | None:
-    """When the lateness limit expires the schedule (counted from a requeue, if any)."""
-    since = rules.due_since(schedule.scheduled_at, schedule.requeued_at)
-    return rules.expires_at(since, max_lateness_seconds=settings.max_lateness_seconds)
-
-
-def _attempt_rows(
-    timeline: list[PlannedAttempt], expires_at: datetime | None
-) -> tuple[list[tuple[object, ...]], list[dict[str, Any]]]:
-    """The timeline as table rows and as JSON records, each attempt marked if it expires."""
-    rows: list[tuple[object, ...]] = []
-    attempts: list[dict[str, Any]] = []
-    for planned in timeline:
-        expired = expires_at is not None and planned.at > expires_at
-        delay = planned.delay_before.total_seconds() if planned.delay_before else None
-        rows.append(
-            (
-                planned.attempt,
-                render.when(planned.at),
-                f"+{render.duration(delay)}" if delay is not None else "",
-                "would expire" if expired else "",
-            )
-        )
-        attempts.append(
+    plan = upcoming_attempts(
+        state,
+        now=ctx.now,
+        policy=ctx.settings.backoff,
+        max_lateness_seconds=ctx.settings.max_lateness_seconds,
+    )
+    if plan is None:
+        return None
+    data = {
+        "schedule_id": schedule.id,
+        "attempts": [
             {
-                "attempt": planned.attempt,
-                "at": planned.at,
-                "delay_before_seconds": delay,
-                "expired": expired,
+                "attempt": a.attempt,
+                "at": a.at,
+                "delay_before_seconds": a.delay_before_seconds,
+                "expired": a.expired,
             }
+            for a in plan.attempts
+        ],
+        "expires_at": plan.expires_at,
+        "permanently_failed_at": plan.permanently_failed_at,
+    }
+    return Result(_upcoming_text(plan), data)
+
+
+def _upcoming_text(plan: Upcoming) -> str:
+    rows = [
+        (
+            a.attempt,
+            render.when(a.at),
+            f"+{render.duration(a.delay_before_seconds)}"
+            if a.delay_before_seconds is not None
+            else "",
+            "would expire" if a.expired else "",
         )
-    return rows, attempts
-
-
-def _verdict(
-    timeline: list[PlannedAttempt], expires_at: datetime | None, limit: int
-) -> tuple[str, dict[str, Any]]:
-    """How the timeline ends if every attempt fails: expired, cut at the end of time, or
-    permanently failed."""
-    last = timeline[-1]
-    if expires_at is not None and last.at > expires_at:
-        verdict = f"expires at {render.when(expires_at)} (lateness limit) before its last attempt"
-        return verdict, {"expires_at": expires_at, "permanently_failed_at": None}
-    if last.attempt < limit + 1:
+        for a in plan.attempts
+    ]
+    if plan.permanently_failed_at is not None:
+        failed_at = render.when(plan.permanently_failed_at)
+        verdict = f"if every attempt fails: permanently failed at {failed_at}"
+    elif plan.cut_short_at_attempt is not None:
         verdict = (
-            f"attempt {last.attempt + 1} and later would fall after"
+            f"attempt {plan.cut_short_at_attempt} and later would fall after"
             f" {render.when(END_OF_TIME)}, the last time a schedule can hold: not shown"
         )
-        return verdict, {"expires_at": expires_at, "permanently_failed_at": None}
-    verdict = f"if every attempt fails: permanently failed at {render.when(last.at)}"
-    return verdict, {"expires_at": expires_at, "permanently_failed_at": last.at}
+    else:
+        verdict = (
+            f"expires at {render.when(plan.expires_at)} (lateness limit) before its last attempt"
+        )
+    return render.table(rows, ("ATTEMPT", "AT", "AFTER", "")) + "\n" + verdict
 
 
 def policy_preview(policy: BackoffPolicy, max_retries: int, start: datetime) -> Result:

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.records import AttemptRecord, FlagUpdates
 from flag_scheduler.engine.states import ErrorClass, Outcome, State, Status, by_value
-from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.errors import FlagExists, FlagNotFound, ScheduleNotFound, StateConflict
 from flag_scheduler.store import connection, sql
 from flag_scheduler.store.rows import record_row
 
@@ -272,7 +272,7 @@ class Catalog:
             try:
                 row = self._conn.execute(sql.INSERT_FLAG, params).fetchone()
             except pg_errors.UniqueViolation:
-                raise StateConflict(
+                raise FlagExists(
                     f"flag {flag_key!r} already exists in environment {environment!r}"
                 ) from None
         assert row is not None
@@ -287,7 +287,7 @@ class Catalog:
             sql.GET_FLAG, {"flag_key": flag_key, "environment": environment}, _FLAG_VIEW
         )
         if flag is None:
-            raise NotFound(f"no flag {flag_key!r} in environment {environment!r}")
+            raise FlagNotFound(f"no flag {flag_key!r} in environment {environment!r}")
         return flag
 
     # --- schedules ---
@@ -350,7 +350,7 @@ class Catalog:
         """Raises NotFound when there is no such schedule."""
         schedule = self._read_one(sql.GET_SCHEDULE, {"schedule_id": schedule_id}, _SCHEDULE_VIEW)
         if schedule is None:
-            raise NotFound(f"no schedule with id {schedule_id}")
+            raise ScheduleNotFound(f"no schedule with id {schedule_id}")
         return schedule
 
     def history(self, schedule_id: UUID) -> list[HistoryEntry]:

@@ -404,3 +404,160 @@ SELECT last_run_started_at, last_run_finished_at, last_request_id AS last_run_re
 FROM scheduler_run_state
 WHERE id = 1
 """
+
+# --- The HTTP API (flag_scheduler.store.api_catalog): writes that record who made them. ---
+
+# Creates a flag, recording who created it, and returns its id.
+INSERT_FLAG_BY = """
+INSERT INTO feature_flags
+    (flag_key, environment, enabled, rollout_percentage, description, created_by)
+VALUES (%(flag_key)s, %(environment)s, %(enabled)s, %(rollout_percentage)s, %(description)s,
+        %(created_by)s)
+RETURNING id
+"""
+
+# Creates a pending schedule, recording who created it, and returns its id.
+INSERT_SCHEDULE_BY = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, max_retries, created_by)
+VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(max_retries)s, %(created_by)s)
+RETURNING id
+"""
+
+# Serialises schedule creation per flag until the transaction ends, so two writers cannot
+# both pass the same-instant clash check. An advisory lock, not the flag row's: a run holds
+# that row while it applies, and creating a schedule must not wait for a run.
+LOCK_FLAG_FOR_PLANNING = """
+SELECT pg_advisory_xact_lock(hashtextextended(%(flag_id)s::text, 8675309))
+"""
+
+# A flag's changes still to come (pending, or waiting for a retry), in scheduled order,
+# named as timeline.PendingChange's inputs; `updates` as text, decoded by the caller.
+PENDING_CHANGES_OF_FLAG = """
+SELECT id, scheduled_at, updates::text AS updates,
+       coalesce(next_retry_at, scheduled_at) AS next_attempt_at,
+       coalesce(requeued_at, scheduled_at) AS lateness_from
+FROM feature_flag_schedules
+WHERE flag_id = %(flag_id)s
+  AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+ORDER BY scheduled_at, id
+"""
+
+# For each field, the (scheduled_at, id) of the latest-scheduled applied change that set it:
+# what the engine compares a later-applied change against.
+LAST_SET_BY_FIELD = """
+SELECT DISTINCT ON (k.field) k.field, s.scheduled_at, s.id
+FROM feature_flag_schedules AS s
+CROSS JOIN LATERAL jsonb_object_keys(
+    CASE WHEN jsonb_typeof(s.updates) = 'object' THEN s.updates ELSE '{}' END) AS k(field)
+WHERE s.flag_id = %(flag_id)s AND s.status = 'applied'
+ORDER BY k.field, s.scheduled_at DESC, s.id DESC
+"""
+
+# The idempotency record of (caller, key), if any.
+GET_IDEMPOTENCY_KEY = """
+SELECT request_hash, schedule_id, response
+FROM api_idempotency_keys
+WHERE actor = %(actor)s AND idempotency_key = %(key)s
+"""
+
+# Forgets a key whose schedule no longer exists (deleted, or its table truncated).
+DELETE_IDEMPOTENCY_KEY = """
+DELETE FROM api_idempotency_keys WHERE actor = %(actor)s AND idempotency_key = %(key)s
+"""
+
+# Claims (caller, key) for the schedule just created; returns nothing when a concurrent
+# request holding the same key committed first (this one then waits for it and rolls back).
+INSERT_IDEMPOTENCY_KEY = """
+INSERT INTO api_idempotency_keys (actor, idempotency_key, request_hash, schedule_id, response)
+VALUES (%(actor)s, %(key)s, %(request_hash)s, %(schedule_id)s, %(response)s)
+ON CONFLICT (actor, idempotency_key) DO NOTHING
+RETURNING schedule_id
+"""
+
+# Appends an operator action to a schedule's history with the caller who made it.
+INSERT_ACTION = """
+INSERT INTO feature_flag_schedule_attempts
+    (schedule_id, attempt, started_at, finished_at, outcome, request_id, actor)
+VALUES (%(schedule_id)s, NULL, %(now)s, %(now)s, %(outcome)s, %(request_id)s, %(actor)s)
+"""
+
+# A schedule's history with the caller behind each operator action, oldest first.
+SCHEDULE_HISTORY_WITH_ACTOR = """
+SELECT attempt, started_at, finished_at, outcome, error_class, error, request_id, actor
+FROM feature_flag_schedule_attempts
+WHERE schedule_id = %(schedule_id)s
+ORDER BY id
+"""
+
+# One page of schedules (as catalog.ScheduleView) in (scheduled_at, id) order, after the
+# cursor's (scheduled_at, id): keyset paging, so rows inserted meanwhile never shift a page
+# (no row is skipped or repeated). Filters as LIST_SCHEDULES; NULL filters match all.
+LIST_SCHEDULES_PAGE = """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
+       OR (s.status = 'failed' AND CASE WHEN s.next_retry_at IS NOT NULL THEN 'waiting_for_retry'
+                                        WHEN s.last_error_class = 'expired' THEN 'expired'
+                                        ELSE 'failed_permanently' END = ANY(%(statuses)s::text[])))
+  AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
+  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
+  AND (%(due_at)s::timestamptz IS NULL OR s.due_at <= %(due_at)s::timestamptz)
+  AND (%(after_at)s::timestamptz IS NULL
+       OR (s.scheduled_at, s.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY s.scheduled_at, s.id
+LIMIT %(limit)s
+"""
+
+# A flag's most recently changed finished schedules (applied, failed for good, cancelled,
+# superseded), newest first.
+RECENT_SCHEDULES_OF_FLAG = """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE s.flag_id = %(flag_id)s AND s.status <> 'pending'
+  AND NOT (s.status = 'failed' AND s.next_retry_at IS NOT NULL)
+ORDER BY s.updated_at DESC, s.id DESC
+LIMIT %(limit)s
+"""
+
+# Permanently failed (or expired) schedules matching a filter, oldest failure first, locked
+# so a bulk requeue sees each row's state after any run that holds it commits (rows that
+# are no longer permanently failed then drop out). NULL filters match all.
+SELECT_REQUEUEABLE = """
+SELECT s.id
+FROM feature_flag_schedules AS s
+JOIN feature_flags AS f ON f.id = s.flag_id
+WHERE s.status = 'failed' AND s.next_retry_at IS NULL
+  AND (%(expired)s::boolean IS NULL
+       OR (coalesce(s.last_error_class, '') = 'expired') = %(expired)s::boolean)
+  AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
+  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
+  AND (%(error_class)s::text IS NULL OR s.last_error_class = %(error_class)s::text)
+  AND (%(failed_since)s::timestamptz IS NULL OR s.updated_at >= %(failed_since)s::timestamptz)
+  AND (%(failed_before)s::timestamptz IS NULL OR s.updated_at < %(failed_before)s::timestamptz)
+ORDER BY s.updated_at, s.id
+LIMIT %(limit)s
+FOR UPDATE OF s
+"""
+
+# Requeues the given permanently failed schedules (as REQUEUE_SCHEDULE) and records each
+# requeue with its caller, in one statement; returns the ids requeued.
+REQUEUE_MANY = """
+WITH requeued AS (
+    UPDATE feature_flag_schedules
+    SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
+        last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
+    WHERE id = ANY(%(ids)s::uuid[]) AND status = 'failed' AND next_retry_at IS NULL
+    RETURNING id
+), logged AS (
+    INSERT INTO feature_flag_schedule_attempts
+        (schedule_id, attempt, started_at, finished_at, outcome, request_id, actor)
+    SELECT id, NULL, %(now)s, %(now)s, 'requeued', %(request_id)s, %(actor)s FROM requeued
+)
+SELECT id FROM requeued
+"""

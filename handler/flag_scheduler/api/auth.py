@@ -1,0 +1,124 @@
+"""Who is calling and what they may do, read from API Gateway's JWT authorizer context."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Each environment variable name is written here and nowhere else.
+READ_SCOPE_VARIABLE = "FLAG_SCHEDULER_API_READ_SCOPE"
+WRITE_SCOPE_VARIABLE = "FLAG_SCHEDULER_API_WRITE_SCOPE"
+SCOPE_CLAIM_VARIABLE = "FLAG_SCHEDULER_API_SCOPE_CLAIM"
+ACTOR_CLAIMS_VARIABLE = "FLAG_SCHEDULER_API_ACTOR_CLAIMS"
+
+DEFAULT_READ_SCOPE = "flags:read"
+DEFAULT_WRITE_SCOPE = "flags:write"
+DEFAULT_SCOPE_CLAIM = "scope"
+DEFAULT_ACTOR_CLAIMS = ("email", "sub")
+
+# Methods that only read; every other method writes.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Which scopes the API asks for and which claims name the caller."""
+
+    read_scope: str = DEFAULT_READ_SCOPE
+    write_scope: str = DEFAULT_WRITE_SCOPE
+    scope_claim: str = DEFAULT_SCOPE_CLAIM
+    actor_claims: tuple[str, ...] = DEFAULT_ACTOR_CLAIMS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> AuthSettings:
+        """Unset or blank variables take their defaults; actor claims are comma-separated."""
+        names = environ.get(ACTOR_CLAIMS_VARIABLE, "").split(",")
+        claims = tuple(name.strip() for name in names if name.strip())
+        return cls(
+            read_scope=environ.get(READ_SCOPE_VARIABLE, "").strip() or DEFAULT_READ_SCOPE,
+            write_scope=environ.get(WRITE_SCOPE_VARIABLE, "").strip() or DEFAULT_WRITE_SCOPE,
+            scope_claim=environ.get(SCOPE_CLAIM_VARIABLE, "").strip() or DEFAULT_SCOPE_CLAIM,
+            actor_claims=claims or DEFAULT_ACTOR_CLAIMS,
+        )
+
+    def required_scope(self, method: str) -> str:
+        return self.read_scope if method.upper() in READ_METHODS else self.write_scope
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: who (for history rows) and which scopes the token grants."""
+
+    actor: str
+    scopes: frozenset[str]
+
+
+class Unauthenticated(Exception):
+    """The request carries no verified identity (no JWT authorizer context)."""
+
+
+class Forbidden(Exception):
+    """The caller's token lacks the scope this operation needs."""
+
+
+def _jwt(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    context = event.get("requestContext")
+    authorizer = context.get("authorizer") if isinstance(context, Mapping) else None
+    jwt = authorizer.get("jwt") if isinstance(authorizer, Mapping) else None
+    return jwt if isinstance(jwt, Mapping) else None
+
+
+def _scope_words(value: object) -> set[str]:
+    """Scopes from a claim: a space-separated string, a list, or API Gateway's rendering of a
+    JSON array claim as "[a b c]"."""
+    if isinstance(value, list | tuple):
+        return {str(item) for item in value if str(item)}
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1].replace(",", " ")
+        return set(text.split())
+    return set()
+
+
+def caller_of(event: Mapping[str, Any], settings: AuthSettings) -> Caller:
+    """The caller named by the authorizer context of an API Gateway v2 event.
+
+    Raises:
+        Unauthenticated: no JWT claims, or none of the actor claims is present.
+    """
+    jwt = _jwt(event)
+    claims = jwt.get("claims") if jwt is not None else None
+    if not isinstance(claims, Mapping) or not claims:
+        raise Unauthenticated("the request carries no verified token claims")
+    actor = next(
+        (
+            str(claims[name]).strip()
+            for name in settings.actor_claims
+            if str(claims.get(name) or "").strip()
+        ),
+        None,
+    )
+    if actor is None:
+        names = ", ".join(settings.actor_claims)
+        raise Unauthenticated(f"the token has none of the claims that name a caller ({names})")
+    assert jwt is not None
+    scopes = _scope_words(jwt.get("scopes")) | _scope_words(claims.get(settings.scope_claim))
+    return Caller(actor=actor, scopes=frozenset(scopes))
+
+
+def authorize(event: Mapping[str, Any], settings: AuthSettings) -> Caller:
+    """The caller, if their token grants the scope the request's method needs.
+
+    Raises:
+        Unauthenticated: as caller_of.
+        Forbidden: naming the missing scope.
+    """
+    caller = caller_of(event, settings)
+    method = str(event.get("requestContext", {}).get("http", {}).get("method", "GET"))
+    needed = settings.required_scope(method)
+    if needed not in caller.scopes:
+        raise Forbidden(f"this operation needs the scope {needed!r}; the token does not grant it")
+    return caller

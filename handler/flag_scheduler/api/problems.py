@@ -1,0 +1,124 @@
+"""RFC 9457 problem documents: one stable `type` per error, one human `detail`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+
+from flag_scheduler.api.auth import Forbidden, Unauthenticated
+from flag_scheduler.errors import (
+    AmbiguousLocalTime,
+    ConfigurationError,
+    DatabaseUnavailable,
+    FlagExists,
+    FlagNotFound,
+    FlagSchedulerError,
+    IdempotencyKeyReused,
+    InvalidScheduleTime,
+    NonexistentLocalTime,
+    NotFound,
+    ScheduleClash,
+    ScheduleNotFound,
+    StateConflict,
+    TooLate,
+    TransientDatabaseError,
+    UnknownTimeZone,
+)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+# Problem types are URNs: stable names that resolve nowhere, so no host has to stay up.
+TYPE_PREFIX = "urn:flag-scheduler:problem:"
+
+# (status, type slug, title) per error class; the most specific class listed wins.
+_BY_CLASS: dict[type[BaseException], tuple[int, str, str]] = {
+    Unauthenticated: (401, "unauthenticated", "Not authenticated"),
+    Forbidden: (403, "forbidden", "Missing scope"),
+    NotFound: (404, "not-found", "Not found"),
+    FlagNotFound: (404, "flag-not-found", "No such flag"),
+    ScheduleNotFound: (404, "schedule-not-found", "No such schedule"),
+    StateConflict: (409, "wrong-state", "Conflict with the current state"),
+    FlagExists: (409, "flag-exists", "Flag already exists"),
+    ScheduleClash: (409, "schedule-clash", "Another change sets this field at this instant"),
+    InvalidScheduleTime: (422, "invalid-time", "Time out of range"),
+    UnknownTimeZone: (422, "unknown-time-zone", "Unknown time zone"),
+    NonexistentLocalTime: (422, "time-in-gap", "Local time in a daylight-saving gap"),
+    AmbiguousLocalTime: (422, "ambiguous-time", "Local time is ambiguous"),
+    TooLate: (422, "too-late", "Past the lateness limit"),
+    IdempotencyKeyReused: (422, "idempotency-key-reused", "Idempotency-Key reused"),
+    DatabaseUnavailable: (503, "database-unavailable", "Database unavailable"),
+    # A lock or statement timeout (a run holds the row), translated by the store: retry soon.
+    TransientDatabaseError: (503, "busy", "Busy"),
+    ConfigurationError: (500, "configuration", "The API is misconfigured"),
+}
+
+
+def problem_type(slug: str) -> str:
+    return f"{TYPE_PREFIX}{slug}"
+
+
+def problem_body(status: int, slug: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": problem_type(slug), "title": title, "status": status, "detail": detail, **extra}
+
+
+def problem_response(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        body=json.dumps(problem_body(status, slug, title, detail, **extra), default=str),
+        headers=dict(headers or {}),
+    )
+
+
+def classify(exc: BaseException) -> tuple[int, str, str] | None:
+    """(status, slug, title) for a known error, by its nearest listed class."""
+    for cls in type(exc).__mro__:
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
+    return None
+
+
+def from_error(exc: BaseException) -> Response[str]:
+    """The problem response for one of our errors; an unlisted FlagSchedulerError is a 500."""
+    known = classify(exc)
+    if known is None:
+        detail = str(exc) if isinstance(exc, FlagSchedulerError) else "internal error"
+        return problem_response(500, "internal", "Internal error", detail)
+    status, slug, title = known
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if slug == "busy":
+        headers = {"Retry-After": "5"}
+    return problem_response(status, slug, title, str(exc), headers=headers)
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:
+    """422 naming each bad field (pydantic's error list, as the request validator reports it)."""
+    fields = [
+        {
+            "field": _location(error.get("loc", ())),
+            "message": str(error.get("msg", "invalid")).removeprefix("Value error, "),
+        }
+        for error in errors
+    ]
+    detail = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
+    return problem_response(
+        422, "validation-failed", "Invalid request", detail or "invalid request", errors=fields
+    )
+
+
+def _location(loc: Sequence[Any]) -> str:
+    """`body.updates.enabled`, `query.limit`, `path.schedule_id`, `header.idempotency-key`;
+    without the labels pydantic gives union members (`tag:local`, `function-before[...]`)."""
+    parts = [str(part) for part in loc]
+    kept = [part for part in parts if not part.startswith("tag:") and "[" not in part]
+    return ".".join(kept) or "request"

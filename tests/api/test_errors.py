@@ -1,0 +1,68 @@
+"""Failures the caller cannot fix: a problem document, never a bare gateway error."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from flag_scheduler.api import request, runtime
+from tests.api.events import call, http_event
+from tests.support import T0
+
+PROBLEM = "urn:flag-scheduler:problem:"
+
+
+def test_unreachable_database_is_503(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@/postgres?host={tmp_path}")
+    monkeypatch.delenv("DB_SECRET_ARN", raising=False)
+    runtime.reset()
+    try:
+        response = call(http_event("GET", "/flags"))
+    finally:
+        runtime.reset()
+    assert response.status == 503
+    assert response.body["type"] == PROBLEM + "database-unavailable"
+    assert "cannot connect to the database" in response.body["detail"]
+
+
+@pytest.mark.usefixtures("api")
+def test_a_bug_is_a_500_problem_that_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(request, "catalog", broken)
+    response = call(http_event("GET", "/flags"))
+    assert response.status == 500
+    assert response.content_type == "application/problem+json"
+    assert response.body["type"] == PROBLEM + "internal"
+    assert "secret" not in response.body["detail"]
+
+
+def test_a_row_a_run_holds_is_a_503_busy_after_the_lock_timeout(
+    api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLAG_SCHEDULE_LOCK_TIMEOUT_MS", "200")
+    runtime.reset()
+    runtime.set_clock(lambda: T0)
+    assert call(http_event("POST", "/flags", body={"flag_key": "banner"})).status == 201
+    created = call(
+        http_event(
+            "POST",
+            "/flags/banner/schedules",
+            body={"scheduled_at": "2030-01-01T09:00:00Z", "updates": {"enabled": True}},
+        )
+    ).body
+    with psycopg.connect(api) as run, run.transaction():
+        # As a run holds a claimed schedule until it commits.
+        run.execute("SELECT 1 FROM feature_flag_schedules FOR UPDATE")
+        started = time.monotonic()
+        response = call(http_event("POST", f"/schedules/{created['id']}/cancel"))
+        waited = time.monotonic() - started
+    assert response.status == 503
+    assert response.body["type"] == PROBLEM + "busy"
+    assert response.headers["Retry-After"] == "5"
+    assert waited < 5
+    after = call(http_event("POST", f"/schedules/{created['id']}/cancel"))
+    assert after.body["state"] == "cancelled"

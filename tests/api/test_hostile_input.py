@@ -1,0 +1,158 @@
+"""Hostile strings in every field: always a JSON answer, never a 5xx, nothing written."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from tests.api.events import call, http_event
+
+pytestmark = pytest.mark.usefixtures("api")
+
+HOSTILE = [
+    "",
+    " ",
+    "\x00",
+    "nul\x00inside",
+    "'; DROP TABLE feature_flags; --",
+    "../../etc/passwd",
+    "%00%2F..",
+    "\u202etxt.exe",
+    "😀" * 50,
+    "x" * 10_000,
+    "\ud800",  # a lone surrogate: not encodable as UTF-8
+    "line\nbreak\r\n",
+    "{{7*7}}${jndi:ldap://x}",
+    "<script>alert(1)</script>",
+]
+SCHEDULE_BODY: dict[str, Any] = {
+    "scheduled_at": "2030-01-01T09:00:00Z",
+    "updates": {"enabled": True},
+}
+
+
+def _ok(response: Any) -> None:
+    assert response.status < 500, response.body
+    assert response.body is not None
+
+
+def _counts(url: str) -> tuple[Any, ...]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM feature_flags), (SELECT count(*) FROM"
+            " feature_flag_schedules), (SELECT count(*) FROM feature_flag_schedule_attempts)"
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.fixture
+def seeded(api: str) -> str:
+    assert call(http_event("POST", "/flags", body={"flag_key": "banner"})).status == 201
+    return api
+
+
+def _safe(text: str) -> str:
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_path_and_query_values(seeded: str, text: str) -> None:
+    before = _counts(seeded)
+    raw = _safe(text)
+    for method, path, query in [
+        ("GET", f"/flags/{raw}", {}),
+        ("GET", f"/flags/{quote(raw, safe='')}/timeline", {}),
+        ("GET", f"/schedules/{raw}", {}),
+        ("POST", f"/schedules/{raw}/cancel", {}),
+        ("GET", "/flags", {"environment": raw}),
+        ("GET", "/flags/banner", {"environment": raw}),
+        ("GET", "/schedules", {"status": raw}),
+        ("GET", "/schedules", {"flag_key": raw}),
+        ("GET", "/schedules", {"cursor": raw}),
+        ("GET", "/schedules", {"limit": raw}),
+        ("GET", "/schedules", {"due": raw}),
+        ("GET", "/flags/banner/timeline", {"until": raw}),
+        ("GET", "/flags/banner/schedules", {"cursor": raw, "status": raw}),
+    ]:
+        _ok(call(http_event(method, path, query=query)))
+    assert _counts(seeded) == before
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_body_fields(seeded: str, text: str) -> None:
+    before = _counts(seeded)
+    for path, body in [
+        ("/flags", {"flag_key": text}),
+        ("/flags", {"flag_key": "ok", "environment": text}),
+        ("/flags", {"flag_key": "ok2", "description": text, "enabled": text}),
+        ("/flags/banner/schedules", {**SCHEDULE_BODY, "scheduled_at": text}),
+        (
+            "/flags/banner/schedules",
+            {**SCHEDULE_BODY, "scheduled_at": {"local": text, "time_zone": "UTC"}},
+        ),
+        (
+            "/flags/banner/schedules",
+            {**SCHEDULE_BODY, "scheduled_at": {"local": "2030-01-01T09:00", "time_zone": text}},
+        ),
+        (
+            "/flags/banner/schedules",
+            {
+                **SCHEDULE_BODY,
+                "scheduled_at": {"local": "2030-01-01T09:00", "time_zone": "UTC", "offset": text},
+            },
+        ),
+        ("/flags/banner/schedules", {**SCHEDULE_BODY, "updates": {text: True}}),
+        ("/flags/banner/schedules", {**SCHEDULE_BODY, "updates": {"enabled": text}}),
+        ("/flags/banner/schedules", {**SCHEDULE_BODY, "max_retries": text}),
+        ("/schedules/retry", {"filter": {"flag_key": text}}),
+        ("/schedules/retry", {"filter": {"error_class": text, "failed_since": text}}),
+        ("/schedules/retry", {"dry_run": text}),
+    ]:
+        response = call(http_event("POST", path, body=body))
+        _ok(response)
+        if path == "/flags" and response.status == 201:
+            # A description may hold anything printable; it comes back as it went in.
+            assert response.body["description"] == body.get("description")
+    assert _counts(seeded)[1:] == before[1:]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_headers_and_claims(seeded: str, text: str) -> None:
+    raw = _safe(text)
+    event = http_event(
+        "POST", "/flags/banner/schedules", body=SCHEDULE_BODY, headers={"idempotency-key": raw}
+    )
+    _ok(call(event))
+    claims = http_event("GET", "/flags", claims={"sub": raw, "email": raw})
+    _ok(call(claims))
+    writer = http_event("POST", "/flags", body={"flag_key": "by-hostile"}, claims={"sub": raw})
+    response = call(writer)
+    _ok(response)
+    if response.status == 201:
+        with psycopg.connect(seeded) as conn:
+            conn.execute("DELETE FROM feature_flags WHERE flag_key = 'by-hostile'")
+
+
+@pytest.mark.parametrize(
+    "raw_body", ["{", "null", "[]", '"text"', "1e999", '{"scheduled_at": []}', "\x00"]
+)
+def test_malformed_bodies(seeded: str, raw_body: str) -> None:
+    for path in ("/flags", "/flags/banner/schedules", "/schedules/retry"):
+        response = call(http_event("POST", path, raw_body=raw_body))
+        _ok(response)
+        assert response.status in (400, 422), (path, raw_body, response.body)
+
+
+def test_body_that_is_not_utf8(seeded: str) -> None:
+    event = http_event(
+        "POST", "/flags/banner/schedules", raw_body=base64.b64encode(b"\xff\xfe").decode()
+    )
+    event["isBase64Encoded"] = True
+    response = call(event)
+    assert response.status == 422
+    assert response.body["errors"] == [{"field": "body", "message": "is not UTF-8 encoded JSON"}]

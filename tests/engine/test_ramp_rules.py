@@ -53,27 +53,27 @@ def test_a_plain_ramp_passes_without_warnings() -> None:
         (
             [*stages(5, hold=59), *stages(10, hold="30m")],
             [
-                "stage 1: hold 59s is outside 1 minute..366 days (60..31622400 s)",
-                "stage 2: hold_seconds must be a whole number, got '30m'",
+                "stage 0: hold 59s is outside 1 minute..366 days (60..31622400 s)",
+                "stage 1: hold_seconds must be a whole number, got '30m'",
             ],
         ),
         # rollouts outside 0..100, each named
         (
             stages(5, 101, -1),
-            ["stage 2: rollout 101 is outside 0..100", "stage 3: rollout -1 is outside 0..100"],
+            ["stage 1: rollout 101 is outside 0..100", "stage 2: rollout -1 is outside 0..100"],
         ),
         # an updates document the engine would refuse
         (
             [{"updates": {"colour": "red"}, "hold_seconds": 60}],
             [
-                "stage 1: invalid updates: colour: unknown key"
+                "stage 0: invalid updates: colour: unknown key"
                 " (allowed: enabled, rollout_percentage)"
             ],
         ),
         # a stage of the wrong shape
         (
             [{"updates": {"rollout_percentage": 5}}],
-            ['stage 1: expected {"updates": {...}, "hold_seconds": N}'],
+            ['stage 0: expected {"updates": {...}, "hold_seconds": N}'],
         ),
     ],
 )
@@ -82,10 +82,10 @@ def test_each_mistake_is_one_line(documents: object, expected: list[str]) -> Non
 
 
 def test_a_stage_that_sets_nothing_is_refused() -> None:
-    # stage 1 against the flag's value; stage 3 against stage 2
+    # stage 0 against the flag's value; stage 2 against stage 1
     assert problems(stages(0, 25, 25)) == [
-        "stage 1 sets nothing: rollout_percentage=0 is already the flag's current value",
-        "stage 3 sets nothing: rollout_percentage=25 is already the value after stage 2",
+        "stage 0 sets nothing: rollout_percentage=0 is already the flag's current value",
+        "stage 2 sets nothing: rollout_percentage=25 is already the value after stage 1",
     ]
 
 
@@ -99,7 +99,7 @@ def test_a_stage_setting_one_new_field_among_old_ones_passes() -> None:
 
 def test_an_end_state_that_sets_nothing_is_refused() -> None:
     assert problems(stages(5, 100), end_updates={"rollout_percentage": 100}) == [
-        "end sets nothing: rollout_percentage=100 is already the value after stage 2"
+        "end sets nothing: rollout_percentage=100 is already the value after stage 1"
     ]
 
 
@@ -108,7 +108,7 @@ def test_a_falling_rollout_is_a_warning_not_a_refusal() -> None:
         stages(50, 25), flag=FLAG, start=START, end_updates={"rollout_percentage": 0}
     )
     assert checked.warnings == (
-        "stage 2 lowers the rollout from 50 to 25",
+        "stage 1 lowers the rollout from 50 to 25",
         "end lowers the rollout from 25 to 0",
     )
 
@@ -123,8 +123,8 @@ def test_the_message_joins_the_lines() -> None:
     with pytest.raises(InvalidRamp) as raised:
         check_ramp(stages(101, hold=1), flag=FLAG, start=START)
     assert str(raised.value) == (
-        "invalid ramp: stage 1: rollout 101 is outside 0..100;"
-        " stage 1: hold 1s is outside 1 minute..366 days (60..31622400 s)"
+        "invalid ramp: stage 0: rollout 101 is outside 0..100;"
+        " stage 0: hold 1s is outside 1 minute..366 days (60..31622400 s)"
     )
 
 
@@ -139,9 +139,9 @@ def test_preview_adds_each_holds_and_each_stages_retries() -> None:
     windows = preview(plans(600, 600, 600), start=START, end_updates=None, retry=NO_JITTER)
     # retries: +120 s, +240 s, +480 s = 14 min after the due time at the latest
     assert [(w.name, w.earliest - START, w.latest - START) for w in windows] == [
-        ("1", timedelta(0), timedelta(minutes=14)),
-        ("2", timedelta(minutes=10), timedelta(minutes=14 + 10 + 14)),
-        ("3", timedelta(minutes=20), timedelta(minutes=2 * 24 + 14)),
+        ("0", timedelta(0), timedelta(minutes=14)),
+        ("1", timedelta(minutes=10), timedelta(minutes=14 + 10 + 14)),
+        ("2", timedelta(minutes=20), timedelta(minutes=2 * 24 + 14)),
     ]
     assert {w.latest_by for w in windows} == {"retries"}
 
@@ -149,7 +149,7 @@ def test_preview_adds_each_holds_and_each_stages_retries() -> None:
 def test_preview_counts_the_whole_jitter_and_the_end_state() -> None:
     retry = RetryRules(BackoffPolicy(120, 3600, 30), max_retries=2, max_lateness_seconds=0)
     windows = preview(plans(60), start=START, end_updates={"enabled": False}, retry=retry)
-    assert [w.name for w in windows] == ["1", "end"]
+    assert [w.name for w in windows] == ["0", "end"]
     assert windows[0].latest - START == timedelta(seconds=120 + 240 + 2 * 30)
     assert windows[1].earliest - START == timedelta(seconds=60)
     assert windows[1].latest - START == timedelta(seconds=2 * (420 + 60) - 60 + 0)

@@ -56,7 +56,8 @@ def check_ramp(
     end_updates: object = None,
 ) -> CheckedRamp:
     """Validate decoded stage documents ({"updates": {...}, "hold_seconds": N} each) and an
-    optional end state against the flag's current fields (`flag`).
+    optional end state against the flag's current fields (`flag`). Stages are numbered from
+    0, as in the schema, the history and the alerts.
 
     Raises:
         InvalidRamp: one line per mistake (a count, a hold, a rollout, a stage that would
@@ -66,7 +67,7 @@ def check_ramp(
         count = len(stages) if isinstance(stages, list) else type(stages).__name__
         raise InvalidRamp([f"a ramp has 1..{MAX_STAGES} stages, got {count}"])
     problems: list[str] = []
-    planned = [_stage(number, document, problems) for number, document in enumerate(stages, 1)]
+    planned = [_stage(number, document, problems) for number, document in enumerate(stages)]
     end = _end(end_updates, problems)
     warnings = _compare_steps(planned, end, dict(flag), problems)
     if not problems:
@@ -124,8 +125,7 @@ def _compare_steps(
     warnings: list[str] = []
     current, source = flag, "the flag's current value"
     steps: list[tuple[str, Fields | None]] = [
-        (f"stage {number}", stage.updates if stage else None)
-        for number, stage in enumerate(stages, 1)
+        (f"stage {number}", stage.updates if stage else None) for number, stage in enumerate(stages)
     ]
     if end is not None:
         steps.append(("end", end))
@@ -177,7 +177,7 @@ class StageWindow:
     first attempt, `latest` if each applies at its last chance; `expires_at` when the
     lateness limit, not the retries, sets `latest`."""
 
-    name: str  # "1", "2", ... or "end"
+    name: str  # "0", "1", ... (stages count from 0, as everywhere) or "end"
     updates: Fields
     hold_seconds: int | None
     earliest: datetime
@@ -207,7 +207,7 @@ def preview(
     Times are when a step becomes due or retries; the run after that moment applies it.
     """
     steps: list[tuple[str, Fields, int | None]] = [
-        (str(number), stage.updates, stage.hold_seconds) for number, stage in enumerate(stages, 1)
+        (str(number), stage.updates, stage.hold_seconds) for number, stage in enumerate(stages)
     ]
     if end_updates is not None:
         steps.append(("end", end_updates, None))

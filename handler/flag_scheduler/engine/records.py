@@ -10,7 +10,15 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome, Status
+from flag_scheduler.engine.states import (
+    ErrorClass,
+    InsufficientData,
+    MessageKind,
+    Outcome,
+    RampAction,
+    RampState,
+    Status,
+)
 from flag_scheduler.errors import InvalidUpdates
 
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
@@ -207,6 +215,70 @@ class ClaimedMessage:
     kind: MessageKind
     payload: dict[str, Any]
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RampStage:
+    """One stage of a ramp: the fields it sets and how long it is observed before the next."""
+
+    updates: dict[str, bool | int]
+    hold_seconds: int
+
+    def as_document(self) -> dict[str, Any]:
+        """The stage as stored in flag_ramps.stages."""
+        return {"updates": dict(self.updates), "hold_seconds": self.hold_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """A gradual rollout of one flag (a flag_ramps row); stages are numbered from 0."""
+
+    id: UUID
+    flag_id: UUID
+    state: RampState
+    starts_at: datetime
+    stages: tuple[RampStage, ...]
+    current_stage: int
+    created_by: str
+    end_updates: dict[str, bool | int] | None = None
+    guard_alarms: tuple[str, ...] = ()
+    rollback_on_alarm: bool = False
+    insufficient_data: InsufficientData = InsufficientData.WAIT
+    value_before: dict[str, bool | int] | None = None
+    halt_error_class: ErrorClass | None = None
+    halt_reason: str | None = None
+    paused_remaining_seconds: float | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def last_stage(self) -> int:
+        """The number of the ramp's final stage: the end state's when it has one."""
+        return len(self.stages) if self.end_updates is not None else len(self.stages) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RampStageRef:
+    """What a claimed schedule knows of the ramp it is a stage of (None on plain schedules)."""
+
+    ramp_id: UUID
+    stage: int
+    guard_alarms: tuple[str, ...] = ()
+    insufficient_data: InsufficientData = InsufficientData.WAIT
+    rollback_on_alarm: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RampEvent:
+    """One row of a ramp's history (flag_ramp_events)."""
+
+    ramp_id: UUID
+    at: datetime
+    action: RampAction
+    actor: str
+    stage: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 # The first lags of a run are kept for the ScheduleLagSeconds metric; the rest only count

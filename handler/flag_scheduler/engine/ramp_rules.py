@@ -12,9 +12,10 @@ from flag_scheduler.engine import policy as rules
 from flag_scheduler.engine.backoff import BackoffPolicy, retry_timeline
 from flag_scheduler.engine.limits import END_OF_TIME, TIME_RANGE_TEXT
 from flag_scheduler.engine.records import FlagUpdates
+from flag_scheduler.engine.states import MAX_RAMP_STAGES
 from flag_scheduler.errors import FlagSchedulerError, InvalidUpdates
 
-MAX_STAGES = 20
+MAX_STAGES = MAX_RAMP_STAGES
 MIN_HOLD_SECONDS = 60
 # A hold longer than a year is a forgotten ramp, and 20 of them still fit any start time.
 MAX_HOLD_SECONDS = 366 * 86_400

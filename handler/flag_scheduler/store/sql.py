@@ -404,3 +404,122 @@ SELECT last_run_started_at, last_run_finished_at, last_request_id AS last_run_re
 FROM scheduler_run_state
 WHERE id = 1
 """
+
+
+# --- Ramps as operators see and steer them (flag_scheduler.store.ramps). ---
+# Lock order, as the engine's: a ramp's live stage schedule, then the ramp row.
+
+# Creates an active ramp at stage 0 (its schedule is inserted with it).
+INSERT_RAMP = """
+INSERT INTO flag_ramps (flag_id, starts_at, stages, end_updates, guard_alarms,
+                        rollback_on_alarm, insufficient_data, created_by, created_at, updated_at)
+VALUES (%(flag_id)s, %(starts_at)s, %(stages)s, %(end_updates)s, %(guard_alarms)s,
+        %(rollback_on_alarm)s, %(insufficient_data)s, %(actor)s, %(now)s, %(now)s)
+RETURNING id
+"""
+
+# A flag's unfinished ramp, to name it when a second one is refused.
+UNFINISHED_RAMP_OF_FLAG = """
+SELECT id, state FROM flag_ramps
+WHERE flag_id = %(flag_id)s AND state IN ('active', 'paused', 'halted')
+"""
+
+# Inserts one stage's schedule of a ramp (pending, the default retry limit).
+INSERT_RAMP_STAGE_SCHEDULE = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id, ramp_stage)
+VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(ramp_id)s, %(ramp_stage)s)
+RETURNING id
+"""
+
+# Appends one row to a ramp's history.
+INSERT_RAMP_EVENT = """
+INSERT INTO flag_ramp_events (ramp_id, at, action, stage, actor, detail)
+VALUES (%(ramp_id)s, %(at)s, %(action)s, %(stage)s, %(actor)s, %(detail)s)
+"""
+
+# Ramps with their flag's identity (as ramps.RampView), newest first; NULL filters match all.
+LIST_RAMPS = """
+SELECT r.id, f.flag_key, f.environment, r.state, r.starts_at, r.stages, r.end_updates,
+       r.current_stage, r.guard_alarms, r.rollback_on_alarm, r.insufficient_data,
+       r.value_before, r.halt_error_class, r.halt_reason, r.paused_remaining_seconds,
+       r.created_by, r.created_at, r.updated_at, r.finished_at
+FROM flag_ramps AS r
+JOIN feature_flags AS f ON f.id = r.flag_id
+WHERE (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
+  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
+  AND (%(states)s::text[] IS NULL OR r.state = ANY(%(states)s::text[]))
+ORDER BY r.created_at DESC, r.id
+"""
+
+# One ramp with its flag's identity (as ramps.RampView).
+GET_RAMP = """
+SELECT r.id, f.flag_key, f.environment, r.state, r.starts_at, r.stages, r.end_updates,
+       r.current_stage, r.guard_alarms, r.rollback_on_alarm, r.insufficient_data,
+       r.value_before, r.halt_error_class, r.halt_reason, r.paused_remaining_seconds,
+       r.created_by, r.created_at, r.updated_at, r.finished_at
+FROM flag_ramps AS r
+JOIN feature_flags AS f ON f.id = r.flag_id
+WHERE r.id = %(ramp_id)s
+"""
+
+# Every schedule a ramp's stages had, cancelled ones too (as ramps.StageSchedule).
+RAMP_SCHEDULES = """
+SELECT ramp_stage AS stage, id AS schedule_id, scheduled_at, status, applied_at, retry_count,
+       next_retry_at, last_error, last_error_class, updates
+FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s
+ORDER BY ramp_stage, created_at, id
+"""
+
+# A ramp's history, oldest first (as ramps.RampEvent).
+RAMP_EVENTS = """
+SELECT at, action, stage, actor, detail
+FROM flag_ramp_events
+WHERE ramp_id = %(ramp_id)s
+ORDER BY id
+"""
+
+# Locks a ramp's live stage schedule (pending or waiting for a retry), if it has one. A run
+# applying that stage makes this wait for its commit; the row is then re-checked and skipped.
+LOCK_LIVE_RAMP_SCHEDULE = """
+SELECT id, ramp_stage, scheduled_at, next_retry_at
+FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s AND (status = 'pending' OR next_retry_at IS NOT NULL)
+FOR UPDATE
+"""
+
+# The same without a lock: after the ramp row is locked, whether the live schedule is still
+# the one locked (a run may have applied it and inserted the next stage in between).
+LIVE_RAMP_SCHEDULES = """
+SELECT id FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s AND (status = 'pending' OR next_retry_at IS NOT NULL)
+"""
+
+# Locks a ramp row and returns what an operator action needs (as ramps.LockedRamp).
+LOCK_RAMP = """
+SELECT id, flag_id, state, current_stage, stages, end_updates, value_before,
+       paused_remaining_seconds
+FROM flag_ramps
+WHERE id = %(ramp_id)s
+FOR UPDATE
+"""
+
+# The schedule a halted ramp's current stage failed (or expired) with, if any.
+FAILED_RAMP_STAGE_SCHEDULE = """
+SELECT id FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s AND ramp_stage = %(stage)s AND status = 'failed'
+  AND next_retry_at IS NULL
+"""
+
+# Moves a ramp to another state. Becoming active again forgets why it halted; finishing
+# stamps finished_at; only a paused ramp keeps the rest of its hold.
+SET_RAMP_STATE = """
+UPDATE flag_ramps
+SET state = %(state)s,
+    paused_remaining_seconds = %(paused_remaining_seconds)s,
+    halt_error_class = CASE WHEN %(state)s::text = 'active' THEN NULL ELSE halt_error_class END,
+    halt_reason = CASE WHEN %(state)s::text = 'active' THEN NULL ELSE halt_reason END,
+    finished_at = CASE WHEN %(state)s::text IN ('completed', 'aborted') THEN %(now)s END,
+    updated_at = %(now)s
+WHERE id = %(ramp_id)s
+"""

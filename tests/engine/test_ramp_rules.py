@@ -167,3 +167,12 @@ def test_preview_saturates_at_the_end_of_time() -> None:
     windows = preview(plans(60, 60), start=start, end_updates=None, retry=NO_JITTER)
     # no OverflowError: attempts past the end of time are cut, as a schedule's preview cuts them
     assert all(w.latest < END_OF_TIME for w in windows)
+
+
+def test_without_a_flag_stages_are_still_compared_with_each_other() -> None:
+    # a plan's preview knows no flag: stage 0 is never "nothing", the later ones still are
+    checked = check_ramp(stages(0, 50, 20), flag={}, start=START)
+    assert checked.warnings == ("stage 2 lowers the rollout from 50 to 20",)
+    assert problems(stages(0, 0), flag={}) == [
+        "stage 1 sets nothing: rollout_percentage=0 is already the value after stage 0"
+    ]

@@ -15,6 +15,7 @@ from flag_scheduler.engine.limits import END_OF_TIME
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import State
 from flag_scheduler.store.catalog import Catalog, FlagView, ScheduleView
+from flag_scheduler.store.ramps import Ramps
 from flag_scheduler_cli import render
 
 
@@ -32,6 +33,7 @@ class Context:
     now: datetime
     settings: SchedulerSettings
     actor: str
+    ramps: Ramps
     # Which database, for people: "DATABASE_URL" or the embedded server's data folder.
     database: str = "DATABASE_URL"
 

@@ -122,25 +122,26 @@ def _compare_steps(
     stages: list[StagePlan | None], end: Fields | None, flag: Fields, problems: list[str]
 ) -> list[str]:
     """Each step against the value before it: a refusal when it sets nothing new, a warning
-    when it lowers the rollout. Returns the warnings."""
+    when it lowers the rollout. Returns the warnings. A field `flag` lacks (an empty `flag`:
+    no particular flag, as in a plan's preview) is unknown until a stage sets it."""
     warnings: list[str] = []
-    current, source = flag, "the flag's current value"
     steps: list[tuple[str, Fields | None]] = [
         (f"stage {number}", stage.updates if stage else None) for number, stage in enumerate(stages)
     ]
     if end is not None:
         steps.append(("end", end))
+    current: Fields | None = dict(flag)
+    source = "the flag's current value"
     for name, updates in steps:
-        if updates is None:
-            current, source = {}, ""  # unknown after an invalid stage: compare no further
+        if updates is None or current is None:
+            current = None  # unknown after an invalid stage: compare no further
             continue
-        if current and all(current.get(key) == value for key, value in updates.items()):
+        if all(key in current and current[key] == value for key, value in updates.items()):
             problems.append(f"{name} sets nothing: {_fields_text(updates)} is already {source}")
         lowered = _lowered(current.get("rollout_percentage"), updates.get("rollout_percentage"))
-        if current and lowered:
+        if lowered:
             warnings.append(f"{name} lowers the rollout from {lowered[0]} to {lowered[1]}")
-        if current:
-            current, source = {**current, **updates}, f"the value after {name}"
+        current, source = {**current, **updates}, f"the value after {name}"
     return warnings
 
 

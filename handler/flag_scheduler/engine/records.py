@@ -107,6 +107,9 @@ class DueSchedule:
     # limits.EARLIEST_TIME when the stored one could not be loaded (the schema's *_in_range
     # checks bound the moments every client library can represent).
     defect: str | None = None
+    # Set on a ramp's stage schedule (0-based stage), None on plain schedules.
+    ramp_id: UUID | None = None
+    ramp_stage: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,17 +262,6 @@ class Ramp:
 
 
 @dataclass(frozen=True, slots=True)
-class RampStageRef:
-    """What a claimed schedule knows of the ramp it is a stage of (None on plain schedules)."""
-
-    ramp_id: UUID
-    stage: int
-    guard_alarms: tuple[str, ...] = ()
-    insufficient_data: InsufficientData = InsufficientData.WAIT
-    rollback_on_alarm: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class RampEvent:
     """One row of a ramp's history (flag_ramp_events)."""
 
@@ -301,6 +293,9 @@ class RunSummary:
     # parked as permanently failed (or, if even that failed, skipped for the rest of the run).
     unrecordable: int = 0
     batches: int = 0
+    ramp_stages_applied: int = 0
+    ramps_halted: int = 0
+    ramps_completed: int = 0
     stopped_for_time: bool = False
     statements: int = 0
     transactions: int = 0
@@ -323,6 +318,9 @@ class RunSummary:
             "superseded": self.superseded,
             "unrecordable": self.unrecordable,
             "batches": self.batches,
+            "ramp_stages_applied": self.ramp_stages_applied,
+            "ramps_halted": self.ramps_halted,
+            "ramps_completed": self.ramps_completed,
             "stopped_for_time": self.stopped_for_time,
             "statements": self.statements,
             "transactions": self.transactions,

@@ -46,7 +46,8 @@ SELECT s.id, s.flag_id, f.flag_key, f.environment,
            CASE WHEN NOT (s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s)
                 THEN format('requeued_at %%s is not a representable moment',
                             s.requeued_at) END
-       ), '') AS defect
+       ), '') AS defect,
+       s.ramp_id, s.ramp_stage
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.due_at <= %(now)s AND s.id <> ALL(%(skip)s::uuid[])
@@ -55,6 +56,58 @@ ORDER BY s.due_at
 LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED
 FOR KEY SHARE OF f SKIP LOCKED
+"""
+
+# Locks the ramps of a batch's stages that no one else holds (an operator pausing or
+# aborting one holds it: its stage waits); NO KEY UPDATE so stage schedules referencing the
+# ramp can still be inserted. Taken after the stages' schedule rows: the lock order every
+# writer of ramps keeps.
+LOCK_RAMPS = """
+SELECT id, flag_id, state, starts_at, stages, current_stage, created_by, end_updates,
+       guard_alarms, rollback_on_alarm, insufficient_data, value_before, halt_error_class,
+       halt_reason, paused_remaining_seconds, created_at, updated_at, finished_at
+FROM flag_ramps
+WHERE id = ANY(%(ids)s::uuid[])
+ORDER BY id
+FOR NO KEY UPDATE SKIP LOCKED
+"""
+
+# Moves each ramp on after a stage's outcome: its state, current stage, and (stage 0
+# applied) the flag's value before the ramp: the flag as written now, with the fields the
+# stage changed put back to what they were.
+ADVANCE_RAMPS = """
+UPDATE flag_ramps AS r
+SET state = v.state, current_stage = v.current_stage,
+    value_before = CASE WHEN v.value_before IS NULL THEN r.value_before
+        ELSE jsonb_build_object('enabled', f.enabled,
+                                'rollout_percentage', f.rollout_percentage)
+             || v.value_before::jsonb END,
+    halt_error_class = v.halt_error_class, halt_reason = v.halt_reason,
+    finished_at = CASE WHEN v.state IN ('completed', 'halted') THEN %(now)s END,
+    updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(current_stages)s::int[],
+            %(value_before)s::text[], %(halt_error_classes)s::text[], %(halt_reasons)s::text[])
+         AS v(id, state, current_stage, value_before, halt_error_class, halt_reason),
+     feature_flags AS f
+WHERE r.id = v.id AND f.id = r.flag_id AND r.state = 'active'
+"""
+
+# The schedules ramp steps create: next stages (ramp_id set) and rollbacks (plain).
+INSERT_RAMP_SCHEDULES = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id, ramp_stage)
+SELECT v.flag_id, v.scheduled_at, v.updates::jsonb, v.ramp_id, v.ramp_stage
+FROM unnest(%(flag_ids)s::uuid[], %(scheduled_at)s::timestamptz[], %(updates)s::text[],
+            %(ramp_ids)s::uuid[], %(ramp_stages)s::int[])
+         AS v(flag_id, scheduled_at, updates, ramp_id, ramp_stage)
+"""
+
+# Rows of the ramps' history.
+INSERT_RAMP_EVENTS = """
+INSERT INTO flag_ramp_events (ramp_id, at, action, stage, actor, detail)
+SELECT v.ramp_id, v.at, v.action, v.stage, v.actor, v.detail::jsonb
+FROM unnest(%(ramp_ids)s::uuid[], %(at)s::timestamptz[], %(actions)s::text[],
+            %(stages)s::int[], %(actors)s::text[], %(details)s::text[])
+         AS v(ramp_id, at, action, stage, actor, detail)
 """
 
 # Parks schedules the run cannot process or record: permanently failed (out of the queue,

@@ -321,7 +321,8 @@ class Ramps:
             _require(ramp, {RampState.ACTIVE}, "pause", "only an active ramp can be paused")
             remaining = 0.0
             if live is not None:
-                remaining = max((live.due_at - now).total_seconds(), 0.0)
+                # Milliseconds: the precision a person or a resumed schedule needs.
+                remaining = round(max((live.due_at - now).total_seconds(), 0.0), 3)
                 self._conn.execute(sql.CANCEL_SCHEDULE, {"schedule_id": live.id, "now": now})
             self._set_state(ramp_id, RampState.PAUSED, now, paused_remaining_seconds=remaining)
             detail: dict[str, Any] = {"remaining_seconds": remaining}

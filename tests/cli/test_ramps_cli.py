@@ -118,6 +118,12 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
         (2, ("--rollout", "5,50", "--hold", "5m,5m,5m"), "one per stage (2), got 3"),
         # a start stage 0 could only expire at
         (2, ("--rollout", "5", "--hold", "5m", "--start", "2020-01-01T00:00:00Z"), "expire"),
+        # the same guard alarm twice
+        (
+            2,
+            ("--rollout", "5", "--hold", "5m", "--guard-alarm", "x", "--guard-alarm", "x"),
+            "invalid ramp: guard alarm named twice: x",
+        ),
         # no such flag
         (1, ("--rollout", "5", "--hold", "5m", "--env", "staging"), "no flag 'checkout-v2'"),
     ],

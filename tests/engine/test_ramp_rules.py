@@ -176,3 +176,13 @@ def test_without_a_flag_stages_are_still_compared_with_each_other() -> None:
     assert problems(stages(0, 0), flag={}) == [
         "stage 1 sets nothing: rollout_percentage=0 is already the value after stage 0"
     ]
+
+
+def test_guard_alarm_names() -> None:
+    names = ["checkout-5xx", "", "checkout-5xx", *(f"a{n}" for n in range(18))]
+    assert problems(stages(5), guard_alarms=names) == [
+        "a ramp has at most 20 guard alarms, got 21",
+        "guard alarm '': a CloudWatch alarm name is 1..255 printable characters",
+        "guard alarm named twice: checkout-5xx",
+    ]
+    assert check_ramp(stages(5), flag=FLAG, start=START, guard_alarms=["a", "b"]).warnings == ()

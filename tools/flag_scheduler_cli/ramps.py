@@ -59,7 +59,12 @@ def retry_rules(settings: SchedulerSettings) -> RetryRules:
 
 def create(ctx: Context, request: RampRequest) -> Result:
     flag = ctx.catalog.get_flag(request.flag_key, request.environment)
-    checked = check_ramp(request.stages, flag=flag_fields(flag), start=request.start)
+    checked = check_ramp(
+        request.stages,
+        flag=flag_fields(flag),
+        start=request.start,
+        guard_alarms=request.guard_alarms,
+    )
     ramp = ctx.ramps.create(
         flag,
         checked,

@@ -17,6 +17,9 @@ from flag_scheduler.errors import FlagSchedulerError, InvalidUpdates
 
 MAX_STAGES = MAX_RAMP_STAGES
 MIN_HOLD_SECONDS = 60
+# CloudWatch's own limit on an alarm name; the schema allows 20 guard alarms per ramp.
+MAX_ALARM_NAME_LENGTH = 255
+MAX_GUARD_ALARMS = 20
 # A hold longer than a year is a forgotten ramp, and 20 of them still fit any start time.
 MAX_HOLD_SECONDS = 366 * 86_400
 
@@ -55,6 +58,7 @@ def check_ramp(
     flag: Mapping[str, bool | int],
     start: datetime,
     end_updates: object = None,
+    guard_alarms: Sequence[str] = (),
 ) -> CheckedRamp:
     """Validate decoded stage documents ({"updates": {...}, "hold_seconds": N} each) and an
     optional end state against the flag's current fields (`flag`). Stages are numbered from
@@ -62,7 +66,8 @@ def check_ramp(
 
     Raises:
         InvalidRamp: one line per mistake (a count, a hold, a rollout, a stage that would
-            set nothing, a ramp ending after the last time a schedule can hold).
+            set nothing, a ramp ending after the last time a schedule can hold, a guard
+            alarm name).
     """
     if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
         count = len(stages) if isinstance(stages, list) else type(stages).__name__
@@ -71,6 +76,7 @@ def check_ramp(
     planned = [_stage(number, document, problems) for number, document in enumerate(stages)]
     end = _end(end_updates, problems)
     warnings = _compare_steps(planned, end, dict(flag), problems)
+    _check_alarms(guard_alarms, problems)
     if not problems:
         _check_fits(start, planned, problems)
     if problems:
@@ -159,6 +165,20 @@ def _check_fits(start: datetime, stages: list[StagePlan | None], problems: list[
             f"the stages' holds ({_duration(holds)}) from {start.isoformat()} end after the"
             f" last time a schedule can hold ({TIME_RANGE_TEXT})"
         )
+
+
+def _check_alarms(names: Sequence[str], problems: list[str]) -> None:
+    if len(names) > MAX_GUARD_ALARMS:
+        problems.append(f"a ramp has at most {MAX_GUARD_ALARMS} guard alarms, got {len(names)}")
+    for name in names:
+        if not 1 <= len(name) <= MAX_ALARM_NAME_LENGTH or not name.isprintable():
+            shown = name if len(name) <= 40 else f"{name[:37]}..."
+            problems.append(
+                f"guard alarm {shown!r}: a CloudWatch alarm name is 1..255 printable characters"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        problems.append(f"guard alarm named twice: {', '.join(repeated)}")
 
 
 def _fields_text(fields: Fields) -> str:

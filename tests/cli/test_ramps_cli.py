@@ -51,7 +51,7 @@ def test_create_list_show_and_preview(cli: Cli) -> None:
     assert cli.json("ramps", "list", "--state", "paused") == []
 
     shown = cli.json("ramps", "show", ramp["id"])
-    assert [(s["stage"], s["status"]) for s in shown["schedules"]] == [(0, "pending")]
+    assert [(s["stage"], s["state"]) for s in shown["schedules"]] == [(0, "pending")]
     assert [(e["action"], e["actor"].startswith("cli")) for e in shown["events"]] == [
         ("created", True)
     ]

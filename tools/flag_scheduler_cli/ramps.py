@@ -225,7 +225,11 @@ def show(ctx: Context, ramp_id: UUID) -> Result:
         "history:",
         _history_table(detail),
     ]
-    return Result("\n".join(lines), detail)
+    schedules = [
+        {**render.to_jsonable(schedule), "state": schedule.state} for schedule in detail.schedules
+    ]
+    data = {"ramp": ramp, "schedules": schedules, "events": detail.events}
+    return Result("\n".join(lines), data)
 
 
 def _state_text(ramp: RampView) -> str:

@@ -335,7 +335,8 @@ def test_the_scheduler_reads_guard_alarms_and_nothing_else_of_cloudwatch() -> No
         (
             "cloudwatch:DescribeAlarms",
             {
-                "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:*"
+                "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}"
+                + ":alarm:*"
             },
         )
     ]

@@ -176,6 +176,11 @@ def _subject(message: ClaimedMessage) -> str:
     payload = message.payload
     if message.kind == MessageKind.DIGEST:
         text = f"flag-scheduler: {payload.get('failures')} schedules failed permanently"
+    elif payload.get("ramp_id"):
+        text = (
+            f"flag-scheduler: ramp of {payload.get('flag_key')} ({payload.get('environment')})"
+            f" halted at stage {payload.get('stage')}"
+        )
     else:
         text = (
             f"flag-scheduler: {payload.get('flag_key')} ({payload.get('environment')})"

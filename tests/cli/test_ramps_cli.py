@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli.timeparse import parse_duration
-from tests.support import Cli, row_counts
+from tests.support import Cli, row_counts, run_service
 
 RAMP = ("ramps", "create", "--flag", "checkout-v2", "--rollout", "5,25,50,100", "--hold", "30m")
 
@@ -186,3 +186,34 @@ def test_durations(text: str, seconds: int) -> None:
 def test_not_durations(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+def test_an_end_state_is_one_more_stage_after_the_last_hold(
+    cli: Cli, catalog: Catalog, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    catalog.create_flag("dark-mode")
+    created = cli.json(
+        "ramps", "create", "--flag", "dark-mode", "--rollout", "10,100", "--hold", "5m",
+        "--enable", "--end-disable", "--start", "2026-12-24T09:00:00Z",
+    )  # fmt: skip
+    assert created["ramp"]["end_updates"] == {"enabled": False}
+    assert created["ramp"]["stages"][0]["updates"] == {"enabled": True, "rollout_percentage": 10}
+    assert [(w["name"], w["earliest"]) for w in created["preview"]] == [
+        ("0", "2026-12-24T09:00:00Z"),
+        ("1", "2026-12-24T09:05:00Z"),
+        ("end", "2026-12-24T09:10:00Z"),
+    ]
+    start = datetime.fromisoformat("2026-12-24T09:00:00+00:00")
+    for minutes in (0, 5, 10):
+        run_service(database_url, start + timedelta(minutes=minutes))
+    shown = cli.json("ramps", "show", created["ramp"]["id"])
+    assert shown["ramp"]["state"] == "completed"
+    assert [(s["stage"], s["state"]) for s in shown["schedules"]] == [
+        (0, "applied"),
+        (1, "applied"),
+        (2, "applied"),
+    ]
+    assert catalog.get_flag("dark-mode").enabled is False
+    assert "end sets nothing" in cli.fails(
+        2, "ramps", "preview", "--rollout", "10,100", "--hold", "5m", "--end-rollout", "100"
+    )

@@ -335,6 +335,20 @@ def _add_ramp_plan(parser: _Parser, *, required: bool) -> None:
     parser.add_argument(
         "--start", metavar="TIME", default="now", help="when stage 0 is due (default: now)"
     )
+    parser.add_argument(
+        "--end-rollout",
+        type=int,
+        metavar="0..100",
+        help="an end state: one more stage, applied the last stage's hold after it",
+    )
+    end = parser.add_mutually_exclusive_group()
+    end.add_argument("--end-enable", dest="end_enabled", action="store_true", default=None)
+    end.add_argument(
+        "--end-disable",
+        dest="end_enabled",
+        action="store_false",
+        help="the end state enables (disables) the flag",
+    )
 
 
 def _add_ramps_create(actions: _Commands, common: _Parser) -> None:
@@ -635,6 +649,16 @@ def _ramp_stages(operation: _Operation) -> list[Any]:
     return ramp_commands.stage_documents(rollouts, holds, enable=args.enable)
 
 
+def _ramp_end(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The end state --end-rollout and --end-enable/--end-disable describe, if any."""
+    end: dict[str, Any] = {}
+    if args.end_enabled is not None:
+        end["enabled"] = args.end_enabled
+    if args.end_rollout is not None:
+        end["rollout_percentage"] = args.end_rollout
+    return end or None
+
+
 def _ramp_start(operation: _Operation) -> datetime:
     """--start, refused when stage 0 would expire before its first attempt."""
     start = operation.time("--start", operation.args.start)
@@ -657,6 +681,7 @@ def _ramps_create(operation: _Operation) -> Result:
         guard_alarms=args.guard_alarm,
         rollback_on_alarm=args.rollback_on_alarm,
         insufficient_data=InsufficientData(args.insufficient_data),
+        end_updates=_ramp_end(args),
     )
     with operation.context() as ctx:
         return ramp_commands.create(ctx, request)
@@ -699,7 +724,8 @@ def _ramps_preview(operation: _Operation) -> Result:
     if not (args.rollout and args.hold):
         raise UsageError("give a ramp id, or a plan: --rollout and --hold")
     start = operation.time("--start", args.start)
-    return ramp_commands.preview_plan(operation.settings, _ramp_stages(operation), start)
+    stages = _ramp_stages(operation)
+    return ramp_commands.preview_plan(operation.settings, stages, start, _ramp_end(args))
 
 
 def _given(option: T | None, setting: T) -> T:

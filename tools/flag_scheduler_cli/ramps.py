@@ -33,6 +33,7 @@ class RampRequest:
     guard_alarms: list[str]
     rollback_on_alarm: bool
     insufficient_data: InsufficientData
+    end_updates: dict[str, Any] | None = None
 
 
 def stage_documents(rollouts: list[int], holds: list[int], *, enable: bool) -> list[Any]:
@@ -63,6 +64,7 @@ def create(ctx: Context, request: RampRequest) -> Result:
         request.stages,
         flag=flag_fields(flag),
         start=request.start,
+        end_updates=request.end_updates,
         guard_alarms=request.guard_alarms,
     )
     ramp = ctx.ramps.create(
@@ -76,12 +78,16 @@ def create(ctx: Context, request: RampRequest) -> Result:
         actor=ctx.actor,
     )
     windows = preview(
-        checked.stages, start=request.start, end_updates=None, retry=retry_rules(ctx.settings)
+        checked.stages,
+        start=request.start,
+        end_updates=checked.end_updates,
+        retry=retry_rules(ctx.settings),
     )
     text = "\n".join(
         [
             f"created ramp {ramp.id}: {ramp.flag_key} ({ramp.environment}),"
-            f" {len(checked.stages)} stages from {render.when(ramp.starts_at)}",
+            f" {len(checked.stages)} stages{' and an end state' if checked.end_updates else ''}"
+            f" from {render.when(ramp.starts_at)}",
             *(f"warning: {warning}" for warning in checked.warnings),
             _windows_table(windows),
         ]
@@ -93,10 +99,14 @@ def flag_fields(flag: Any) -> dict[str, bool | int]:
     return {"enabled": flag.enabled, "rollout_percentage": flag.rollout_percentage}
 
 
-def preview_plan(settings: SchedulerSettings, stages: list[Any], start: datetime) -> Result:
+def preview_plan(
+    settings: SchedulerSettings, stages: list[Any], start: datetime, end: dict[str, Any] | None
+) -> Result:
     """A planned ramp's windows (no database: checked against no particular flag)."""
-    checked = check_ramp(stages, flag={}, start=start)
-    windows = preview(checked.stages, start=start, end_updates=None, retry=retry_rules(settings))
+    checked = check_ramp(stages, flag={}, start=start, end_updates=end)
+    windows = preview(
+        checked.stages, start=start, end_updates=checked.end_updates, retry=retry_rules(settings)
+    )
     return _preview_result(settings, checked, windows, header=None)
 
 

@@ -279,17 +279,7 @@ def _add_ramps(commands: _Commands, common: _Parser) -> None:
     )
     actions = ramps.add_subparsers(dest="ramps_command", required=True, metavar="ACTION")
     _add_ramps_create(actions, common)
-    listing = actions.add_parser("list", parents=[common], help="list ramps, newest first")
-    listing.add_argument("--flag", metavar="KEY")
-    listing.add_argument("--env")
-    listing.add_argument(
-        "--state",
-        action="append",
-        choices=RAMP_STATES,
-        metavar="STATE",
-        help=f"only ramps in this state (repeatable): {', '.join(RAMP_STATES)}",
-    )
-    listing.set_defaults(func=_operator(_ramps_list))
+    _add_ramps_list(actions, common)
     for name, text, handler in (
         ("show", "stages, their schedules and the history", _ramps_show),
         ("pause", "stop an active ramp; its hold clock stops too", _ramps_pause),
@@ -314,6 +304,20 @@ def _add_ramps(commands: _Commands, common: _Parser) -> None:
     preview.add_argument("id", type=_ramp_id, nargs="?")
     _add_ramp_plan(preview, required=False)
     preview.set_defaults(func=_operator(_ramps_preview))
+
+
+def _add_ramps_list(actions: _Commands, common: _Parser) -> None:
+    listing = actions.add_parser("list", parents=[common], help="list ramps, newest first")
+    listing.add_argument("--flag", metavar="KEY")
+    listing.add_argument("--env")
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=RAMP_STATES,
+        metavar="STATE",
+        help=f"only ramps in this state (repeatable): {', '.join(RAMP_STATES)}",
+    )
+    listing.set_defaults(func=_operator(_ramps_list))
 
 
 def _add_ramp_plan(parser: _Parser, *, required: bool) -> None:

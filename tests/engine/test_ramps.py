@@ -101,6 +101,9 @@ def test_the_next_stage_is_due_its_hold_after_the_stage_was_actually_applied() -
     assert store.ramp(ramp).current_stage == 1
     assert store.ramp(ramp).value_before == {"enabled": False, "rollout_percentage": 0}
     assert summary.ramp_stages_applied == 1
+    (event,) = (m for m in store.state.outbox if m.kind == MessageKind.FLAG_CHANGED)
+    assert (event.payload["ramp_id"], event.payload["stage"]) == (str(ramp), 0)
+    assert event.payload["new"] == {"rollout_percentage": 5}
     # Not yet due one second before the hold ends: nothing happens.
     assert _run(store, second.scheduled_at - timedelta(seconds=1)).claimed == 0
 

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -19,10 +20,19 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from flag_scheduler.engine import limits
-from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome, Status
+from flag_scheduler.engine.states import (
+    MAX_RAMP_STAGES,
+    ErrorClass,
+    InsufficientData,
+    MessageKind,
+    Outcome,
+    RampAction,
+    RampState,
+    Status,
+)
 
 # Every constraint and index gets a predictable name (Alembic naming.rst).
 NAMING_CONVENTION = {
@@ -136,6 +146,35 @@ feature_flag_schedules = Table(
     CheckConstraint(
         "max_retries IS NULL OR max_retries BETWEEN 0 AND 10", name="max_retries_range"
     ),
+    # Internal (0010): a ramp's stage schedules name their ramp and stage (0-based).
+    Column(
+        "ramp_id",
+        UUID(as_uuid=True),
+        ForeignKey("flag_ramps.id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    Column("ramp_stage", Integer, nullable=True),
+    CheckConstraint(
+        f"(ramp_id IS NULL) = (ramp_stage IS NULL) AND ramp_stage BETWEEN 0 AND {MAX_RAMP_STAGES}",
+        name="ramp_stage_iff_ramp_id",
+    ),
+    # At most one live stage per ramp (pending, or failed and waiting for a retry) ...
+    Index(
+        "uq_feature_flag_schedules_ramp_id_live",
+        "ramp_id",
+        unique=True,
+        postgresql_where=text(
+            "ramp_id IS NOT NULL AND (status = 'pending' OR next_retry_at IS NOT NULL)"
+        ),
+    ),
+    # ... and each stage once (a paused ramp's cancelled stage is created again on resume).
+    Index(
+        "uq_feature_flag_schedules_ramp_id_ramp_stage",
+        "ramp_id",
+        "ramp_stage",
+        unique=True,
+        postgresql_where=text("ramp_id IS NOT NULL AND status <> 'cancelled'"),
+    ),
     Index(
         "ix_feature_flag_schedules_due_at",
         "due_at",
@@ -245,4 +284,92 @@ api_idempotency_keys = Table(
         "char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"
     ),
     *_in_range("created_at"),
+)
+
+RAMP_STATES = tuple(state.value for state in RampState)
+RAMP_ACTIONS = tuple(action.value for action in RampAction)
+INSUFFICIENT_DATA_CHOICES = tuple(choice.value for choice in InsufficientData)
+
+# Gradual rollouts (0010; the contract is in that migration's docstring and docs/design.md).
+flag_ramps = Table(
+    "flag_ramps",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "flag_id",
+        UUID(as_uuid=True),
+        ForeignKey("feature_flags.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("state", Text, nullable=False, server_default=text("'active'::text")),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("stages", JSONB, nullable=False),
+    Column("end_updates", JSONB, nullable=True),
+    Column("current_stage", Integer, nullable=False, server_default=text("0")),
+    Column("guard_alarms", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("rollback_on_alarm", Boolean, nullable=False, server_default=text("false")),
+    Column("insufficient_data", Text, nullable=False, server_default=text("'wait'::text")),
+    Column("value_before", JSONB, nullable=True),
+    Column("halt_error_class", Text, nullable=True),
+    Column("halt_reason", Text, nullable=True),
+    Column("paused_remaining_seconds", Float, nullable=True),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(_in("state", RAMP_STATES), name="state_valid"),
+    CheckConstraint(
+        "jsonb_typeof(stages) = 'array'"
+        f" AND jsonb_array_length(stages) BETWEEN 1 AND {MAX_RAMP_STAGES}",
+        name="stages_count",
+    ),
+    CheckConstraint("jsonb_typeof(end_updates) = 'object'", name="end_updates_is_object"),
+    CheckConstraint(f"current_stage BETWEEN 0 AND {MAX_RAMP_STAGES}", name="current_stage_range"),
+    CheckConstraint("cardinality(guard_alarms) <= 20", name="guard_alarms_count"),
+    CheckConstraint(
+        _in("insufficient_data", INSUFFICIENT_DATA_CHOICES), name="insufficient_data_valid"
+    ),
+    CheckConstraint("jsonb_typeof(value_before) = 'object'", name="value_before_is_object"),
+    CheckConstraint(_in("halt_error_class", ERROR_CLASSES), name="halt_error_class_valid"),
+    CheckConstraint(
+        "state <> 'halted' OR halt_error_class IS NOT NULL", name="halted_has_error_class"
+    ),
+    CheckConstraint("char_length(halt_reason) <= 2000", name="halt_reason_length"),
+    CheckConstraint(
+        "paused_remaining_seconds IS NULL OR (state = 'paused' AND paused_remaining_seconds >= 0)",
+        name="paused_remaining_only_if_paused",
+    ),
+    CheckConstraint("char_length(created_by) BETWEEN 1 AND 200", name="created_by_length"),
+    *_in_range("starts_at", "created_at", "updated_at", "finished_at"),
+    Index("ix_flag_ramps_flag_id", "flag_id"),
+    # One unfinished ramp per flag (a halted ramp holds the flag until resumed or aborted).
+    Index(
+        "uq_flag_ramps_flag_id_unfinished",
+        "flag_id",
+        unique=True,
+        postgresql_where=text("state IN ('active', 'paused', 'halted')"),
+    ),
+)
+
+flag_ramp_events = Table(
+    "flag_ramp_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column(
+        "ramp_id",
+        UUID(as_uuid=True),
+        ForeignKey("flag_ramps.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("stage", Integer, nullable=True),
+    Column("actor", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint(_in("action", RAMP_ACTIONS), name="action_valid"),
+    CheckConstraint(f"stage BETWEEN 0 AND {MAX_RAMP_STAGES}", name="stage_range"),
+    CheckConstraint("char_length(actor) BETWEEN 1 AND 200", name="actor_length"),
+    CheckConstraint("jsonb_typeof(detail) = 'object'", name="detail_is_object"),
+    *_in_range("at"),
+    Index("ix_flag_ramp_events_ramp_id_id", "ramp_id", "id"),
 )

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,9 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.engine.notifier import NullNotifier
+from flag_scheduler.engine.ramps import AlarmReader
 from flag_scheduler.engine.records import RunSummary
 from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
 from flag_scheduler.store.repository import ScheduleRepository
@@ -43,6 +46,8 @@ def run_service(
     remaining_ms: Any = None,
     lock_timeout_ms: int = 2_000,
     outage_threshold: int = 5,
+    alarms: AlarmReader | None = None,
+    max_lateness_seconds: int = 86_400,
 ) -> RunSummary:
     """One scheduler run on its own connection, with the clock stopped at `now`."""
     policy = RunPolicy(
@@ -53,6 +58,7 @@ def run_service(
         lock_timeout_ms=lock_timeout_ms,
         outage_threshold=outage_threshold,
         statement_timeout_ms=10_000,
+        max_lateness_seconds=max_lateness_seconds,
     )
     with psycopg.connect(database_url, autocommit=True) as conn:
         return process_due_schedules(
@@ -61,6 +67,7 @@ def run_service(
             clock=lambda: now,
             remaining_ms=remaining_ms or (lambda: 60_000),
             policy=policy,
+            alarms=alarms,
         )
 
 
@@ -231,3 +238,62 @@ def wait_for_lock_waiters(
         f"expected {count} session(s) of {application_name or 'any application'} waiting on"
         f" a {wait_event or 'any'} lock within {timeout} s: {activity}"
     )
+
+
+def insert_ramp(
+    conn: psycopg.Connection[Any],
+    flag_id: UUID,
+    starts_at: datetime,
+    rollouts: Sequence[int],
+    *,
+    hold_seconds: int = 600,
+    guard_alarms: Sequence[str] = (),
+    rollback_on_alarm: bool = False,
+    insufficient_data: str = "wait",
+    end_updates: dict[str, Any] | None = None,
+) -> UUID:
+    """An active ramp of `rollouts` with stage 0's schedule due at `starts_at`, written as
+    rows (the engine tests need holds shorter than creation allows)."""
+    stages = [
+        {"updates": {"rollout_percentage": r}, "hold_seconds": hold_seconds} for r in rollouts
+    ]
+    row = conn.execute(
+        "INSERT INTO flag_ramps (flag_id, starts_at, stages, end_updates, guard_alarms,"
+        " rollback_on_alarm, insufficient_data, created_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'test') RETURNING id",
+        (
+            flag_id,
+            starts_at,
+            Jsonb(stages),
+            None if end_updates is None else Jsonb(end_updates),
+            list(guard_alarms),
+            rollback_on_alarm,
+            insufficient_data,
+        ),
+    ).fetchone()
+    assert row is not None
+    conn.execute(
+        "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id, ramp_stage)"
+        " VALUES (%s, %s, %s, %s, 0)",
+        (flag_id, starts_at, Jsonb(stages[0]["updates"]), row[0]),
+    )
+    return UUID(str(row[0]))
+
+
+def ramp_stages(conn: psycopg.Connection[Any], ramp_id: UUID) -> list[tuple[Any, ...]]:
+    """(stage, status, scheduled_at, applied_at) of each stage schedule, by stage."""
+    return conn.execute(
+        "SELECT ramp_stage, status, scheduled_at, applied_at FROM feature_flag_schedules"
+        " WHERE ramp_id = %s ORDER BY ramp_stage, created_at",
+        (ramp_id,),
+    ).fetchall()
+
+
+def ramp_state(conn: psycopg.Connection[Any], ramp_id: UUID) -> tuple[Any, ...]:
+    """(state, current_stage, halt_error_class, value_before) of a ramp."""
+    row = conn.execute(
+        "SELECT state, current_stage, halt_error_class, value_before FROM flag_ramps WHERE id = %s",
+        (ramp_id,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)

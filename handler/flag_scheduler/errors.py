@@ -81,6 +81,18 @@ class ScheduleExpired(ScheduleFailure):
     retryable = False
 
 
+class GuardAlarmFired(ScheduleFailure):
+    """A guard alarm of the schedule's ramp is in ALARM (or without data, where the ramp
+    halts on that): the stage is not applied and the ramp halts."""
+
+    error_class = ErrorClass.GUARD_ALARM
+    retryable = False
+
+
+class AlarmsUnavailable(FlagSchedulerError):
+    """The guard alarms' states could not be read; the guarded stages wait for a later run."""
+
+
 class PermanentDatabaseError(ScheduleFailure):
     """The database rejected the change as invalid data; retrying cannot help."""
 

@@ -115,6 +115,18 @@ def test_alerts_carry_their_stable_id_in_body_and_attributes() -> None:
     assert sent[0]["attributes"]["kind"]["Value"] == "alert"
 
 
+def test_the_alert_of_a_ramp_stage_says_the_ramp_halted_and_names_it() -> None:
+    topic = create_topic()
+    alert = _alert(1, "checkout")
+    ramp_id = "0b6b4a4e-2f4a-4f53-9d25-1a0c1e1b7f00"
+    alert.payload.update({"ramp_id": ramp_id, "stage": 2, "error_class": "guard_alarm"})
+    AwsNotifier(topic_arn=topic).send([alert], deadline=LATER)
+    (sent,) = sent_notifications(topic)
+    assert sent["subject"] == "flag-scheduler: ramp of checkout (production) halted at stage 2"
+    body = json.loads(sent["message"])
+    assert (body["ramp_id"], body["stage"], body["error_class"]) == (ramp_id, 2, "guard_alarm")
+
+
 def test_a_digest_says_how_many_in_its_subject() -> None:
     topic = create_topic()
     digest = ClaimedMessage(

@@ -27,6 +27,9 @@ METRICS = {
     "SchedulesSuperseded",
     "SchedulesUnrecordable",
     "RetryBacklog",
+    "RampStagesApplied",
+    "RampsHalted",
+    "RampsCompleted",
 }
 
 
@@ -90,6 +93,7 @@ def test_every_event_file_runs_the_job(
     assert {m["Name"] for m in directive["Metrics"]} >= METRICS
     assert emf[0]["SchedulesApplied"] == [1.0]
     assert emf[0]["SchedulesFailedPermanently"] == [0.0]  # zeros are reported too
+    assert emf[0]["RampsHalted"] == [0.0]
 
 
 def test_log_events_carry_the_stable_keys(

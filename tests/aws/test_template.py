@@ -193,8 +193,9 @@ def test_scheduler_reads_exactly_its_secret_and_publishes_to_its_topic_and_bus()
     assert bus[2]["Fn::Sub"].endswith(":event-bus/${FlagEventsBusName}")
     assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["SchedulerLogGroup", "Arn"]}
     assert SCHEDULER["LoggingConfig"] == {"LogGroup": {"Ref": "SchedulerLogGroup"}}
-    no_metrics_api = [a for s in by_sid.values() for a in _actions(s) if a.startswith("cloudw")]
-    assert no_metrics_api == []  # metrics are EMF log lines
+    cloudwatch = [a for s in by_sid.values() for a in _actions(s) if a.startswith("cloudw")]
+    # Metrics are EMF log lines: no metrics API; ramps only read their guard alarms.
+    assert cloudwatch == ["cloudwatch:DescribeAlarms"]
     assert SCHEDULER_ENV["DB_SECRET_ARN"] == {"Ref": "DbSecretArn"}
     assert SCHEDULER_ENV["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
 
@@ -310,6 +311,7 @@ def test_dashboard_body_is_json_with_the_promised_widgets() -> None:
         "Alarms",
         "HTTP API requests",
         "HTTP API latency",
+        "Ramps per",
     ):
         assert words in titles
     text = json.dumps(rendered)
@@ -320,10 +322,31 @@ def test_dashboard_body_is_json_with_the_promised_widgets() -> None:
         "SchedulesSuperseded",
         "RetryBacklog",
         "ScheduleLagSeconds",
+        "RampStagesApplied",
+        "RampsHalted",
+        "RampsCompleted",
     ):
         assert metric in text
     assert '"p50"' in text
     assert '"p99"' in text
+
+
+def test_the_scheduler_reads_guard_alarms_and_nothing_else_of_cloudwatch() -> None:
+    cloudwatch = [
+        (action, statement["Resource"])
+        for statement in _statements("SchedulerRole")
+        for action in _actions(statement)
+        if action.startswith("cloudwatch:")
+    ]
+    assert cloudwatch == [
+        (
+            "cloudwatch:DescribeAlarms",
+            {
+                "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}"
+                + ":alarm:*"
+            },
+        )
+    ]
 
 
 def test_outputs() -> None:

@@ -13,11 +13,12 @@ import json
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from flag_scheduler.engine.ramps import RampStep
 from flag_scheduler.engine.records import (
     MAX_UPDATES_BYTES,
     AppliedSchedule,
@@ -25,9 +26,12 @@ from flag_scheduler.engine.records import (
     FlagState,
     LockHolder,
     OutboxMessage,
+    Ramp,
+    RampEvent,
+    RampStage,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import ErrorClass, Outcome, Status
+from flag_scheduler.engine.states import ErrorClass, Outcome, RampState, Status
 from flag_scheduler.errors import DatabaseUnavailable, ScheduleFailure, TransientDatabaseError
 
 SIBLING = LockHolder(pid=101, application_name="flag-scheduler", is_scheduler=True)
@@ -56,6 +60,8 @@ class Row:
     applied_at: datetime | None = None
     last_error: str | None = None
     defect: str | None = None
+    ramp_id: UUID | None = None
+    ramp_stage: int | None = None
 
     @property
     def due_at(self) -> datetime | None:
@@ -74,6 +80,8 @@ class _State:
     history: list[tuple[UUID, int | None, Outcome, ErrorClass | None]] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     run_states: list[dict[str, Any]] = field(default_factory=list)
+    ramps: dict[UUID, Ramp] = field(default_factory=dict)
+    ramp_events: list[RampEvent] = field(default_factory=list)
 
 
 class FakeStore:
@@ -94,6 +102,8 @@ class FakeStore:
         self.failing_flags: dict[UUID, ScheduleFailure] = {}
         self.failing_outcomes: dict[UUID, ScheduleFailure] = {}
         self.failing_park: ScheduleFailure | None = None
+        # Ramps another transaction holds (an operator pausing one).
+        self.held_ramps: set[UUID] = set()
         # The method whose next call finds the connection lost.
         self.connection_lost_in: str | None = None
 
@@ -130,6 +140,38 @@ class FakeStore:
             setattr(row, name, value)
         self.schedules[row.id] = row
         return row.id
+
+    def add_ramp(
+        self,
+        flag_id: UUID,
+        at: datetime,
+        rollouts: Sequence[int],
+        *,
+        hold_seconds: int = 600,
+        **fields: Any,
+    ) -> UUID:
+        """An active ramp of `rollouts` with stage 0's schedule due at `at`."""
+        ramp = Ramp(
+            id=uuid4(),
+            flag_id=flag_id,
+            state=RampState.ACTIVE,
+            starts_at=at,
+            stages=tuple(RampStage({"rollout_percentage": r}, hold_seconds) for r in rollouts),
+            current_stage=0,
+            created_by="test",
+            **fields,
+        )
+        self.state.ramps[ramp.id] = ramp
+        self.add_schedule(flag_id, at, ramp.stages[0].updates, ramp_id=ramp.id, ramp_stage=0)
+        return ramp.id
+
+    def ramp(self, ramp_id: UUID) -> Ramp:
+        return self.state.ramps[ramp_id]
+
+    def stages_of(self, ramp_id: UUID) -> list[Row]:
+        """The ramp's stage schedules by stage."""
+        rows = [row for row in self.schedules.values() if row.ramp_id == ramp_id]
+        return sorted(rows, key=lambda row: row.ramp_stage or 0)
 
     def fields(self, flag_id: UUID) -> dict[str, bool | int]:
         return self.flags[flag_id].fields()
@@ -218,6 +260,8 @@ class FakeStore:
             requeued_at=row.requeued_at,
             updates_bytes=size,
             defect=row.defect,
+            ramp_id=row.ramp_id,
+            ramp_stage=row.ramp_stage,
         )
 
     def park_unrecordable(
@@ -308,6 +352,46 @@ class FakeStore:
         row.last_error = outcome.last_error
         row.applied_at = now if outcome.status == Status.APPLIED else None
         self.state.history.append((row.id, outcome.attempt, outcome.outcome, outcome.error_class))
+
+    def lock_ramps(self, ramp_ids: Sequence[UUID]) -> dict[UUID, Ramp]:
+        self._statement("lock_ramps")
+        ramps = self.state.ramps
+        return {i: ramps[i] for i in ramp_ids if i in ramps and i not in self.held_ramps}
+
+    def write_ramp_steps(self, steps: Sequence[RampStep], *, now: datetime) -> None:
+        if not steps:
+            return
+        self._statement("advance_ramps")
+        for step in steps:
+            ramp = self.state.ramps[step.ramp.id]
+            if ramp.state != RampState.ACTIVE:
+                continue
+            before = ramp.value_before
+            if step.value_before is not None:
+                flag = self.flags[ramp.flag_id]
+                before = {**flag.fields(), **step.value_before}
+            halt = step.halt
+            self.state.ramps[ramp.id] = replace(
+                ramp,
+                state=step.state,
+                current_stage=step.current_stage,
+                value_before=before,
+                halt_error_class=halt.error_class if halt else None,
+                halt_reason=halt.last_error if halt else None,
+            )
+        new_schedules = [new for step in steps for new in step.schedules]
+        if new_schedules:
+            self._statement("insert_ramp_schedules")
+        for new in new_schedules:
+            self.add_schedule(
+                new.flag_id,
+                new.scheduled_at,
+                new.updates,
+                ramp_id=new.ramp_id,
+                ramp_stage=new.ramp_stage,
+            )
+        self._statement("insert_ramp_events")
+        self.state.ramp_events.extend(e for step in steps for e in step.events)
 
     def save_run_state(
         self,

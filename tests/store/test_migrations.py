@@ -28,6 +28,8 @@ TABLES = (
     "feature_flag_schedule_attempts",
     "scheduler_run_state",
     "notification_outbox",
+    "flag_ramps",
+    "flag_ramp_events",
 )
 
 
@@ -44,6 +46,8 @@ MOMENT_COLUMNS = {
     ),
     "feature_flag_schedule_attempts": ("started_at", "finished_at"),
     "scheduler_run_state": ("last_run_started_at", "last_run_finished_at"),
+    "flag_ramps": ("starts_at", "created_at", "updated_at", "finished_at"),
+    "flag_ramp_events": ("at",),
 }
 
 
@@ -139,6 +143,38 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "ck_notification_outbox_next_attempt_at_in_range",
         "ck_notification_outbox_last_attempt_at_in_range",
         "ix_notification_outbox_next_attempt_at_id",
+        "fk_feature_flag_schedules_ramp_id_flag_ramps",
+        "ck_feature_flag_schedules_ramp_stage_iff_ramp_id",
+        "uq_feature_flag_schedules_ramp_id_live",
+        "uq_feature_flag_schedules_ramp_id_ramp_stage",
+        "pk_flag_ramps",
+        "fk_flag_ramps_flag_id_feature_flags",
+        "ix_flag_ramps_flag_id",
+        "uq_flag_ramps_flag_id_unfinished",
+        *(
+            f"ck_flag_ramps_{name}"
+            for name in (
+                "state_valid",
+                "stages_count",
+                "end_updates_is_object",
+                "current_stage_range",
+                "guard_alarms_count",
+                "insufficient_data_valid",
+                "value_before_is_object",
+                "halt_error_class_valid",
+                "halted_has_error_class",
+                "halt_reason_length",
+                "paused_remaining_only_if_paused",
+                "created_by_length",
+            )
+        ),
+        "pk_flag_ramp_events",
+        "fk_flag_ramp_events_ramp_id_flag_ramps",
+        "ix_flag_ramp_events_ramp_id_id",
+        "ck_flag_ramp_events_action_valid",
+        "ck_flag_ramp_events_stage_range",
+        "ck_flag_ramp_events_actor_length",
+        "ck_flag_ramp_events_detail_is_object",
     }
 
 

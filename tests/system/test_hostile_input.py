@@ -27,7 +27,11 @@ from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli.local import FakeLambdaContext
 from tests.support import T0, flag_fields, run_service, schedule_row
 
-TABLES = "feature_flag_schedule_attempts, feature_flag_schedules, feature_flags"
+# (flag_ramps references feature_flags: TRUNCATE takes every table of the chain at once.)
+TABLES = (
+    "feature_flag_schedule_attempts, feature_flag_schedules, feature_flags,"
+    " flag_ramp_events, flag_ramps"
+)
 HOSTILE_TEXT = [
     "it's",  # a quote
     'say "hi"',

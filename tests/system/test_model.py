@@ -31,9 +31,10 @@ from flag_scheduler.engine.records import MAX_UPDATES_BYTES, FlagUpdates, RunSum
 from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
 from flag_scheduler.errors import InvalidUpdates, StateConflict, SystemicFailure
 from flag_scheduler.store.catalog import Catalog
+from flag_scheduler.store.ramps import Ramps
 from flag_scheduler.store.repository import ScheduleRepository
 from flag_scheduler_cli import fault_injection
-from tests.support import T0
+from tests.support import T0, insert_ramp
 
 FLAGS = 4
 # Small numbers make the interesting cases common: retries run out, changes expire, three
@@ -68,7 +69,8 @@ INVALID_UPDATES: list[Any] = [
 ]
 TABLES = (
     "feature_flag_schedule_attempts, feature_flag_schedules, feature_flags,"
-    " fault_injection, fault_injection_attempts, scheduler_run_state"
+    " fault_injection, fault_injection_attempts, scheduler_run_state,"
+    " flag_ramp_events, flag_ramps"
 )
 
 valid_updates = st.one_of(
@@ -104,6 +106,9 @@ class Schedule:
     last_error_class: str | None = None
     applied_at: datetime | None = None
     history: list[tuple[int | None, str, str | None]] = field(default_factory=list)
+    # A ramp's stage: its ramp and stage number.
+    ramp: UUID | None = None
+    stage: int | None = None
 
     @property
     def order(self) -> tuple[datetime, UUID]:
@@ -131,6 +136,32 @@ class Schedule:
             return FlagUpdates.from_document(self.updates).fields()
         except InvalidUpdates:
             return None
+
+
+@dataclass
+class Ramp:
+    """The model of one ramp: its stages' rollouts, its hold, where it is."""
+
+    id: UUID
+    flag: UUID
+    rollouts: list[int]
+    hold: timedelta
+    state: str = "active"
+    current: int = 0
+    paused_remaining: float = 0.0
+
+
+UNFINISHED = ("active", "paused", "halted")
+# Operator actions and the ramp states that allow them (resuming a halted ramp, which
+# requeues its failed stage, is left to tests/system's operator tests).
+STEERING = {"pause": ("active",), "resume": ("paused",), "abort": UNFINISHED}
+
+# (flag, rollouts, hold in minutes): two to four stages.
+NEW_RAMP = st.tuples(
+    st.integers(0, FLAGS - 1),
+    st.lists(st.integers(0, 100), min_size=2, max_size=3),
+    st.sampled_from([1, 5, 10]),
+)
 
 
 def _run(conn: psycopg.Connection[Any], now: datetime) -> RunSummary:
@@ -162,6 +193,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.faults_left: dict[UUID, int] = dict.fromkeys(self.flag_ids, 0)
         self.fault_sqlstate: dict[UUID, str] = {}
         self.schedules: dict[UUID, Schedule] = {}
+        self.ramps: dict[UUID, Ramp] = {}
+        # Stage schedules the last run must have created: (ramp, stage, due, updates).
+        self.new_stages: set[tuple[UUID, int, datetime, str]] = set()
 
     # --- writers and operators ---
 
@@ -181,6 +215,119 @@ class SchedulerMachine(RuleBasedStateMachine):
         at = self.now + timedelta(minutes=minutes)
         sid = self.catalog.create_schedule(flag_id, at, updates, max_retries=max_retries)
         self.schedules[sid] = Schedule(sid, flag_id, at, updates, max_retries)
+
+    @rule(args=NEW_RAMP)
+    def start_ramp(self, args: tuple[int, list[int], int]) -> None:
+        flag, rollouts, minutes = args
+        flag_id = self.flag_ids[flag]
+        if any(r.flag == flag_id and r.state in UNFINISHED for r in self.ramps.values()):
+            return  # one unfinished ramp per flag
+        hold = timedelta(minutes=minutes)
+        ramp_id = insert_ramp(
+            self.conn, flag_id, self.now, rollouts, hold_seconds=int(hold.total_seconds())
+        )
+        self.ramps[ramp_id] = Ramp(ramp_id, flag_id, rollouts, hold)
+        row = self.conn.execute(
+            "SELECT id FROM feature_flag_schedules WHERE ramp_id = %s", (ramp_id,)
+        ).fetchone()
+        assert row is not None
+        updates = {"rollout_percentage": rollouts[0]}
+        self.schedules[row[0]] = Schedule(
+            row[0], flag_id, self.now, updates, None, ramp=ramp_id, stage=0
+        )
+        COVERAGE["ramps"] += 1
+
+    @rule(index=st.integers(0, 1000), action=st.sampled_from(sorted(STEERING)))
+    def steer_a_ramp(self, index: int, action: str) -> None:
+        # Mostly a ramp the action suits; now and then one it does not (refused).
+        suited = [r for r in self.ramps.values() if r.state in STEERING[action]]
+        refused = [r for r in self.ramps.values() if r.state not in (*STEERING[action], "halted")]
+        candidates = suited if suited and index % 5 else refused
+        if not candidates:
+            return
+        ramp = candidates[index % len(candidates)]
+        if ramp.state not in STEERING[action]:
+            with pytest.raises(StateConflict):
+                getattr(Ramps(self.conn), action)(ramp.id, now=self.now, actor="model")
+            COVERAGE["ramp_refused"] += 1
+            return
+        self._steer(ramp, action)
+
+    def _steer(self, ramp: Ramp, action: str) -> None:
+        """Pause, resume or abort `ramp` (whose state allows it), in the database and the
+        model."""
+        store = Ramps(self.conn)
+        live = next(
+            (
+                s
+                for s in self.schedules.values()
+                if s.ramp == ramp.id and (s.status == "pending" or s.next_retry_at is not None)
+            ),
+            None,
+        )
+        if action == "resume":
+            store.resume(ramp.id, now=self.now, actor="model")
+            due = self.now + timedelta(seconds=ramp.paused_remaining)
+            updates = json.dumps({"rollout_percentage": ramp.rollouts[ramp.current]})
+            self.new_stages.add((ramp.id, ramp.current, due, updates))
+            self._absorb_new_stages()
+            ramp.state = "active"
+        else:
+            if action == "pause":
+                store.pause(ramp.id, now=self.now, actor="model")
+                due = live.next_retry_at or live.scheduled_at if live is not None else self.now
+                ramp.paused_remaining = round(max((due - self.now).total_seconds(), 0.0), 3)
+            else:
+                store.abort(ramp.id, now=self.now, actor="model")
+            ramp.state = "paused" if action == "pause" else "aborted"
+            if live is not None:
+                live.status, live.next_retry_at = "cancelled", None
+        COVERAGE[f"ramp_{action}"] += 1
+
+    @rule(index=st.integers(0, 1000), seconds=st.integers(0, 1800))
+    def pause_and_resume_later(self, index: int, seconds: int) -> None:
+        active = [r for r in self.ramps.values() if r.state == "active"]
+        if not active:
+            return
+        ramp = active[index % len(active)]
+        self._steer(ramp, "pause")
+        self.move_the_clock(seconds)  # no run in between: the hold clock stands still
+        self._steer(ramp, "resume")
+
+    def _ramp_outcome(self, s: Schedule) -> None:
+        """What the stage `s` just decided does to its ramp, in the model."""
+        if s.ramp is None or s.stage is None:
+            return
+        ramp = self.ramps[s.ramp]
+        if s.status in ("applied", "superseded"):
+            if s.stage + 1 >= len(ramp.rollouts):
+                ramp.state, ramp.current = "completed", s.stage
+                COVERAGE["ramp_completed"] += 1
+                return
+            ramp.current = s.stage + 1
+            updates = json.dumps({"rollout_percentage": ramp.rollouts[s.stage + 1]})
+            self.new_stages.add((ramp.id, s.stage + 1, self.now + ramp.hold, updates))
+        elif s.status == "failed" and s.next_retry_at is None:
+            ramp.state, ramp.current = "halted", s.stage
+            COVERAGE["ramp_halted"] += 1
+
+    def _absorb_new_stages(self) -> None:
+        """The stage schedules the run created are exactly those the model predicted."""
+        found = {
+            (row[1], row[2], row[3], json.dumps(row[4])): row[0]
+            for row in self.conn.execute(
+                "SELECT id, ramp_id, ramp_stage, scheduled_at, updates"
+                " FROM feature_flag_schedules WHERE ramp_id IS NOT NULL AND NOT (id = ANY(%s))",
+                (list(self.schedules),),
+            )
+        }
+        assert set(found) == self.new_stages, (set(found), self.new_stages)
+        for (ramp_id, stage, due, updates), sid in found.items():
+            flag = self.ramps[ramp_id].flag
+            self.schedules[sid] = Schedule(
+                sid, flag, due, json.loads(updates), None, ramp=ramp_id, stage=stage
+            )
+        self.new_stages = set()
 
     @rule(
         flag=st.integers(0, FLAGS - 1),
@@ -269,8 +416,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         if outage:
             with pytest.raises(SystemicFailure):
                 _run(self.run_conns[0], self.now)
+            self._absorb_new_stages()
             return
         summary = _run(self.run_conns[0], self.now)
+        self._absorb_new_stages()
         got = (summary.claimed, summary.applied, summary.retried, summary.superseded)
         assert got == expected[:4], (got, expected)
         assert (summary.failed_permanently, summary.expired) == expected[4:]
@@ -303,72 +452,87 @@ class SchedulerMachine(RuleBasedStateMachine):
         COVERAGE["concurrent"] += 1
         assert sum(s.claimed for s in summaries) == len(due)  # each claimed by one run only
         self._absorb_concurrent_outcomes(due)
+        for s in due:
+            self._ramp_outcome(s)
+        self._absorb_new_stages()
         assert sum(s.applied for s in summaries) == sum(1 for s in due if s.status == "applied")
 
     def _simulate_run(self) -> tuple[tuple[int, ...], bool, list[tuple[UUID, int, str]]]:
         """Apply one run to the model: the summary counts, whether it stops as an outage,
         and the attempts that fail, as (schedule, attempt number, SQLSTATE)."""
         planned: list[tuple[UUID, int, str]] = []
-        claimed = applied = retried = superseded = failed = expired = 0
-        streak_class: str | None = None
-        streak_flags: set[UUID] = set()
+        counts = Counter[str]()
+        streak: list[Any] = [None, set()]  # the failure streak: error class, flags
         due = sorted(
             (s for s in self.schedules.values() if s.due(self.now)),
             key=lambda s: (s.flag, s.scheduled_at, s.id),
         )
-        claimed = len(due)
         for s in due:
-            attempt = s.retry_count + 1
-            fields = s.fields()
-            if fields is None:
-                self._fail_permanently(s, attempt, "invalid_updates", "failed_permanently")
-                failed += 1
-                continue
-            taken = {
-                name
-                for other in self.schedules.values()
-                if other.flag == s.flag and other.status == "applied" and other.order > s.order
-                for name in (other.fields() or {})
-            }
-            remaining = {k: v for k, v in fields.items() if k not in taken}
-            if not remaining:
-                # Nothing left to set, however late: superseded, not expired.
-                s.status, s.next_retry_at, s.last_error_class = "superseded", None, None
-                s.history.append((attempt, "superseded", None))
-                superseded += 1
-                streak_class, streak_flags = None, set()
-                continue
-            if self._late(s):
-                self._fail_permanently(s, attempt, "expired", "expired")
-                failed, expired = failed + 1, expired + 1
-                continue
-            if self.faults_left[s.flag] > 0:
-                self.faults_left[s.flag] -= 1
-                planned.append((s.id, attempt, self.fault_sqlstate[s.flag]))
-                error_class = RETRYABLE[self.fault_sqlstate[s.flag]]
-                if error_class != streak_class:
-                    streak_class, streak_flags = error_class, set()
-                streak_flags.add(s.flag)
-                if s.retry_count < s.limit:
-                    s.next_retry_at = self.now + retry_delay(POLICY.backoff, s.retry_count, s.id)
-                    s.status, s.failed_at = "failed", self.now
-                    s.retry_count += 1
-                    s.last_error_class = error_class
-                    s.history.append((attempt, "retry_scheduled", error_class))
-                    retried += 1
-                else:
-                    self._fail_permanently(s, attempt, error_class, "failed_permanently")
-                    failed += 1
-                if len(streak_flags) >= POLICY.outage_threshold:
-                    return (), True, planned  # the rest stays as it was, uncharged
-                continue
-            self.flags[s.flag].update(remaining)
-            s.status, s.applied_at, s.next_retry_at = "applied", self.now, None
-            s.last_error_class = None
-            s.history.append((attempt, "applied", None))
-            applied += 1
-            streak_class, streak_flags = None, set()
-        return (claimed, applied, retried, superseded, failed, expired), False, planned
+            outage = self._simulate_one(s, planned, counts, streak)
+            self._ramp_outcome(s)
+            if outage:
+                return (), True, planned  # the rest stays as it was, uncharged
+        names = ("applied", "retried", "superseded", "failed", "expired")
+        return (len(due), *(counts[name] for name in names)), False, planned
+
+    def _simulate_one(
+        self,
+        s: Schedule,
+        planned: list[tuple[UUID, int, str]],
+        counts: Counter[str],
+        streak: list[Any],
+    ) -> bool:
+        """One due schedule in the model's run; True when it makes the run an outage."""
+        attempt = s.retry_count + 1
+        fields = s.fields()
+        if fields is None:
+            self._fail_permanently(s, attempt, "invalid_updates", "failed_permanently")
+            counts["failed"] += 1
+            return False
+        taken = {
+            name
+            for other in self.schedules.values()
+            if other.flag == s.flag and other.status == "applied" and other.order > s.order
+            for name in (other.fields() or {})
+        }
+        remaining = {k: v for k, v in fields.items() if k not in taken}
+        if not remaining:
+            # Nothing left to set, however late: superseded, not expired.
+            s.status, s.next_retry_at, s.last_error_class = "superseded", None, None
+            s.history.append((attempt, "superseded", None))
+            counts["superseded"] += 1
+            streak[:] = [None, set()]
+            return False
+        if self._late(s):
+            self._fail_permanently(s, attempt, "expired", "expired")
+            counts["failed"] += 1
+            counts["expired"] += 1
+            return False
+        if self.faults_left[s.flag] > 0:
+            self.faults_left[s.flag] -= 1
+            planned.append((s.id, attempt, self.fault_sqlstate[s.flag]))
+            error_class = RETRYABLE[self.fault_sqlstate[s.flag]]
+            if error_class != streak[0]:
+                streak[:] = [error_class, set()]
+            streak[1].add(s.flag)
+            if s.retry_count < s.limit:
+                s.next_retry_at = self.now + retry_delay(POLICY.backoff, s.retry_count, s.id)
+                s.status, s.failed_at = "failed", self.now
+                s.retry_count += 1
+                s.last_error_class = error_class
+                s.history.append((attempt, "retry_scheduled", error_class))
+                counts["retried"] += 1
+            else:
+                self._fail_permanently(s, attempt, error_class, "failed_permanently")
+                counts["failed"] += 1
+            return len(streak[1]) >= POLICY.outage_threshold
+        self.flags[s.flag].update(remaining)
+        s.status, s.applied_at, s.next_retry_at = "applied", self.now, None
+        s.last_error_class = None
+        s.history.append((attempt, "applied", None))
+        counts["applied"] += 1
+        streak[:] = [None, set()]
+        return False
 
     def _late(self, s: Schedule) -> bool:
         return self.now - s.scheduled_at > timedelta(seconds=POLICY.max_lateness_seconds)
@@ -458,6 +622,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         }
         assert flags == self.flags
         self._latest_scheduled_wins(flags)
+        ramps = {
+            row[0]: (row[1], row[2])
+            for row in self.conn.execute("SELECT id, state, current_stage FROM flag_ramps")
+        }
+        assert ramps == {r.id: (r.state, r.current) for r in self.ramps.values()}
 
     def _latest_scheduled_wins(self, flags: dict[UUID, dict[str, Any]]) -> None:
         """Independently of the simulation: each field holds its latest applied value."""
@@ -492,7 +661,12 @@ def _machine_test(database_url: str, examples: int, steps: int) -> None:
             ),
         )
     print(f"model test coverage: {dict(COVERAGE)}")
-    every_case = ("outage", "applied", "retried", "superseded", "failed", "expired", "concurrent")
+    every_case = (
+        *("outage", "applied", "retried", "superseded", "failed", "expired", "concurrent"),
+        # (How far ramps get varies with the draws: completions, halts, pauses, resumes and
+        # aborts are printed above; tests/system/test_ramps*.py cover each for certain.)
+        "ramps",
+    )
     assert all(COVERAGE[case] for case in every_case), COVERAGE
 
 

@@ -28,8 +28,9 @@ from flag_scheduler.aws.settings import (
 from flag_scheduler.engine import limits
 from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.engine.policy import is_too_late
+from flag_scheduler.engine.ramp_rules import InvalidRamp
 from flag_scheduler.engine.records import FlagUpdates
-from flag_scheduler.engine.states import State, Status
+from flag_scheduler.engine.states import InsufficientData, RampState, State, Status
 from flag_scheduler.errors import (
     ConfigurationError,
     FlagSchedulerError,
@@ -39,7 +40,9 @@ from flag_scheduler.errors import (
 )
 from flag_scheduler.store import connection
 from flag_scheduler.store.api_catalog import ApiCatalog
+from flag_scheduler.store.ramps import Ramps
 from flag_scheduler_cli import bulk_retry, commands, serve
+from flag_scheduler_cli import ramps as ramp_commands
 from flag_scheduler_cli.commands import Context, Result
 from flag_scheduler_cli.completion import bash_script
 from flag_scheduler_cli.local import (
@@ -49,7 +52,7 @@ from flag_scheduler_cli.local import (
     start_embedded_server,
 )
 from flag_scheduler_cli.render import to_jsonable
-from flag_scheduler_cli.timeparse import parse_time
+from flag_scheduler_cli.timeparse import parse_duration, parse_time
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Every state `schedules list` and `show` print, plus `failed` (waiting, permanent and expired).
@@ -151,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
     _add_flags(commands, common)
     _add_schedules(commands, common)
+    _add_ramps(commands, common)
     commands.add_parser("status", parents=[common], help="the health at a glance").set_defaults(
         func=_operator(_status)
     )
@@ -267,6 +271,124 @@ def _add_schedules_preview(actions: _Commands, common: _Parser) -> None:
     preview.set_defaults(func=_operator(_schedules_preview))
 
 
+RAMP_STATES = tuple(state.value for state in RampState)
+
+
+def _add_ramps(commands: _Commands, common: _Parser) -> None:
+    ramps = commands.add_parser(
+        "ramps", help="gradual rollouts: a flag changed in stages, each held and observed"
+    )
+    actions = ramps.add_subparsers(dest="ramps_command", required=True, metavar="ACTION")
+    _add_ramps_create(actions, common)
+    _add_ramps_list(actions, common)
+    for name, text, handler in (
+        ("show", "stages, their schedules and the history", _ramps_show),
+        ("pause", "stop an active ramp; its hold clock stops too", _ramps_pause),
+        ("resume", "restart a paused ramp, or retry a halted ramp's stage", _ramps_resume),
+    ):
+        sub = actions.add_parser(name, parents=[common], help=text)
+        sub.add_argument("id", type=_ramp_id)
+        sub.set_defaults(func=_operator(handler))
+    abort = actions.add_parser("abort", parents=[common], help="cancel the rest of a ramp")
+    abort.add_argument("id", type=_ramp_id)
+    abort.add_argument(
+        "--rollback",
+        action="store_true",
+        help="also schedule the flag back, now, to its value before the ramp",
+    )
+    abort.set_defaults(func=_operator(_ramps_abort))
+    preview = actions.add_parser(
+        "preview",
+        parents=[common],
+        help="each stage's earliest and latest time, of a ramp or of a plan",
+    )
+    preview.add_argument("id", type=_ramp_id, nargs="?")
+    _add_ramp_plan(preview, required=False)
+    preview.set_defaults(func=_operator(_ramps_preview))
+
+
+def _add_ramps_list(actions: _Commands, common: _Parser) -> None:
+    listing = actions.add_parser("list", parents=[common], help="list ramps, newest first")
+    listing.add_argument("--flag", metavar="KEY")
+    listing.add_argument("--env")
+    listing.add_argument(
+        "--state",
+        action="append",
+        choices=RAMP_STATES,
+        metavar="STATE",
+        help=f"only ramps in this state (repeatable): {', '.join(RAMP_STATES)}",
+    )
+    listing.set_defaults(func=_operator(_ramps_list))
+
+
+def _add_ramp_plan(parser: _Parser, *, required: bool) -> None:
+    """The options describing a ramp's stages and start."""
+    parser.add_argument(
+        "--rollout",
+        required=required,
+        metavar="5,25,50,100",
+        help="the rollout percentage of each stage, in order (stages count from 0)",
+    )
+    parser.add_argument(
+        "--hold",
+        required=required,
+        metavar="30m",
+        help="how long each stage is observed once applied: one duration for every stage,"
+        " or one per stage (30m,1h,1h,1h); at least 1m",
+    )
+    parser.add_argument("--enable", action="store_true", help="stage 0 also enables the flag")
+    parser.add_argument(
+        "--start", metavar="TIME", default="now", help="when stage 0 is due (default: now)"
+    )
+    parser.add_argument(
+        "--end-rollout",
+        type=int,
+        metavar="0..100",
+        help="an end state: one more stage, applied the last stage's hold after it",
+    )
+    end = parser.add_mutually_exclusive_group()
+    end.add_argument("--end-enable", dest="end_enabled", action="store_true", default=None)
+    end.add_argument(
+        "--end-disable",
+        dest="end_enabled",
+        action="store_false",
+        help="the end state enables (disables) the flag",
+    )
+
+
+def _add_ramps_create(actions: _Commands, common: _Parser) -> None:
+    create = actions.add_parser("create", parents=[common], help="start a ramp of one flag")
+    create.add_argument("--flag", required=True, metavar="KEY")
+    create.add_argument("--env", default="production")
+    _add_ramp_plan(create, required=True)
+    create.add_argument(
+        "--guard-alarm",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a CloudWatch alarm read before each stage; ALARM halts the ramp (repeatable)",
+    )
+    create.add_argument(
+        "--rollback-on-alarm",
+        action="store_true",
+        help="when a guard alarm halts the ramp, schedule the flag back to its value before",
+    )
+    create.add_argument(
+        "--insufficient-data",
+        choices=[member.value for member in InsufficientData],
+        default=InsufficientData.WAIT.value,
+        help="what a guard alarm without enough data does: wait (default) or halt",
+    )
+    create.set_defaults(func=_operator(_ramps_create))
+
+
+def _ramp_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a ramp id (a UUID): {text!r}") from None
+
+
 def _add_local_runs(commands: _Commands, common: _Parser) -> None:
     invoke = commands.add_parser(
         "invoke",
@@ -360,6 +482,7 @@ class _Operation:
                     now=self.now,
                     settings=self.settings,
                     actor=_actor(),
+                    ramps=Ramps(conn),
                     database=_where(self.args),
                 )
             except (TransientDatabaseError, PermanentDatabaseError) as exc:
@@ -515,6 +638,109 @@ def _schedules_preview(operation: _Operation) -> Result:
     return commands.policy_preview(policy, max_retries, operation.time("--from", args.start))
 
 
+def _ramp_stages(operation: _Operation) -> list[Any]:
+    """The stage documents --rollout, --hold and --enable describe (checked later, as the
+    API's are, by engine/ramp_rules)."""
+    args = operation.args
+    try:
+        rollouts = [int(part) for part in args.rollout.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--rollout: expected whole percentages separated by commas (5,25,50,100),"
+            f" got {args.rollout!r}"
+        ) from None
+    try:
+        holds = [parse_duration(part) for part in args.hold.split(",")]
+    except ValueError as exc:
+        raise UsageError(f"--hold: {exc}") from None
+    if len(holds) == 1:
+        holds *= len(rollouts)
+    if len(holds) != len(rollouts):
+        raise UsageError(
+            f"--hold: give one duration, or one per stage ({len(rollouts)}), got {len(holds)}"
+        )
+    return ramp_commands.stage_documents(rollouts, holds, enable=args.enable)
+
+
+def _ramp_end(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The end state --end-rollout and --end-enable/--end-disable describe, if any."""
+    end: dict[str, Any] = {}
+    if args.end_enabled is not None:
+        end["enabled"] = args.end_enabled
+    if args.end_rollout is not None:
+        end["rollout_percentage"] = args.end_rollout
+    return end or None
+
+
+def _ramp_start(operation: _Operation) -> datetime:
+    """--start, refused when stage 0 would expire before its first attempt."""
+    start = operation.time("--start", operation.args.start)
+    lateness = operation.settings.max_lateness_seconds
+    if is_too_late(start, now=operation.now, max_lateness_seconds=lateness):
+        raise UsageError(
+            f"--start {start.isoformat()} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS"
+            f" ({lateness} s) in the past: stage 0 would expire and halt the ramp"
+        )
+    return start
+
+
+def _ramps_create(operation: _Operation) -> Result:
+    args = operation.args
+    request = ramp_commands.RampRequest(
+        flag_key=args.flag,
+        environment=args.env,
+        start=_ramp_start(operation),
+        stages=_ramp_stages(operation),
+        guard_alarms=args.guard_alarm,
+        rollback_on_alarm=args.rollback_on_alarm,
+        insufficient_data=InsufficientData(args.insufficient_data),
+        end_updates=_ramp_end(args),
+    )
+    with operation.context() as ctx:
+        return ramp_commands.create(ctx, request)
+
+
+def _ramps_list(operation: _Operation) -> Result:
+    args = operation.args
+    with operation.context() as ctx:
+        return ramp_commands.list_ramps(ctx, args.flag, args.env, args.state)
+
+
+def _ramps_show(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return ramp_commands.show(ctx, operation.args.id)
+
+
+def _ramps_pause(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return ramp_commands.pause(ctx, operation.args.id)
+
+
+def _ramps_resume(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return ramp_commands.resume(ctx, operation.args.id)
+
+
+def _ramps_abort(operation: _Operation) -> Result:
+    with operation.context() as ctx:
+        return ramp_commands.abort(ctx, operation.args.id, operation.args.rollback)
+
+
+def _ramps_preview(operation: _Operation) -> Result:
+    """An existing ramp's remaining stages, or, without an id, a plan (no database)."""
+    args = operation.args
+    if args.id is not None:
+        if args.rollout or args.hold:
+            raise UsageError("give a ramp id or a plan (--rollout, --hold), not both")
+        with operation.context() as ctx:
+            return ramp_commands.preview_ramp(ctx, args.id)
+    if not (args.rollout and args.hold):
+        raise UsageError("give a ramp id, or a plan: --rollout and --hold")
+    start = operation.time("--start", args.start)
+    stages = _ramp_stages(operation)
+    return ramp_commands.preview_plan(operation.settings, stages, start, _ramp_end(args))
+
+
 def _given(option: T | None, setting: T) -> T:
     """An option's value, or the setting when the option was not given."""
     return setting if option is None else option
@@ -646,7 +872,7 @@ def _main(argv: Sequence[str] | None) -> int:
     handler: Handler = args.func
     try:
         return handler(args)
-    except (UsageError, ConfigurationError, InvalidUpdates) as exc:
+    except (UsageError, ConfigurationError, InvalidUpdates, InvalidRamp) as exc:
         print(f"flag-scheduler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FlagSchedulerError as exc:

@@ -16,6 +16,7 @@ from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.upcoming import ScheduleState, Upcoming, upcoming_attempts
 from flag_scheduler.store.api_catalog import ApiCatalog, NewSchedule, RequeueFilter
 from flag_scheduler.store.catalog import FlagView, ScheduleView
+from flag_scheduler.store.ramps import Ramps
 from flag_scheduler_cli import render
 
 
@@ -33,6 +34,7 @@ class Context:
     now: datetime
     settings: SchedulerSettings
     actor: str
+    ramps: Ramps
     # Which database, for people: "DATABASE_URL" or the embedded server's data folder.
     database: str = "DATABASE_URL"
 

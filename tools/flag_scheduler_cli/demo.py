@@ -19,7 +19,7 @@ from flag_scheduler.aws import scheduler
 from flag_scheduler.engine.states import Status
 from flag_scheduler.store import connection
 from flag_scheduler.store.catalog import Catalog, ScheduleView
-from flag_scheduler_cli import fault_injection
+from flag_scheduler_cli import demo_ramps, fault_injection
 from flag_scheduler_cli.local import FakeLambdaContext, migrate, start_embedded_server
 
 START = datetime(2026, 12, 24, 9, 0, tzinfo=UTC)
@@ -91,6 +91,7 @@ def _walk(url: str, out: Callable[[str], None]) -> None:
     out("")
     _run_the_clock(catalog, conn, {planned.name: planned.flag_id for planned in plan}, out)
     _print_the_end(catalog, out)
+    demo_ramps.walk(catalog, conn, out)
     conn.close()
 
 

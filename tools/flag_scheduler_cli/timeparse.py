@@ -43,3 +43,22 @@ def parse_time(text: str, now: datetime) -> datetime:
             " flag-scheduler guess"
         )
     return moment
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> int:
+    """Whole seconds from `30m`, `1h30m`, `2d` or `90s` (a bare number is seconds).
+
+    Raises:
+        ValueError: the text is not such a duration.
+    """
+    value = text.strip().lower()
+    if value.isdigit():
+        return int(value)
+    found = _DURATION.match(value)
+    if not value or found is None:
+        raise ValueError(f"expected a duration such as 30m, 1h30m, 2d or 90s, got {text!r}")
+    days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

@@ -60,8 +60,8 @@ class AwsNotifier:
     ) -> None:
         self._topic_arn = topic_arn
         self._bus_name = bus_name
-        self._make_sns = sns or _client_factory("sns")
-        self._make_events = events or _client_factory("events")
+        self._make_sns = sns or client_factory("sns")
+        self._make_events = events or client_factory("events")
         self._sns: SnsClient | None = None
         self._events: EventsClient | None = None
         self._monotonic = monotonic
@@ -176,6 +176,11 @@ def _subject(message: ClaimedMessage) -> str:
     payload = message.payload
     if message.kind == MessageKind.DIGEST:
         text = f"flag-scheduler: {payload.get('failures')} schedules failed permanently"
+    elif payload.get("ramp_id"):
+        text = (
+            f"flag-scheduler: ramp of {payload.get('flag_key')} ({payload.get('environment')})"
+            f" halted at stage {payload.get('stage')}"
+        )
     else:
         text = (
             f"flag-scheduler: {payload.get('flag_key')} ({payload.get('environment')})"
@@ -196,7 +201,7 @@ def _log_fields(message: ClaimedMessage) -> dict[str, object]:
     }
 
 
-def _client_factory(service: str) -> Callable[[], Any]:
+def client_factory(service: str) -> Callable[[], Any]:
     def make() -> Any:
         # Imported on first use: a container that never notifies never imports boto3.
         import boto3  # type: ignore[import-untyped]

@@ -15,10 +15,11 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 
+from flag_scheduler.aws.alarms import CloudWatchAlarms
 from flag_scheduler.aws.notifier import AwsNotifier
 from flag_scheduler.aws.secrets import connect_database
 from flag_scheduler.aws.settings import SchedulerSettings, check_powertools_environment
-from flag_scheduler.engine import delivery, run_loop
+from flag_scheduler.engine import delivery, ramps, run_loop
 from flag_scheduler.engine.notifier import Notifier
 from flag_scheduler.engine.records import RunSummary
 from flag_scheduler.engine.states import ErrorClass
@@ -55,6 +56,7 @@ class _Container:
 
     settings: SchedulerSettings | None = None
     notifier: Notifier | None = None
+    alarms: ramps.AlarmReader | None = None
     connection: psycopg.Connection[Any] | None = None
     # time.monotonic() when `connection` was opened.
     connected_at: float = 0.0
@@ -73,6 +75,7 @@ def reset_container() -> None:
         _container.connection.close()
     _container.settings = None
     _container.notifier = None
+    _container.alarms = None
     _container.connection = None
     _container.connected_at = 0.0
 
@@ -88,6 +91,13 @@ def _notifier() -> Notifier:
     if _container.notifier is None:
         _container.notifier = AwsNotifier.from_settings(_settings())
     return _container.notifier
+
+
+def _alarms() -> ramps.AlarmReader:
+    """The ramps' guard alarms in CloudWatch (no client until a guarded stage is due)."""
+    if _container.alarms is None:
+        _container.alarms = CloudWatchAlarms()
+    return _container.alarms
 
 
 def _repository(settings: SchedulerSettings, monotonic: Callable[[], float]) -> ScheduleRepository:
@@ -152,6 +162,7 @@ def run_invocation(
             policy=settings.run_policy(),
             request_id=context.aws_request_id,
             progress=progress,
+            alarms=_alarms(),
         )
     except SystemicFailure:
         # The batches committed before the outage stop still get their notifications out.
@@ -188,6 +199,9 @@ def _add_run_metrics(
         ("SchedulesExpired", summary.expired),
         ("SchedulesSuperseded", summary.superseded),
         ("SchedulesUnrecordable", summary.unrecordable),
+        ("RampStagesApplied", summary.ramp_stages_applied),
+        ("RampsHalted", summary.ramps_halted),
+        ("RampsCompleted", summary.ramps_completed),
     ):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     if outbox.retry_backlog is not None:

@@ -57,6 +57,16 @@ def _reported_kind(outcome: ScheduleOutcome) -> MessageKind | None:
 
 
 def _payload(kind: MessageKind, outcome: ScheduleOutcome) -> dict[str, Any]:
+    payload = _schedule_payload(kind, outcome)
+    schedule = outcome.schedule
+    if schedule.ramp_id is not None:
+        # A stage's event or alert names its ramp and stage (an alert: the ramp halted).
+        payload["ramp_id"] = str(schedule.ramp_id)
+        payload["stage"] = schedule.ramp_stage
+    return payload
+
+
+def _schedule_payload(kind: MessageKind, outcome: ScheduleOutcome) -> dict[str, Any]:
     schedule, change = outcome.schedule, outcome.change
     if kind == MessageKind.FLAG_CHANGED and change is not None:
         return {

@@ -10,7 +10,15 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flag_scheduler.engine.states import ErrorClass, MessageKind, Outcome, Status
+from flag_scheduler.engine.states import (
+    ErrorClass,
+    InsufficientData,
+    MessageKind,
+    Outcome,
+    RampAction,
+    RampState,
+    Status,
+)
 from flag_scheduler.errors import InvalidUpdates
 
 UPDATABLE_FIELDS = ("enabled", "rollout_percentage")
@@ -99,6 +107,9 @@ class DueSchedule:
     # limits.EARLIEST_TIME when the stored one could not be loaded (the schema's *_in_range
     # checks bound the moments every client library can represent).
     defect: str | None = None
+    # Set on a ramp's stage schedule (0-based stage), None on plain schedules.
+    ramp_id: UUID | None = None
+    ramp_stage: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,59 @@ class ClaimedMessage:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class RampStage:
+    """One stage of a ramp: the fields it sets and how long it is observed before the next."""
+
+    updates: dict[str, bool | int]
+    hold_seconds: int
+
+    def as_document(self) -> dict[str, Any]:
+        """The stage as stored in flag_ramps.stages."""
+        return {"updates": dict(self.updates), "hold_seconds": self.hold_seconds}
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """A gradual rollout of one flag (a flag_ramps row); stages are numbered from 0."""
+
+    id: UUID
+    flag_id: UUID
+    state: RampState
+    starts_at: datetime
+    stages: tuple[RampStage, ...]
+    current_stage: int
+    created_by: str
+    end_updates: dict[str, bool | int] | None = None
+    guard_alarms: tuple[str, ...] = ()
+    rollback_on_alarm: bool = False
+    insufficient_data: InsufficientData = InsufficientData.WAIT
+    value_before: dict[str, bool | int] | None = None
+    halt_error_class: ErrorClass | None = None
+    halt_reason: str | None = None
+    paused_remaining_seconds: float | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def last_stage(self) -> int:
+        """The number of the ramp's final stage: the end state's when it has one."""
+        return len(self.stages) if self.end_updates is not None else len(self.stages) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RampEvent:
+    """One row of a ramp's history (flag_ramp_events)."""
+
+    ramp_id: UUID
+    at: datetime
+    action: RampAction
+    actor: str
+    stage: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 # The first lags of a run are kept for the ScheduleLagSeconds metric; the rest only count
 # towards the maximum, so a run's memory does not grow with the backlog.
 LAG_SAMPLES = 1000
@@ -229,6 +293,9 @@ class RunSummary:
     # parked as permanently failed (or, if even that failed, skipped for the rest of the run).
     unrecordable: int = 0
     batches: int = 0
+    ramp_stages_applied: int = 0
+    ramps_halted: int = 0
+    ramps_completed: int = 0
     stopped_for_time: bool = False
     statements: int = 0
     transactions: int = 0
@@ -251,6 +318,9 @@ class RunSummary:
             "superseded": self.superseded,
             "unrecordable": self.unrecordable,
             "batches": self.batches,
+            "ramp_stages_applied": self.ramp_stages_applied,
+            "ramps_halted": self.ramps_halted,
+            "ramps_completed": self.ramps_completed,
             "stopped_for_time": self.stopped_for_time,
             "statements": self.statements,
             "transactions": self.transactions,

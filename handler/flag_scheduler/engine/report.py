@@ -8,8 +8,9 @@ from datetime import datetime
 from uuid import UUID
 
 from flag_scheduler.engine.limits import MAX_ERROR_LENGTH
+from flag_scheduler.engine.ramps import RampStep
 from flag_scheduler.engine.records import DueSchedule, RunSummary, ScheduleOutcome
-from flag_scheduler.engine.states import ErrorClass, Outcome
+from flag_scheduler.engine.states import ErrorClass, Outcome, RampAction
 from flag_scheduler.errors import ScheduleFailure
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,64 @@ _BY_OUTCOME: Mapping[Outcome, Callable[[RunSummary, ScheduleOutcome, datetime], 
 }
 
 
+def ramp_steps(summary: RunSummary, steps: Sequence[RampStep]) -> None:
+    """Count and log what committed outcomes did to their ramps."""
+    for step in steps:
+        fields: dict[str, object] = {
+            "ramp_id": str(step.ramp.id),
+            "stage": step.stage,
+            "schedule_id": str(step.schedule_id),
+        }
+        if step.action == RampAction.HALTED:
+            summary.ramps_halted += 1
+            halt = step.halt
+            logger.error(
+                "ramp_halted",
+                extra={
+                    **fields,
+                    "error_class": halt.error_class if halt else None,
+                    "error": halt.error if halt else None,
+                    "rolled_back": bool(step.schedules),
+                },
+            )
+            continue
+        summary.ramp_stages_applied += 1
+        next_due = step.next_due_at
+        logger.info(
+            "ramp_stage_applied",
+            extra={**fields, "next_stage_due_at": next_due.isoformat() if next_due else None},
+        )
+        if step.action == RampAction.COMPLETED:
+            summary.ramps_completed += 1
+            logger.info("ramp_completed", extra=fields)
+
+
+def stages_waiting(schedules: Sequence[DueSchedule]) -> None:
+    """Log ramp stages left due for a later run (guard alarms without data or unreadable, or
+    a ramp an operator holds)."""
+    for schedule in schedules:
+        logger.warning(
+            "ramp_stage_waiting",
+            extra={**_log_fields(schedule), "ramp_id": str(schedule.ramp_id)},
+        )
+
+
+def alarms_unavailable(names: Sequence[str], reason: str) -> None:
+    """Log that guard alarms could not be read (their stages wait)."""
+    logger.warning(
+        "guard_alarms_unavailable",
+        extra={"alarm_names": list(names), "error": reason[:MAX_ERROR_LENGTH]},
+    )
+
+
+def ramps_unreadable(failure: ScheduleFailure) -> None:
+    """Log that the batch's ramps could not be locked (their stages wait)."""
+    logger.error(
+        "ramps_unreadable",
+        extra={"error_class": failure.error_class, "error": str(failure)[:MAX_ERROR_LENGTH]},
+    )
+
+
 def unrecordable(
     schedules: Sequence[DueSchedule], reasons: Mapping[UUID, str], *, parked: bool
 ) -> None:
@@ -109,6 +168,16 @@ def _error_fields(outcome: ScheduleOutcome) -> dict[str, object]:
 
 
 def _log_fields(schedule: DueSchedule) -> dict[str, object]:
+    if schedule.ramp_id is not None:
+        return {
+            **_plain_fields(schedule),
+            "ramp_id": str(schedule.ramp_id),
+            "stage": schedule.ramp_stage,
+        }
+    return _plain_fields(schedule)
+
+
+def _plain_fields(schedule: DueSchedule) -> dict[str, object]:
     return {
         "schedule_id": str(schedule.id),
         "flag_key": schedule.flag_key,

@@ -13,7 +13,7 @@ from itertools import groupby
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
-from flag_scheduler.engine import decide, report
+from flag_scheduler.engine import decide, ramps, report
 from flag_scheduler.engine.budget import statement_budget_ms
 from flag_scheduler.engine.messages import outbox_messages
 from flag_scheduler.engine.notifier import Notifier
@@ -24,11 +24,13 @@ from flag_scheduler.engine.records import (
     FlagState,
     LockHolder,
     OutboxMessage,
+    Ramp,
     RunSummary,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import ErrorClass, MessageKind
+from flag_scheduler.engine.states import AlarmState, ErrorClass, MessageKind
 from flag_scheduler.errors import (
+    AlarmsUnavailable,
     DatabaseUnavailable,
     FlagMissing,
     ScheduleFailure,
@@ -100,6 +102,10 @@ class ScheduleStore(Protocol):
         summary: Mapping[str, Any],
     ) -> None: ...
 
+    def lock_ramps(self, ramp_ids: Sequence[UUID]) -> dict[UUID, Ramp]: ...
+
+    def write_ramp_steps(self, steps: Sequence[ramps.RampStep], *, now: datetime) -> None: ...
+
 
 @runtime_checkable
 class CountsStatements(Protocol):
@@ -152,6 +158,13 @@ class _Run:
     # Flags another run of the scheduler held past the lock timeout: their schedules are
     # left due, uncharged, for a later run, rather than waited for again batch after batch.
     sibling_held: set[UUID] = field(default_factory=set)
+    alarms: ramps.AlarmReader | None = None
+    # Ramp stages that must wait (a guard alarm without data, alarms unreadable, a ramp an
+    # operator holds): left due, uncharged, and not claimed again by this run.
+    held: set[UUID] = field(default_factory=set)
+    # The batch's ramps (locked), and the ramp steps written with its outcomes by schedule.
+    batch_ramps: dict[UUID, Ramp] = field(default_factory=dict)
+    ramp_steps: dict[UUID, ramps.RampStep] = field(default_factory=dict)
 
     def out_of_time(self) -> bool:
         return self.remaining_ms() < self.policy.time_margin_ms
@@ -166,13 +179,15 @@ def process_due_schedules(
     policy: RunPolicy,
     request_id: str | None = None,
     progress: Callable[[RunSummary], None] | None = None,
+    alarms: ramps.AlarmReader | None = None,
 ) -> RunSummary:
     """Process due schedules in batches until none is due or time runs short.
 
     Each batch is one transaction holding the claim's row locks (see _process_batch). Each
     outcome's notifications (of the kinds `notifier` delivers) are queued in the outbox in
     the same transaction; flag_scheduler.engine.delivery sends them after commit.
-    `progress` is told the running totals after each batch.
+    `progress` is told the running totals after each batch. `alarms` reads the guard
+    alarms of ramp stages (without it, guarded stages wait).
 
     Raises:
         DatabaseUnavailable: the connection was lost; the open batch is rolled back, its
@@ -181,7 +196,9 @@ def process_due_schedules(
             one retryable error; what was tried is committed, the rest stays due uncharged.
     """
     # (Positional: each field has its own type, so mypy catches a swap.)
-    run = _Run(repository, clock, policy, request_id, remaining_ms, kinds=notifier.kinds)
+    run = _Run(
+        repository, clock, policy, request_id, remaining_ms, kinds=notifier.kinds, alarms=alarms
+    )
     started_at = clock()
     statements_before = _statements(repository)
     while _next_batch(run):
@@ -228,16 +245,66 @@ def _next_batch(run: _Run) -> bool:
         # Neither rows found unrecordable nor flags a sibling run holds may crowd out the
         # rest of the queue.
         claimed = run.repository.claim_due(
-            now, policy.batch_size, skip=run.unrecordable, skip_flags=run.sibling_held
+            now,
+            policy.batch_size,
+            skip=run.unrecordable | run.held if run.held else run.unrecordable,
+            skip_flags=run.sibling_held,
         )
         if not claimed:
             return False
         run.summary.batches += 1
-        batch = _park_defective(run, claimed, now)
-        outcomes = _process_batch(run, batch, now) if batch else []
+        batch, outcomes = _gate_ramps(run, _park_defective(run, claimed, now), now)
+        outcomes += _process_batch(run, batch, now) if batch else []
     run.summary.transactions += 1
     report.committed(run.summary, outcomes, now)
+    if run.ramp_steps:
+        steps = run.ramp_steps
+        report.ramp_steps(
+            run.summary, [steps[o.schedule.id] for o in outcomes if o.schedule.id in steps]
+        )
     return True
+
+
+def _gate_ramps(
+    run: _Run, batch: list[DueSchedule], now: datetime
+) -> tuple[list[DueSchedule], list[ScheduleOutcome]]:
+    """Lock the ramps of the batch's stages and read their guard alarms (one call for the
+    batch); returns what may be decided, and the outcomes of stages a guard alarm refused.
+
+    A batch without ramp stages costs one pass over it, nothing more.
+    """
+    run.batch_ramps, run.ramp_steps = {}, {}
+    ramp_ids = {s.ramp_id for s in batch if s.ramp_id is not None}
+    if not ramp_ids:
+        return batch, []
+    try:
+        with run.repository.savepoint():
+            run.batch_ramps = run.repository.lock_ramps(sorted(ramp_ids, key=lambda i: i.int))
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.ramps_unreadable(failure)  # every stage of the batch waits (not charged)
+    names = ramps.alarm_names(batch, run.batch_ramps)
+    verdict = ramps.gate(batch, run.batch_ramps, _read_alarms(run, names) if names else {})
+    run.held.update(schedule.id for schedule in verdict.waiting)
+    report.stages_waiting(verdict.waiting)
+    outcomes: list[ScheduleOutcome] = []
+    for schedule, refusal in verdict.refused:
+        run.summary.claimed += 1
+        outcomes += _record_failure(run, schedule, refusal, now)
+    return verdict.ready, outcomes
+
+
+def _read_alarms(run: _Run, names: list[str]) -> Mapping[str, AlarmState] | None:
+    """The guard alarms' states, or None (the guarded stages wait) when they cannot be read."""
+    if run.alarms is None:
+        report.alarms_unavailable(names, "no alarm reader is configured")
+        return None
+    try:
+        return run.alarms.alarm_states(names)
+    except AlarmsUnavailable as exc:
+        report.alarms_unavailable(names, str(exc))
+        return None
 
 
 def _raise_if_outage(run: _Run) -> None:
@@ -494,6 +561,8 @@ def _took_effect(run: _Run, decision: decide.Decision) -> None:
 
 
 def _write_outcomes(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -> None:
+    """Write outcomes, their messages and, for ramp stages, what they do to their ramps, in
+    the caller's savepoint: a stage and its successor commit together or not at all."""
     run.repository.write_outcomes(
         outcomes,
         now=now,
@@ -501,6 +570,14 @@ def _write_outcomes(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -
         request_id=run.request_id,
         messages=outbox_messages(outcomes, run.kinds),
     )
+    if run.batch_ramps:
+        # The next stage's hold counts from the run's clock read after the stage was
+        # written, so it can never start before a full hold after the stage's application.
+        applied_at = run.clock()
+        found = ramps.steps(outcomes, run.batch_ramps, applied_at=applied_at)
+        if found:
+            run.repository.write_ramp_steps(found, now=applied_at)
+            run.ramp_steps.update((step.schedule_id, step) for step in found)
 
 
 def _failure_outcome(

@@ -53,6 +53,7 @@ class ErrorClass(StrEnum):
     EXPIRED = "expired"
     UNKNOWN = "unknown"
     UNRECORDABLE = "unrecordable"
+    GUARD_ALARM = "guard_alarm"  # a ramp's guard alarm was in ALARM before its stage ran
 
 
 class State(StrEnum):
@@ -84,6 +85,50 @@ class MessageKind(StrEnum):
     ALERT = "alert"  # one schedule failed permanently or expired
     DIGEST = "digest"  # many alerts folded into one (a mass failure)
     FLAG_CHANGED = "flag_changed"  # an applied schedule changed a flag
+
+
+class RampState(StrEnum):
+    """A ramp's stored state (flag_ramps.state)."""
+
+    ACTIVE = "active"  # the engine runs its stages
+    PAUSED = "paused"  # an operator stopped it; the hold clock stopped with it
+    HALTED = "halted"  # a stage failed for good or expired, or a guard alarm fired
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+class RampAction(StrEnum):
+    """What happened to a ramp: a row of its history (flag_ramp_events.action)."""
+
+    CREATED = "created"
+    STAGE_APPLIED = "stage_applied"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"  # a change back to the value before the ramp was scheduled
+
+
+class InsufficientData(StrEnum):
+    """What a ramp does when a guard alarm has too little data to decide (the default waits)."""
+
+    WAIT = "wait"  # the stage stays due and no attempt is charged
+    HALT = "halt"
+
+
+class AlarmState(StrEnum):
+    """A CloudWatch alarm's state as DescribeAlarms reports it."""
+
+    OK = "OK"
+    ALARM = "ALARM"
+    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+
+
+#: Who the ramp history names when the scheduler itself acted.
+SCHEDULER_ACTOR = "scheduler"
+#: A ramp has 1..MAX_RAMP_STAGES stages (the schema checks the same bound).
+MAX_RAMP_STAGES = 20
 
 
 def by_value(enum: type[_E]) -> Mapping[str, _E]:

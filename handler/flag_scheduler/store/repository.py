@@ -21,6 +21,7 @@ from flag_scheduler.engine.limits import (
     MAX_RETRY_COUNT,
 )
 from flag_scheduler.engine.messages import PendingAlert
+from flag_scheduler.engine.ramps import NewSchedule, RampStep
 from flag_scheduler.engine.records import (
     MAX_UPDATES_BYTES,
     AppliedSchedule,
@@ -29,9 +30,17 @@ from flag_scheduler.engine.records import (
     FlagState,
     LockHolder,
     OutboxMessage,
+    Ramp,
+    RampStage,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import MessageKind, by_value
+from flag_scheduler.engine.states import (
+    ErrorClass,
+    InsufficientData,
+    MessageKind,
+    RampState,
+    by_value,
+)
 from flag_scheduler.errors import (
     PermanentDatabaseError,
     TransientDatabaseError,
@@ -355,6 +364,64 @@ class ScheduleRepository:
         (backlogs,) = self._fetch(sql.COUNT_BACKLOGS, None, _BACKLOGS)
         return backlogs
 
+    def lock_ramps(self, ramp_ids: Sequence[UUID]) -> dict[UUID, Ramp]:
+        """Lock the given ramps no other transaction holds (never waits); returns them."""
+        rows = self._fetch(sql.LOCK_RAMPS, {"ids": list(ramp_ids)}, dict_row)
+        return {row["id"]: ramp_from_row(row) for row in rows}
+
+    def write_ramp_steps(self, steps: Sequence[RampStep], *, now: datetime) -> None:
+        """Write what stage outcomes did to their ramps (three statements at most), in the
+        transaction that writes the outcomes."""
+        if not steps:
+            return
+        self._execute(
+            sql.ADVANCE_RAMPS,
+            {
+                "ids": [step.ramp.id for step in steps],
+                "states": [str(step.state) for step in steps],
+                "current_stages": [step.current_stage for step in steps],
+                "value_before": [
+                    None if step.value_before is None else json.dumps(step.value_before)
+                    for step in steps
+                ],
+                "halt_error_classes": [
+                    step.halt.error_class if step.halt else None for step in steps
+                ],
+                "halt_reasons": [
+                    (step.halt.last_error or "")[:MAX_ERROR_LENGTH] if step.halt else None
+                    for step in steps
+                ],
+                "now": now,
+            },
+        )
+        self._insert_ramp_schedules([new for step in steps for new in step.schedules])
+        events = [event for step in steps for event in step.events]
+        self._execute(
+            sql.INSERT_RAMP_EVENTS,
+            {
+                "ramp_ids": [e.ramp_id for e in events],
+                "at": [e.at for e in events],
+                "actions": [str(e.action) for e in events],
+                "stages": [e.stage for e in events],
+                "actors": [e.actor for e in events],
+                "details": [json.dumps(e.detail, sort_keys=True) for e in events],
+            },
+        )
+
+    def _insert_ramp_schedules(self, schedules: Sequence[NewSchedule]) -> None:
+        if not schedules:
+            return
+        self._execute(
+            sql.INSERT_RAMP_SCHEDULES,
+            {
+                "flag_ids": [s.flag_id for s in schedules],
+                "scheduled_at": [s.scheduled_at for s in schedules],
+                "updates": [json.dumps(s.updates, sort_keys=True) for s in schedules],
+                "ramp_ids": [s.ramp_id for s in schedules],
+                "ramp_stages": [s.ramp_stage for s in schedules],
+            },
+        )
+
     def save_run_state(
         self,
         *,
@@ -373,3 +440,31 @@ class ScheduleRepository:
                 "summary": Jsonb(dict(summary)),
             },
         )
+
+
+def ramp_from_row(row: Mapping[str, Any]) -> Ramp:
+    """A flag_ramps row (all columns, by name) as a Ramp."""
+    halt = row["halt_error_class"]
+    return Ramp(
+        id=row["id"],
+        flag_id=row["flag_id"],
+        state=RampState(row["state"]),
+        starts_at=row["starts_at"],
+        stages=tuple(
+            RampStage(updates=dict(stage["updates"]), hold_seconds=int(stage["hold_seconds"]))
+            for stage in row["stages"]
+        ),
+        current_stage=row["current_stage"],
+        created_by=row["created_by"],
+        end_updates=row["end_updates"],
+        guard_alarms=tuple(row["guard_alarms"]),
+        rollback_on_alarm=row["rollback_on_alarm"],
+        insufficient_data=InsufficientData(row["insufficient_data"]),
+        value_before=row["value_before"],
+        halt_error_class=ErrorClass(halt) if halt is not None else None,
+        halt_reason=row["halt_reason"],
+        paused_remaining_seconds=row["paused_remaining_seconds"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )

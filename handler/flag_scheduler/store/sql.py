@@ -46,7 +46,8 @@ SELECT s.id, s.flag_id, f.flag_key, f.environment,
            CASE WHEN NOT (s.requeued_at >= %(earliest)s AND s.requeued_at < %(latest)s)
                 THEN format('requeued_at %%s is not a representable moment',
                             s.requeued_at) END
-       ), '') AS defect
+       ), '') AS defect,
+       s.ramp_id, s.ramp_stage
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.due_at <= %(now)s AND s.id <> ALL(%(skip)s::uuid[])
@@ -55,6 +56,58 @@ ORDER BY s.due_at
 LIMIT %(limit)s
 FOR UPDATE OF s SKIP LOCKED
 FOR KEY SHARE OF f SKIP LOCKED
+"""
+
+# Locks the ramps of a batch's stages that no one else holds (an operator pausing or
+# aborting one holds it: its stage waits); NO KEY UPDATE so stage schedules referencing the
+# ramp can still be inserted. Taken after the stages' schedule rows: the lock order every
+# writer of ramps keeps.
+LOCK_RAMPS = """
+SELECT id, flag_id, state, starts_at, stages, current_stage, created_by, end_updates,
+       guard_alarms, rollback_on_alarm, insufficient_data, value_before, halt_error_class,
+       halt_reason, paused_remaining_seconds, created_at, updated_at, finished_at
+FROM flag_ramps
+WHERE id = ANY(%(ids)s::uuid[])
+ORDER BY id
+FOR NO KEY UPDATE SKIP LOCKED
+"""
+
+# Moves each ramp on after a stage's outcome: its state, current stage, and (stage 0
+# applied) the flag's value before the ramp: the flag as written now, with the fields the
+# stage changed put back to what they were.
+ADVANCE_RAMPS = """
+UPDATE flag_ramps AS r
+SET state = v.state, current_stage = v.current_stage,
+    value_before = CASE WHEN v.value_before IS NULL THEN r.value_before
+        ELSE jsonb_build_object('enabled', f.enabled,
+                                'rollout_percentage', f.rollout_percentage)
+             || v.value_before::jsonb END,
+    halt_error_class = v.halt_error_class, halt_reason = v.halt_reason,
+    finished_at = CASE WHEN v.state IN ('completed', 'halted') THEN %(now)s END,
+    updated_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(current_stages)s::int[],
+            %(value_before)s::text[], %(halt_error_classes)s::text[], %(halt_reasons)s::text[])
+         AS v(id, state, current_stage, value_before, halt_error_class, halt_reason),
+     feature_flags AS f
+WHERE r.id = v.id AND f.id = r.flag_id AND r.state = 'active'
+"""
+
+# The schedules ramp steps create: next stages (ramp_id set) and rollbacks (plain).
+INSERT_RAMP_SCHEDULES = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id, ramp_stage)
+SELECT v.flag_id, v.scheduled_at, v.updates::jsonb, v.ramp_id, v.ramp_stage
+FROM unnest(%(flag_ids)s::uuid[], %(scheduled_at)s::timestamptz[], %(updates)s::text[],
+            %(ramp_ids)s::uuid[], %(ramp_stages)s::int[])
+         AS v(flag_id, scheduled_at, updates, ramp_id, ramp_stage)
+"""
+
+# Rows of the ramps' history.
+INSERT_RAMP_EVENTS = """
+INSERT INTO flag_ramp_events (ramp_id, at, action, stage, actor, detail)
+SELECT v.ramp_id, v.at, v.action, v.stage, v.actor, v.detail::jsonb
+FROM unnest(%(ramp_ids)s::uuid[], %(at)s::timestamptz[], %(actions)s::text[],
+            %(stages)s::int[], %(actors)s::text[], %(details)s::text[])
+         AS v(ramp_id, at, action, stage, actor, detail)
 """
 
 # Parks schedules the run cannot process or record: permanently failed (out of the queue,
@@ -560,4 +613,122 @@ WITH requeued AS (
     SELECT id, NULL, %(now)s, %(now)s, 'requeued', %(request_id)s, %(actor)s FROM requeued
 )
 SELECT id FROM requeued
+"""
+
+# --- Ramps as operators see and steer them (flag_scheduler.store.ramps). ---
+# Lock order, as the engine's: a ramp's live stage schedule, then the ramp row.
+
+# Creates an active ramp at stage 0 (its schedule is inserted with it).
+INSERT_RAMP = """
+INSERT INTO flag_ramps (flag_id, starts_at, stages, end_updates, guard_alarms,
+                        rollback_on_alarm, insufficient_data, created_by, created_at, updated_at)
+VALUES (%(flag_id)s, %(starts_at)s, %(stages)s, %(end_updates)s, %(guard_alarms)s,
+        %(rollback_on_alarm)s, %(insufficient_data)s, %(actor)s, %(now)s, %(now)s)
+RETURNING id
+"""
+
+# A flag's unfinished ramp, to name it when a second one is refused.
+UNFINISHED_RAMP_OF_FLAG = """
+SELECT id, state FROM flag_ramps
+WHERE flag_id = %(flag_id)s AND state IN ('active', 'paused', 'halted')
+"""
+
+# Inserts one stage's schedule of a ramp (pending, the default retry limit).
+INSERT_RAMP_STAGE_SCHEDULE = """
+INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id, ramp_stage)
+VALUES (%(flag_id)s, %(scheduled_at)s, %(updates)s, %(ramp_id)s, %(ramp_stage)s)
+RETURNING id
+"""
+
+# Appends one row to a ramp's history.
+INSERT_RAMP_EVENT = """
+INSERT INTO flag_ramp_events (ramp_id, at, action, stage, actor, detail)
+VALUES (%(ramp_id)s, %(at)s, %(action)s, %(stage)s, %(actor)s, %(detail)s)
+"""
+
+# Ramps with their flag's identity (as ramps.RampView), newest first; NULL filters match all.
+LIST_RAMPS = """
+SELECT r.id, f.flag_key, f.environment, r.state, r.starts_at, r.stages, r.end_updates,
+       r.current_stage, r.guard_alarms, r.rollback_on_alarm, r.insufficient_data,
+       r.value_before, r.halt_error_class, r.halt_reason, r.paused_remaining_seconds,
+       r.created_by, r.created_at, r.updated_at, r.finished_at
+FROM flag_ramps AS r
+JOIN feature_flags AS f ON f.id = r.flag_id
+WHERE (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
+  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
+  AND (%(states)s::text[] IS NULL OR r.state = ANY(%(states)s::text[]))
+ORDER BY r.created_at DESC, r.id
+"""
+
+# One ramp with its flag's identity (as ramps.RampView).
+GET_RAMP = """
+SELECT r.id, f.flag_key, f.environment, r.state, r.starts_at, r.stages, r.end_updates,
+       r.current_stage, r.guard_alarms, r.rollback_on_alarm, r.insufficient_data,
+       r.value_before, r.halt_error_class, r.halt_reason, r.paused_remaining_seconds,
+       r.created_by, r.created_at, r.updated_at, r.finished_at
+FROM flag_ramps AS r
+JOIN feature_flags AS f ON f.id = r.flag_id
+WHERE r.id = %(ramp_id)s
+"""
+
+# Every schedule a ramp's stages had, cancelled ones too (as ramps.StageSchedule).
+RAMP_SCHEDULES = """
+SELECT ramp_stage AS stage, id AS schedule_id, scheduled_at, status, applied_at, retry_count,
+       next_retry_at, last_error, last_error_class, updates
+FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s
+ORDER BY ramp_stage, created_at, id
+"""
+
+# A ramp's history, oldest first (as ramps.RampEvent).
+RAMP_EVENTS = """
+SELECT at, action, stage, actor, detail
+FROM flag_ramp_events
+WHERE ramp_id = %(ramp_id)s
+ORDER BY id
+"""
+
+# Locks a ramp's live stage schedule (pending or waiting for a retry), if it has one. A run
+# applying that stage makes this wait for its commit; the row is then re-checked and skipped.
+LOCK_LIVE_RAMP_SCHEDULE = """
+SELECT id, ramp_stage, scheduled_at, next_retry_at
+FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s AND (status = 'pending' OR next_retry_at IS NOT NULL)
+FOR UPDATE
+"""
+
+# The same without a lock: after the ramp row is locked, whether the live schedule is still
+# the one locked (a run may have applied it and inserted the next stage in between).
+LIVE_RAMP_SCHEDULES = """
+SELECT id FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s AND (status = 'pending' OR next_retry_at IS NOT NULL)
+"""
+
+# Locks a ramp row and returns what an operator action needs (as ramps.LockedRamp).
+LOCK_RAMP = """
+SELECT id, flag_id, state, current_stage, stages, end_updates, value_before,
+       paused_remaining_seconds
+FROM flag_ramps
+WHERE id = %(ramp_id)s
+FOR UPDATE
+"""
+
+# The schedule a halted ramp's current stage failed (or expired) with, if any.
+FAILED_RAMP_STAGE_SCHEDULE = """
+SELECT id FROM feature_flag_schedules
+WHERE ramp_id = %(ramp_id)s AND ramp_stage = %(stage)s AND status = 'failed'
+  AND next_retry_at IS NULL
+"""
+
+# Moves a ramp to another state. Becoming active again forgets why it halted; finishing
+# stamps finished_at; only a paused ramp keeps the rest of its hold.
+SET_RAMP_STATE = """
+UPDATE flag_ramps
+SET state = %(state)s,
+    paused_remaining_seconds = %(paused_remaining_seconds)s,
+    halt_error_class = CASE WHEN %(state)s::text = 'active' THEN NULL ELSE halt_error_class END,
+    halt_reason = CASE WHEN %(state)s::text = 'active' THEN NULL ELSE halt_reason END,
+    finished_at = CASE WHEN %(state)s::text IN ('completed', 'aborted') THEN %(now)s END,
+    updated_at = %(now)s
+WHERE id = %(ramp_id)s
 """

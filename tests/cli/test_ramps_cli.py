@@ -1,0 +1,219 @@
+"""`flag-scheduler ramps ...` as operators run it: subprocesses on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli.timeparse import parse_duration
+from tests.support import Cli, row_counts, run_service
+
+RAMP = ("ramps", "create", "--flag", "checkout-v2", "--rollout", "5,25,50,100", "--hold", "30m")
+
+
+def ramp_rows(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """The ramps and their events, with the schedules and flags: equal before and after, a
+    command wrote nothing."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM flag_ramps),"
+        " (SELECT string_agg(state, ',' ORDER BY id) FROM flag_ramps),"
+        " (SELECT count(*) FROM flag_ramp_events)"
+    ).fetchone()
+    assert row is not None
+    return (*row, *row_counts(conn))
+
+
+@pytest.fixture
+def flag(catalog: Catalog) -> None:
+    catalog.create_flag("checkout-v2", enabled=True)
+
+
+@pytest.mark.usefixtures("flag")
+def test_create_list_show_and_preview(cli: Cli) -> None:
+    created = cli.json(*RAMP, "--guard-alarm", "checkout-5xx", "--guard-alarm", "latency")
+    ramp = created["ramp"]
+    assert (ramp["state"], ramp["current_stage"], ramp["guard_alarms"]) == (
+        "active",
+        0,
+        ["checkout-5xx", "latency"],
+    )
+    assert [w["name"] for w in created["preview"]] == ["0", "1", "2", "3"]
+    first, second = created["preview"][:2]
+    assert _seconds(second["earliest"]) - _seconds(first["earliest"]) == 1800
+
+    listed = cli.json("ramps", "list", "--state", "active")
+    assert [r["id"] for r in listed] == [ramp["id"]]
+    assert cli.json("ramps", "list", "--state", "paused") == []
+
+    shown = cli.json("ramps", "show", ramp["id"])
+    assert [(s["stage"], s["state"]) for s in shown["schedules"]] == [(0, "pending")]
+    assert [(e["action"], e["actor"].startswith("cli")) for e in shown["events"]] == [
+        ("created", True)
+    ]
+    text = cli.ok("ramps", "show", ramp["id"])
+    assert "state:        active, stage 0 of 0..3" in text
+    assert "checkout-5xx, latency (ALARM: halt; INSUFFICIENT_DATA: wait)" in text
+
+    previewed = cli.json("ramps", "preview", ramp["id"])
+    assert [w["name"] for w in previewed["preview"]] == ["0", "1", "2", "3"]
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.usefixtures("flag")
+def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any]) -> None:
+    ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
+    paused = cli.json("ramps", "pause", ramp_id)
+    assert paused["state"] == "paused"
+    # the ten minutes to stage 0 were kept (less the seconds the commands took)
+    assert 590 < paused["paused_remaining_seconds"] <= 600
+    assert "is paused; cannot pause" in cli.fails(1, "ramps", "pause", ramp_id)
+    assert cli.json("ramps", "resume", ramp_id)["state"] == "active"
+    assert "is active; cannot resume" in cli.fails(1, "ramps", "resume", ramp_id)
+    # as if stage 0 had applied: the engine took the value before the ramp
+    before = {"enabled": True, "rollout_percentage": 0}
+    conn.execute("UPDATE flag_ramps SET value_before = %s", (Jsonb(before),))
+    aborted = cli.json("ramps", "abort", ramp_id, "--rollback")
+    assert aborted["ramp"]["state"] == "aborted"
+    rollback = cli.json("schedules", "show", aborted["rollback_schedule_id"])["schedule"]
+    assert (rollback["status"], rollback["updates"]) == ("pending", before)
+    assert "is aborted; cannot abort" in cli.fails(1, "ramps", "abort", ramp_id)
+    actions = [e["action"] for e in cli.json("ramps", "show", ramp_id)["events"]]
+    assert actions == ["created", "paused", "resumed", "aborted", "rolled_back"]
+
+
+@pytest.mark.usefixtures("flag")
+@pytest.mark.parametrize(
+    ("code", "args", "expected"),
+    [
+        # a rollout outside 0..100 and a hold under a minute: both named, one line
+        (
+            2,
+            ("--rollout", "5,101", "--hold", "30s"),
+            "invalid ramp: stage 0: hold 30s is outside 1 minute..366 days (60..31622400 s);"
+            " stage 1: rollout 101 is outside 0..100; stage 1: hold 30s",
+        ),
+        # a stage that changes nothing (the flag is at 0 already)
+        (
+            2,
+            ("--rollout", "0,50", "--hold", "5m"),
+            "stage 0 sets nothing: rollout_percentage=0 is already the flag's current value",
+        ),
+        # 21 stages
+        (
+            2,
+            ("--rollout", ",".join(["1"] * 21), "--hold", "5m"),
+            "invalid ramp: a ramp has 1..20 stages, got 21",
+        ),
+        # not numbers
+        (2, ("--rollout", "5,half", "--hold", "5m"), "--rollout: expected whole percentages"),
+        (2, ("--rollout", "5,50", "--hold", "soon"), "--hold: expected a duration such as 30m"),
+        (2, ("--rollout", "5,50", "--hold", "5m,5m,5m"), "one per stage (2), got 3"),
+        # a start stage 0 could only expire at
+        (2, ("--rollout", "5", "--hold", "5m", "--start", "2020-01-01T00:00:00Z"), "expire"),
+        # the same guard alarm twice
+        (
+            2,
+            ("--rollout", "5", "--hold", "5m", "--guard-alarm", "x", "--guard-alarm", "x"),
+            "invalid ramp: guard alarm named twice: x",
+        ),
+        # no such flag
+        (1, ("--rollout", "5", "--hold", "5m", "--env", "staging"), "no flag 'checkout-v2'"),
+    ],
+)
+def test_bad_ramps_are_one_line_and_write_nothing(
+    cli: Cli, conn: psycopg.Connection[Any], code: int, args: tuple[str, ...], expected: str
+) -> None:
+    before = ramp_rows(conn)
+    line = cli.fails(code, "ramps", "create", "--flag", "checkout-v2", *args)
+    assert expected in line
+    assert ramp_rows(conn) == before
+
+
+@pytest.mark.usefixtures("flag")
+def test_a_falling_rollout_is_created_with_a_warning(cli: Cli) -> None:
+    text = cli.ok("ramps", "create", "--flag", "checkout-v2", "--rollout", "50,20", "--hold", "5m")
+    assert "warning: stage 1 lowers the rollout from 50 to 20" in text
+
+
+@pytest.mark.usefixtures("flag")
+def test_a_second_ramp_of_the_flag_is_refused(cli: Cli) -> None:
+    first = cli.json(*RAMP)["ramp"]["id"]
+    line = cli.fails(1, *RAMP)
+    assert f"already has an unfinished ramp ({first}, active)" in line
+
+
+def test_unknown_ramp_and_bad_id(cli: Cli) -> None:
+    zero = "00000000-0000-0000-0000-000000000000"
+    for action in ("show", "pause", "resume", "abort", "preview"):
+        assert f"no ramp with id {zero}" in cli.fails(1, "ramps", action, zero)
+    assert "not a ramp id (a UUID): 'x'" in cli.fails(2, "ramps", "show", "x")
+
+
+def test_preview_of_a_plan_needs_no_database(cli: Cli) -> None:
+    cli.env["DATABASE_URL"] = "postgresql://nobody@/none?host=/nonexistent"
+    data = cli.json(
+        "ramps", "preview", "--rollout", "5,50,20", "--hold", "10m,1h,1h",
+        "--start", "2026-12-24T09:00:00Z",
+    )  # fmt: skip
+    assert data["warnings"] == ["stage 2 lowers the rollout from 50 to 20"]
+    assert [(w["name"], w["earliest"]) for w in data["preview"]] == [
+        ("0", "2026-12-24T09:00:00Z"),
+        ("1", "2026-12-24T09:10:00Z"),
+        ("2", "2026-12-24T10:10:00Z"),
+    ]
+    # the default policy (3 retries: +120 s, +240 s, +480 s, each + up to 30 s jitter)
+    assert data["preview"][0]["latest"] == "2026-12-24T09:15:30Z"
+    assert "give a ramp id, or a plan" in cli.fails(2, "ramps", "preview", "--rollout", "5")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800), ("1h30m", 5400), ("2d", 172_800), ("90s", 90), ("45", 45), ("1H", 3600)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "1x", "-5m", "30m1h", "1.5h"])
+def test_not_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_an_end_state_is_one_more_stage_after_the_last_hold(
+    cli: Cli, catalog: Catalog, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    catalog.create_flag("dark-mode")
+    created = cli.json(
+        "ramps", "create", "--flag", "dark-mode", "--rollout", "10,100", "--hold", "5m",
+        "--enable", "--end-disable", "--start", "2026-12-24T09:00:00Z",
+    )  # fmt: skip
+    assert created["ramp"]["end_updates"] == {"enabled": False}
+    assert created["ramp"]["stages"][0]["updates"] == {"enabled": True, "rollout_percentage": 10}
+    assert [(w["name"], w["earliest"]) for w in created["preview"]] == [
+        ("0", "2026-12-24T09:00:00Z"),
+        ("1", "2026-12-24T09:05:00Z"),
+        ("end", "2026-12-24T09:10:00Z"),
+    ]
+    start = datetime.fromisoformat("2026-12-24T09:00:00+00:00")
+    for minutes in (0, 5, 10):
+        run_service(database_url, start + timedelta(minutes=minutes))
+    shown = cli.json("ramps", "show", created["ramp"]["id"])
+    assert shown["ramp"]["state"] == "completed"
+    assert [(s["stage"], s["state"]) for s in shown["schedules"]] == [
+        (0, "applied"),
+        (1, "applied"),
+        (2, "applied"),
+    ]
+    assert catalog.get_flag("dark-mode").enabled is False
+    assert "end sets nothing" in cli.fails(
+        2, "ramps", "preview", "--rollout", "10,100", "--hold", "5m", "--end-rollout", "100"
+    )

@@ -114,7 +114,8 @@ def test_invalid_ramp_names_each_problem() -> None:
     assert "at least one" in messages[1]
     assert "stage 1" in messages[2]
     assert "hold" in messages[2]
-    for form in ({}, {"rollout": [5], "hold_seconds": 60, "stages": stages[:1]}):
+    both = {"rollout": [5], "hold_seconds": 60, "stages": stages[:1]}
+    for form in ({}, both, {"stages": stages[:1], "enable": True}, {"rollout": [5]}):
         body = call(http_event("POST", "/flags/banner/ramps", body={"starts_at": iso(T0), **form}))
         assert (body.status, body.body["type"]) == (422, PROBLEM + "invalid-ramp")
     many = create(rollout=list(range(21)), status=422)

@@ -64,8 +64,8 @@ def stage_documents(ramp: RampIn) -> list[Any]:
         InvalidRamp: both forms given, or neither, or a rollout list without its hold.
     """
     if ramp.stages is not None:
-        if ramp.rollout is not None or ramp.hold_seconds is not None:
-            raise InvalidRamp(["give stages, or rollout with hold_seconds, not both"])
+        if ramp.rollout is not None or ramp.hold_seconds is not None or ramp.enable:
+            raise InvalidRamp(["give stages, or rollout with hold_seconds (and enable), not both"])
         return [stage.model_dump() for stage in ramp.stages]
     if ramp.rollout is None or ramp.hold_seconds is None:
         raise InvalidRamp(["give stages, or rollout with hold_seconds"])

@@ -114,10 +114,17 @@ def test_invalid_ramp_names_each_problem() -> None:
     assert "at least one" in messages[1]
     assert "stage 1" in messages[2]
     assert "hold" in messages[2]
-    both = {"rollout": [5], "hold_seconds": 60, "stages": stages[:1]}
-    for form in ({}, both, {"stages": stages[:1], "enable": True}, {"rollout": [5]}):
+    good = [{"updates": {"rollout_percentage": 10}, "hold_seconds": 60}]
+    forms = [
+        ({}, "give stages, or rollout with hold_seconds"),
+        ({"rollout": [5]}, "give stages, or rollout with hold_seconds"),
+        ({"rollout": [5], "hold_seconds": 60, "stages": good}, "not both"),
+        ({"stages": good, "enable": True}, "not both"),
+    ]
+    for form, message in forms:
         body = call(http_event("POST", "/flags/banner/ramps", body={"starts_at": iso(T0), **form}))
         assert (body.status, body.body["type"]) == (422, PROBLEM + "invalid-ramp")
+        assert message in body.body["detail"]
     many = create(rollout=list(range(21)), status=422)
     assert "1..20 stages" in many["detail"]
     nowhere = create(starts_at="2026-12-01 08:00", status=422)

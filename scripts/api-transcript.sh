@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints an HTTP API session (curl commands against `flag-scheduler serve`, and the answers)
 # on a throwaway embedded database: the transcript in the README's "HTTP API" section comes
-# from this script. PORT (default 8080) is where serve listens.
+# from this script, and with the argument `ramps` the one in its "Gradual rollouts" section.
+# PORT (default 8080) is where serve listens.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/.venv/bin"
@@ -75,6 +76,26 @@ for _ in $(seq 1 100); do
 done
 grep -v '^{' "$work/serve.log" | sed "s#$work#~#g"
 echo
+
+ramp_id() {  # the id of the newest ramp
+    curl -s "http://127.0.0.1:$port/ramps" -H "Authorization: Bearer $FLAG_SCHEDULER_DEV_TOKEN" \
+        | "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])'
+}
+if [ "${1:-}" = ramps ]; then
+    show "api POST /flags '{\"flag_key\": \"checkout-v2\"}'"
+    show "api POST /flags/checkout-v2/ramps '{\"starts_at\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\", \"rollout\": [5, 150, 50], \"hold_seconds\": 30}'"
+    show "api POST /flags/checkout-v2/ramps '{\"starts_at\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\", \"rollout\": [5, 25, 50, 100], \"hold_seconds\": 1800, \"enable\": true}'"
+    echo '$ flag-scheduler invoke >/dev/null   # a scheduler run applies stage 0'
+    flag-scheduler invoke >/dev/null 2>&1
+    echo
+    id=$(ramp_id)
+    show "api GET /ramps/$id"
+    show "api POST /ramps/$id/pause"
+    show "api POST /ramps/$id/resume"
+    show "api POST /ramps/$id/abort '{\"rollback\": true}'"
+    show "api POST /ramps/$id/abort"
+    exit 0
+fi
 
 show "curl -s -w '\n(HTTP %{http_code})\n' http://127.0.0.1:$port/status"
 show "api POST /flags '{\"flag_key\": \"holiday-banner\", \"description\": \"Holiday banner on the home page\"}'"

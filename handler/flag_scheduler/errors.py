@@ -119,6 +119,10 @@ class ScheduleNotFound(NotFound):
     """No schedule with this id."""
 
 
+class RampNotFound(NotFound):
+    """No ramp with this id."""
+
+
 class FlagExists(StateConflict):
     """A flag with this key already exists in this environment."""
 

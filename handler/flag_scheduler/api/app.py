@@ -39,9 +39,10 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 
 from flag_scheduler import __version__
-from flag_scheduler.api import flags, problems, request, runtime, schedules
+from flag_scheduler.api import flags, problems, ramps, request, runtime, schedules
 from flag_scheduler.api.auth import Forbidden, Unauthenticated, authorize
 from flag_scheduler.api.models import StatusOut, responses
+from flag_scheduler.engine.ramp_rules import InvalidRamp
 from flag_scheduler.errors import FlagSchedulerError
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ OPENAPI_SETTINGS: dict[str, Any] = {
 app.configure_openapi(**OPENAPI_SETTINGS)
 app.include_router(flags.router)
 app.include_router(schedules.router)
+app.include_router(ramps.router)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -115,6 +117,8 @@ def _invalid_request(exc: RequestValidationError) -> Response[str]:
 def _our_error(exc: FlagSchedulerError) -> Response[str]:
     if isinstance(exc, request.BadParameter):
         return problems.validation_problem([{"loc": exc.field.split("."), "msg": exc.message}])
+    if isinstance(exc, InvalidRamp):
+        return problems.invalid_ramp(exc.problems)
     response = problems.from_error(exc)
     if response.status_code >= 500:
         logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})

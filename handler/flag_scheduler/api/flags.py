@@ -88,8 +88,9 @@ def get_flag(flag_key: FlagKeyPath, environment: EnvironmentQuery = "production"
     )
 
 
-def _moment(scheduled_at: datetime | LocalTimeIn) -> datetime:
-    """The UTC moment of an RFC 3339 time or of a local time in a zone."""
+def moment(scheduled_at: datetime | LocalTimeIn, field: str = "body.scheduled_at") -> datetime:
+    """The UTC moment of an RFC 3339 time or of a local time in a zone (`field` names it
+    in a problem)."""
     if isinstance(scheduled_at, datetime):
         return scheduled_at
     offset = None
@@ -105,7 +106,7 @@ def _moment(scheduled_at: datetime | LocalTimeIn) -> datetime:
         local = datetime.fromisoformat(scheduled_at.local)
     except ValueError:
         raise request.BadParameter(
-            "body.scheduled_at.local", f"{scheduled_at.local!r} is not a real date and time"
+            f"{field}.local", f"{scheduled_at.local!r} is not a real date and time"
         ) from None
     spec = LocalTime(local, scheduled_at.time_zone, fold=scheduled_at.fold, offset=offset)
     return resolve_local(spec)
@@ -133,7 +134,7 @@ def create_schedule(
     settings = runtime.settings()
     new = NewSchedule(
         flag=flag,
-        scheduled_at=_moment(schedule.scheduled_at),
+        scheduled_at=moment(schedule.scheduled_at),
         updates=schedule.updates,
         max_retries=schedule.max_retries,
         actor=caller.actor,

@@ -377,8 +377,8 @@ class ProblemOut(_Out):
 _PROBLEM_TEXT = {
     401: "No verified token",
     403: "The token lacks the scope",
-    404: "No such flag or schedule",
-    409: "The flag or schedule is in a state that does not allow this",
+    404: "No such flag, schedule or ramp",
+    409: "The flag, schedule or ramp is in a state that does not allow this",
     422: "Invalid request (each bad field named) or a refused time",
     503: "The database is unavailable",
 }

@@ -20,6 +20,7 @@ from flag_scheduler.errors import (
     InvalidScheduleTime,
     NonexistentLocalTime,
     NotFound,
+    RampNotFound,
     ScheduleClash,
     ScheduleNotFound,
     StateConflict,
@@ -39,6 +40,7 @@ _BY_CLASS: dict[type[BaseException], tuple[int, str, str]] = {
     NotFound: (404, "not-found", "Not found"),
     FlagNotFound: (404, "flag-not-found", "No such flag"),
     ScheduleNotFound: (404, "schedule-not-found", "No such schedule"),
+    RampNotFound: (404, "ramp-not-found", "No such ramp"),
     StateConflict: (409, "wrong-state", "Conflict with the current state"),
     FlagExists: (409, "flag-exists", "Flag already exists"),
     ScheduleClash: (409, "schedule-clash", "Another change sets this field at this instant"),
@@ -114,6 +116,12 @@ def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:
     return problem_response(
         422, "validation-failed", "Invalid request", detail or "invalid request", errors=fields
     )
+
+
+def invalid_ramp(mistakes: Sequence[str]) -> Response[str]:
+    """422 naming each mistake of a ramp the ramp rules refused (`field`: the body)."""
+    fields = [{"field": "body", "message": mistake} for mistake in mistakes]
+    return problem_response(422, "invalid-ramp", "Invalid ramp", "; ".join(mistakes), errors=fields)
 
 
 def _location(loc: Sequence[Any]) -> str:

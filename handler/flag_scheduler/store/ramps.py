@@ -26,7 +26,7 @@ from flag_scheduler.engine.states import (
     Status,
     by_value,
 )
-from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.errors import RampNotFound, StateConflict
 from flag_scheduler.store import connection, sql
 from flag_scheduler.store.catalog import FlagView
 from flag_scheduler.store.rows import record_row
@@ -200,7 +200,7 @@ class Ramps:
         """Raises NotFound when there is no such ramp."""
         found = self._rows(sql.GET_RAMP, {"ramp_id": ramp_id}, _RAMP_VIEW)
         if not found:
-            raise NotFound(f"no ramp with id {ramp_id}")
+            raise RampNotFound(f"no ramp with id {ramp_id}")
         return found[0]
 
     def show(self, ramp_id: UUID) -> RampDetail:
@@ -453,7 +453,7 @@ class Ramps:
         )
         ramp = self._conn.cursor(row_factory=_LOCKED).execute(sql.LOCK_RAMP, params).fetchone()
         if ramp is None:
-            raise NotFound(f"no ramp with id {ramp_id}")
+            raise RampNotFound(f"no ramp with id {ramp_id}")
         # The ramp lock waited for any run that touched it: what is live now is final.
         now_live = {row[0] for row in self._conn.execute(sql.LIVE_RAMP_SCHEDULES, params)}
         if now_live != {schedule.id for schedule in live}:

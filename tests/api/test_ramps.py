@@ -1,0 +1,274 @@
+"""Ramps through the API: create (both stage forms, both time forms), list, show, pause,
+resume, abort with rollback, scopes, problems, and the CLI agreeing with the API on one ramp,
+through API Gateway v2 events on a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from flag_scheduler.api import runtime
+from tests.api.events import call, http_event
+from tests.support import T0
+
+PROBLEM = "urn:flag-scheduler:problem:"
+pytestmark = pytest.mark.usefixtures("api")
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def flag(key: str = "banner", **fields: Any) -> None:
+    response = call(http_event("POST", "/flags", body={"flag_key": key, **fields}))
+    assert response.status == 201, response.body
+
+
+def create(key: str = "banner", *, status: int = 201, **body: Any) -> Any:
+    body.setdefault("starts_at", iso(T0 + timedelta(hours=1)))
+    if "stages" not in body:
+        body.setdefault("rollout", [5, 25, 100])
+        body.setdefault("hold_seconds", 600)
+    response = call(http_event("POST", f"/flags/{key}/ramps", body=body))
+    assert response.status == status, response.body
+    return response.body
+
+
+def answer(method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+    response = call(http_event(method, path, **kwargs))
+    assert response.status == status, response.body
+    return response.body
+
+
+def test_create_from_rollouts_and_show() -> None:
+    flag()
+    created = create(enable=True, guard_alarms=["errors-high"], rollback_on_alarm=True)
+    ramp = created["ramp"]
+    assert (ramp["state"], ramp["current_stage"], ramp["starts_at"]) == (
+        "active",
+        0,
+        iso(T0 + timedelta(hours=1)),
+    )
+    assert ramp["stages"][0] == {
+        "updates": {"enabled": True, "rollout_percentage": 5},
+        "hold_seconds": 600,
+    }
+    assert (ramp["guard_alarms"], ramp["rollback_on_alarm"], ramp["created_by"]) == (
+        ["errors-high"],
+        True,
+        "ops@example.com",
+    )
+    assert created["warnings"] == []
+    shown = answer("GET", f"/ramps/{ramp['id']}")
+    assert shown["ramp"] == ramp
+    [stage0] = shown["schedules"]
+    assert (stage0["stage"], stage0["state"], stage0["scheduled_at"]) == (
+        0,
+        "pending",
+        iso(T0 + timedelta(hours=1)),
+    )
+    assert [(e["action"], e["stage"], e["actor"]) for e in shown["events"]] == [
+        ("created", 0, "ops@example.com")
+    ]
+
+
+def test_explicit_stages_local_start_end_state_and_a_warning() -> None:
+    flag(rollout_percentage=50)
+    stages = [
+        {"updates": {"rollout_percentage": 10}, "hold_seconds": 60},
+        {"updates": {"rollout_percentage": 60}, "hold_seconds": 120},
+    ]
+    created = create(
+        stages=stages,
+        starts_at={"local": "2026-12-24T09:00", "time_zone": "Europe/Berlin"},
+        end_updates={"rollout_percentage": 100},
+        insufficient_data="halt",
+    )
+    ramp = created["ramp"]
+    assert ramp["starts_at"] == "2026-12-24T08:00:00Z"
+    assert (ramp["end_updates"], ramp["insufficient_data"]) == ({"rollout_percentage": 100}, "halt")
+    assert len(created["warnings"]) == 1
+    assert "50" in created["warnings"][0]
+
+
+def test_invalid_ramp_names_each_problem() -> None:
+    flag()
+    stages = [
+        {"updates": {"rollout_percentage": 150}, "hold_seconds": 600},
+        {"updates": {}, "hold_seconds": 10},
+    ]
+    body = create(stages=stages, status=422)
+    assert body["type"] == PROBLEM + "invalid-ramp"
+    messages = [error["message"] for error in body["errors"]]
+    assert len(messages) == 3, messages
+    assert "stage 0" in messages[0]
+    assert "0..100" in messages[0]
+    assert "stage 1" in messages[1]
+    assert "at least one" in messages[1]
+    assert "stage 1" in messages[2]
+    assert "hold" in messages[2]
+    good = [{"updates": {"rollout_percentage": 10}, "hold_seconds": 60}]
+    forms = [
+        ({}, "give stages, or rollout with hold_seconds"),
+        ({"rollout": [5]}, "give stages, or rollout with hold_seconds"),
+        ({"rollout": [5], "hold_seconds": 60, "stages": good}, "not both"),
+        ({"stages": good, "enable": True}, "not both"),
+    ]
+    for form, message in forms:
+        body = call(http_event("POST", "/flags/banner/ramps", body={"starts_at": iso(T0), **form}))
+        assert (body.status, body.body["type"]) == (422, PROBLEM + "invalid-ramp")
+        assert message in body.body["detail"]
+    many = create(rollout=list(range(21)), status=422)
+    assert "1..20 stages" in many["detail"]
+    nowhere = create(starts_at="2026-12-01 08:00", status=422)
+    assert nowhere["type"] == PROBLEM + "validation-failed"
+    assert nowhere["errors"][0]["field"] == "body.starts_at"
+    gap = create(starts_at={"local": "2026-03-29T02:30", "time_zone": "Europe/Berlin"}, status=422)
+    assert gap["type"] == PROBLEM + "time-in-gap"
+    assert answer("GET", "/ramps")["items"] == []
+
+
+def test_unknown_flag_and_ramp_are_404_and_a_second_ramp_409() -> None:
+    body = create("nope", status=404)
+    assert body["type"] == PROBLEM + "flag-not-found"
+    missing = "00000000-0000-4000-8000-000000000000"
+    for method, path in [
+        ("GET", f"/ramps/{missing}"),
+        ("POST", f"/ramps/{missing}/pause"),
+        ("POST", f"/ramps/{missing}/resume"),
+        ("POST", f"/ramps/{missing}/abort"),
+    ]:
+        assert answer(method, path, 404)["type"] == PROBLEM + "ramp-not-found"
+    assert answer("GET", "/ramps/not-a-uuid", 422)["type"] == PROBLEM + "validation-failed"
+    flag()
+    create()
+    assert create(status=409)["type"] == PROBLEM + "wrong-state"
+
+
+def test_pause_resume_abort_with_actor_and_wrong_states() -> None:
+    flag()
+    ramp_id = create()["ramp"]["id"]
+    assert answer("POST", f"/ramps/{ramp_id}/resume", 409)["type"] == PROBLEM + "wrong-state"
+    paused = answer("POST", f"/ramps/{ramp_id}/pause", claims={"sub": "svc-1"})
+    assert (paused["state"], paused["paused_remaining_seconds"]) == ("paused", 3600.0)
+    assert answer("POST", f"/ramps/{ramp_id}/pause", 409)["type"] == PROBLEM + "wrong-state"
+    runtime.set_clock(lambda: T0 + timedelta(hours=2))
+    resumed = answer("POST", f"/ramps/{ramp_id}/resume")
+    assert resumed["state"] == "active"
+    shown = answer("GET", f"/ramps/{ramp_id}")
+    live = [s for s in shown["schedules"] if s["state"] == "pending"]
+    assert [s["scheduled_at"] for s in live] == [iso(T0 + timedelta(hours=3))]
+    aborted = answer("POST", f"/ramps/{ramp_id}/abort", body={"rollback": True})
+    assert (aborted["ramp"]["state"], aborted["rollback_schedule_id"]) == ("aborted", None)
+    assert answer("POST", f"/ramps/{ramp_id}/abort", 409)["type"] == PROBLEM + "wrong-state"
+    events = answer("GET", f"/ramps/{ramp_id}")["events"]
+    assert [(e["action"], e["actor"]) for e in events] == [
+        ("created", "ops@example.com"),
+        ("paused", "svc-1"),
+        ("resumed", "ops@example.com"),
+        ("aborted", "ops@example.com"),
+    ]
+
+
+def test_abort_with_rollback_after_stage_0_applied(api: str) -> None:
+    flag(rollout_percentage=3)
+    ramp_id = create(starts_at=iso(T0))["ramp"]["id"]
+    with psycopg.connect(api) as conn:
+        # Stage 0 applied as the engine would: the ramp keeps the value before it.
+        conn.execute(
+            "UPDATE flag_ramps SET value_before = %s WHERE id = %s",
+            (json.dumps({"enabled": False, "rollout_percentage": 3}), ramp_id),
+        )
+    aborted = answer("POST", f"/ramps/{ramp_id}/abort", body={"rollback": True})
+    rollback = aborted["rollback_schedule_id"]
+    schedule = answer("GET", f"/schedules/{rollback}")
+    assert (schedule["updates"], schedule["scheduled_at"]) == (
+        {"enabled": False, "rollout_percentage": 3},
+        iso(T0),
+    )
+
+
+def test_list_filters() -> None:
+    flag("a")
+    flag("b")
+    flag("c", environment="staging")
+    first = create("a")["ramp"]["id"]
+    second = create("b")["ramp"]["id"]
+    staging = call(
+        http_event(
+            "POST",
+            "/flags/c/ramps",
+            query={"environment": "staging"},
+            body={"starts_at": iso(T0), "rollout": [50], "hold_seconds": 60},
+        )
+    )
+    assert staging.status == 201, staging.body
+    answer("POST", f"/ramps/{second}/pause")
+
+    def ids(**query: str) -> set[str]:
+        return {ramp["id"] for ramp in answer("GET", "/ramps", query=query)["items"]}
+
+    assert len(ids()) == 3
+    assert ids(state="paused") == {second}
+    assert ids(state="active,paused", environment="production") == {first, second}
+    assert ids(flag_key="a") == {first}
+    assert ids(environment="staging") == {staging.body["ramp"]["id"]}
+    bad = answer("GET", "/ramps", 422, query={"state": "running"})
+    assert bad["errors"][0]["field"] == "query.state"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("POST", "/flags/banner/ramps", "flags:read"),
+        ("POST", "/ramps/00000000-0000-4000-8000-000000000000/pause", "flags:read"),
+        ("POST", "/ramps/00000000-0000-4000-8000-000000000000/resume", "flags:read"),
+        ("POST", "/ramps/00000000-0000-4000-8000-000000000000/abort", "flags:read"),
+        ("GET", "/ramps", "flags:write"),
+        ("GET", "/ramps/00000000-0000-4000-8000-000000000000", "flags:write"),
+    ],
+)
+def test_a_missing_scope_is_403(method: str, path: str, scope: str) -> None:
+    response = call(http_event(method, path, body={}, scope=scope))
+    assert (response.status, response.body["type"]) == (403, PROBLEM + "forbidden")
+
+
+@pytest.mark.slow
+def test_the_cli_and_the_api_show_the_same_ramp(api: str) -> None:
+    runtime.set_clock(runtime.utc_now)  # the CLI reads the real clock
+    flag()
+    start = iso(datetime.now().astimezone() + timedelta(hours=1))
+    ramp_id = create(starts_at=start.split(".")[0] + "Z" if "." in start else start)["ramp"]["id"]
+    answer("POST", f"/ramps/{ramp_id}/pause")
+    env = {**os.environ, "DATABASE_URL": api, "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flag_scheduler_cli.cli", "ramps", "show", ramp_id, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert normalized(json.loads(result.stdout)) == normalized(answer("GET", f"/ramps/{ramp_id}"))
+
+
+def normalized(document: Any) -> Any:
+    """Times as instants (the CLI writes +00:00, the API Z), numbers as numbers."""
+    if isinstance(document, dict):
+        return {key: normalized(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [normalized(value) for value in document]
+    if isinstance(document, str) and len(document) >= 20 and document[10:11] == "T":
+        try:
+            return datetime.fromisoformat(document.replace("Z", "+00:00"))
+        except ValueError:
+            return document
+    return document

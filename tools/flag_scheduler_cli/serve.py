@@ -421,9 +421,9 @@ def run(args: argparse.Namespace) -> int:
     where = _use_database(args.data_dir)
     # Deferred: the CLI's other commands do not pay for importing the API and Powertools.
     from flag_scheduler.api.app import lambda_handler
-    from flag_scheduler.api.auth import AuthSettings
+    from flag_scheduler.aws.settings import ApiSettings
 
-    auth = AuthSettings.from_env(os.environ)
+    auth = ApiSettings.from_env(os.environ)
     gateway = Gateway(
         lambda_handler,
         token,

@@ -32,7 +32,7 @@ class BadParameter(FlagSchedulerError):
 
 def caller() -> Caller:
     """The caller of the request being handled (the resolver has already checked them)."""
-    found = caller_of(BaseRouter.current_event.raw_event, runtime.auth_settings())
+    found = caller_of(BaseRouter.current_event.raw_event, runtime.settings())
     return Caller(actor=_storable(found.actor)[:MAX_ACTOR_LENGTH], scopes=found.scopes)
 
 

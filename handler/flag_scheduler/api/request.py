@@ -53,7 +53,12 @@ def catalog() -> ApiCatalog:
         lock_timeout_ms=settings.lock_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
     )
-    return ApiCatalog(runtime.connection(), request_id=request_id(), timeouts=timeouts)
+    return ApiCatalog(
+        runtime.connection(),
+        request_id=request_id(),
+        timeouts=timeouts,
+        idempotency_retention_seconds=settings.idempotency_retention_seconds,
+    )
 
 
 def encode_cursor(scheduled_at: datetime, schedule_id: UUID) -> str:

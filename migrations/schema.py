@@ -284,6 +284,7 @@ api_idempotency_keys = Table(
         "char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"
     ),
     *_in_range("created_at"),
+    Index("ix_api_idempotency_keys_created_at", "created_at"),
 )
 
 RAMP_STATES = tuple(state.value for state in RampState)

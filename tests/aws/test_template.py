@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from flag_scheduler.api import app, auth
+from flag_scheduler.api import app
 from flag_scheduler.aws import migration, scheduler
-from flag_scheduler.aws.settings import SchedulerSettings, Variable
+from flag_scheduler.aws.settings import ApiSettings, SchedulerSettings, Variable
 from tests.aws.cfn_yaml import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -430,18 +430,25 @@ def test_api_function_runs_with_the_schedulers_database_and_settings() -> None:
     assert not {"ALERT_TOPIC_ARN", "FLAG_EVENTS_BUS_NAME"} & API_ENV.keys()
 
 
+def _api_default(field: str) -> tuple[str, str]:
+    """The variable of an ApiSettings field and its default."""
+    info = ApiSettings.model_fields[field]
+    return str(info.validation_alias), str(info.default)
+
+
 @pytest.mark.parametrize(
-    ("parameter", "variable", "default"),
+    ("parameter", "field"),
     [
-        ("ApiReadScope", auth.READ_SCOPE_VARIABLE, auth.DEFAULT_READ_SCOPE),
-        ("ApiWriteScope", auth.WRITE_SCOPE_VARIABLE, auth.DEFAULT_WRITE_SCOPE),
-        ("ApiScopeClaim", auth.SCOPE_CLAIM_VARIABLE, auth.DEFAULT_SCOPE_CLAIM),
-        ("ApiActorClaims", auth.ACTOR_CLAIMS_VARIABLE, ",".join(auth.DEFAULT_ACTOR_CLAIMS)),
+        ("ApiReadScope", "read_scope"),
+        ("ApiWriteScope", "write_scope"),
+        ("ApiScopeClaim", "scope_claim"),
+        ("ApiActorClaims", "actor_claims"),
     ],
 )
 def test_scope_and_claim_names_are_parameters_with_the_functions_defaults(
-    parameter: str, variable: str, default: str
+    parameter: str, field: str
 ) -> None:
+    variable, default = _api_default(field)
     assert API_ENV[variable] == {"Ref": parameter}
     assert PARAMETERS[parameter]["Default"] == default
     assert re.fullmatch(PARAMETERS[parameter]["AllowedPattern"], default)

@@ -119,44 +119,14 @@ def to_event(
     route_key: str = "$default",
     path_parameters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The API Gateway HTTP API (payload 2.0) event for one request.
-
-    As API Gateway does: header names lower-cased and repeated headers joined with commas,
-    cookies apart, repeated query parameters joined with commas, a body that is not UTF-8
-    base64-encoded.
-    """
+    """The API Gateway HTTP API (payload 2.0) event for one request, built as API Gateway
+    builds it (the helpers below say how: headers and cookies, query, body)."""
     parts = urlsplit(target)
-    joined: dict[str, str] = {}
-    cookies: list[str] = []
-    for name, value in headers:
-        key = name.lower()
-        if key == "cookie":
-            cookies.extend(c.strip() for c in value.split(";") if c.strip())
-            continue
-        joined[key] = f"{joined[key]},{value}" if key in joined else value
-    query: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        query[key] = f"{query[key]},{value}" if key in query else value
-    request_context: dict[str, Any] = {
-        "accountId": "000000000000",
-        "apiId": "local",
-        "domainName": joined.get("host", "localhost"),
-        "domainPrefix": "local",
-        "http": {
-            "method": method,
-            "path": parts.path,
-            "protocol": "HTTP/1.1",
-            "sourceIp": source_ip,
-            "userAgent": joined.get("user-agent", ""),
-        },
-        "requestId": f"local-{uuid.uuid4()}",
-        "routeKey": route_key,
-        "stage": "$default",
-        "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-        "timeEpoch": int(now.timestamp() * 1000),
-    }
-    if authorizer is not None:
-        request_context["authorizer"] = authorizer
+    joined, cookies = _gateway_headers(headers)
+    request_context = _request_context(
+        method, parts.path, joined, source_ip=source_ip, now=now, route_key=route_key
+    )
+    request_context.update({"authorizer": authorizer} if authorizer is not None else {})
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route_key,
@@ -166,19 +136,76 @@ def to_event(
         "requestContext": request_context,
         "isBase64Encoded": False,
     }
-    if cookies:
-        event["cookies"] = cookies
-    if query:
-        event["queryStringParameters"] = query
-    if path_parameters:
-        event["pathParameters"] = path_parameters
+    query = _gateway_query(parts.query)
+    optional = {
+        "cookies": cookies,
+        "queryStringParameters": query,
+        "pathParameters": path_parameters,
+    }
+    event.update({name: value for name, value in optional.items() if value})
     if body:
-        try:
-            event["body"] = body.decode("utf-8")
-        except UnicodeDecodeError:
-            event["body"] = base64.b64encode(body).decode("ascii")
-            event["isBase64Encoded"] = True
+        event.update(_gateway_body(body))
     return event
+
+
+def _gateway_headers(headers: list[tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """Headers as API Gateway passes them: names lower-cased, repeats joined with commas,
+    cookies apart."""
+    joined: dict[str, str] = {}
+    cookies: list[str] = []
+    for name, value in headers:
+        key = name.lower()
+        if key == "cookie":
+            cookies.extend(c.strip() for c in value.split(";") if c.strip())
+            continue
+        joined[key] = f"{joined[key]},{value}" if key in joined else value
+    return joined, cookies
+
+
+def _gateway_query(query_string: str) -> dict[str, str]:
+    """Query parameters as API Gateway passes them: repeats joined with commas."""
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        query[key] = f"{query[key]},{value}" if key in query else value
+    return query
+
+
+def _request_context(
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    *,
+    source_ip: str,
+    now: datetime,
+    route_key: str,
+) -> dict[str, Any]:
+    """The event's requestContext, without the authorizer."""
+    return {
+        "accountId": "000000000000",
+        "apiId": "local",
+        "domainName": headers.get("host", "localhost"),
+        "domainPrefix": "local",
+        "http": {
+            "method": method,
+            "path": path,
+            "protocol": "HTTP/1.1",
+            "sourceIp": source_ip,
+            "userAgent": headers.get("user-agent", ""),
+        },
+        "requestId": f"local-{uuid.uuid4()}",
+        "routeKey": route_key,
+        "stage": "$default",
+        "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+        "timeEpoch": int(now.timestamp() * 1000),
+    }
+
+
+def _gateway_body(body: bytes) -> dict[str, Any]:
+    """The body as text, or base64-encoded when it is not UTF-8."""
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(body).decode("ascii"), "isBase64Encoded": True}
 
 
 def from_result(result: Mapping[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -421,9 +448,9 @@ def run(args: argparse.Namespace) -> int:
     where = _use_database(args.data_dir)
     # Deferred: the CLI's other commands do not pay for importing the API and Powertools.
     from flag_scheduler.api.app import lambda_handler
-    from flag_scheduler.api.auth import AuthSettings
+    from flag_scheduler.aws.settings import ApiSettings
 
-    auth = AuthSettings.from_env(os.environ)
+    auth = ApiSettings.from_env(os.environ)
     gateway = Gateway(
         lambda_handler,
         token,
@@ -437,6 +464,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"cannot listen on {args.host}:{args.port}: {exc.strerror}"
         ) from None
+    _announce(server, where, token)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        gateway.close()
+    return 0
+
+
+def _announce(server: ThreadingHTTPServer, where: str, token: str | None) -> None:
+    """Say on stderr where the API listens, on which database, and whether it can be used."""
     host, port = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -448,15 +489,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     sys.stderr.flush()
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        gateway.close()
-    return 0
 
 
 def _stack_routes() -> list[Route]:

@@ -63,7 +63,7 @@ class ScopedResolver(APIGatewayHttpResolver):
         if event.get("rawPath") in PUBLIC_PATHS:
             return super().resolve(event, context)
         try:
-            authorize(event, runtime.auth_settings())
+            authorize(event, runtime.settings())
         except (Unauthenticated, Forbidden) as exc:
             return _raw_problem(exc)
         return super().resolve(event, context)

@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Each environment variable name is written here and nowhere else.
-READ_SCOPE_VARIABLE = "FLAG_SCHEDULER_API_READ_SCOPE"
-WRITE_SCOPE_VARIABLE = "FLAG_SCHEDULER_API_WRITE_SCOPE"
-SCOPE_CLAIM_VARIABLE = "FLAG_SCHEDULER_API_SCOPE_CLAIM"
-ACTOR_CLAIMS_VARIABLE = "FLAG_SCHEDULER_API_ACTOR_CLAIMS"
-
-DEFAULT_READ_SCOPE = "flags:read"
-DEFAULT_WRITE_SCOPE = "flags:write"
-DEFAULT_SCOPE_CLAIM = "scope"
-DEFAULT_ACTOR_CLAIMS = ("email", "sub")
+from flag_scheduler.aws.settings import ApiSettings
 
 # Methods that only read; every other method writes.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-@dataclass(frozen=True)
-class AuthSettings:
-    """Which scopes the API asks for and which claims name the caller."""
-
-    read_scope: str = DEFAULT_READ_SCOPE
-    write_scope: str = DEFAULT_WRITE_SCOPE
-    scope_claim: str = DEFAULT_SCOPE_CLAIM
-    actor_claims: tuple[str, ...] = DEFAULT_ACTOR_CLAIMS
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> AuthSettings:
-        """Unset or blank variables take their defaults; actor claims are comma-separated."""
-        names = environ.get(ACTOR_CLAIMS_VARIABLE, "").split(",")
-        claims = tuple(name.strip() for name in names if name.strip())
-        return cls(
-            read_scope=environ.get(READ_SCOPE_VARIABLE, "").strip() or DEFAULT_READ_SCOPE,
-            write_scope=environ.get(WRITE_SCOPE_VARIABLE, "").strip() or DEFAULT_WRITE_SCOPE,
-            scope_claim=environ.get(SCOPE_CLAIM_VARIABLE, "").strip() or DEFAULT_SCOPE_CLAIM,
-            actor_claims=claims or DEFAULT_ACTOR_CLAIMS,
-        )
-
-    def required_scope(self, method: str) -> str:
-        return self.read_scope if method.upper() in READ_METHODS else self.write_scope
+def required_scope(settings: ApiSettings, method: str) -> str:
+    """The scope a request with `method` needs."""
+    return settings.read_scope if method.upper() in READ_METHODS else settings.write_scope
 
 
 @dataclass(frozen=True)
@@ -83,7 +53,7 @@ def _scope_words(value: object) -> set[str]:
     return set()
 
 
-def caller_of(event: Mapping[str, Any], settings: AuthSettings) -> Caller:
+def caller_of(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
     """The caller named by the authorizer context of an API Gateway v2 event.
 
     Raises:
@@ -96,20 +66,20 @@ def caller_of(event: Mapping[str, Any], settings: AuthSettings) -> Caller:
     actor = next(
         (
             str(claims[name]).strip()
-            for name in settings.actor_claims
+            for name in settings.actor_claim_names
             if str(claims.get(name) or "").strip()
         ),
         None,
     )
     if actor is None:
-        names = ", ".join(settings.actor_claims)
+        names = ", ".join(settings.actor_claim_names)
         raise Unauthenticated(f"the token has none of the claims that name a caller ({names})")
     assert jwt is not None
     scopes = _scope_words(jwt.get("scopes")) | _scope_words(claims.get(settings.scope_claim))
     return Caller(actor=actor, scopes=frozenset(scopes))
 
 
-def authorize(event: Mapping[str, Any], settings: AuthSettings) -> Caller:
+def authorize(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
     """The caller, if their token grants the scope the request's method needs.
 
     Raises:
@@ -118,7 +88,7 @@ def authorize(event: Mapping[str, Any], settings: AuthSettings) -> Caller:
     """
     caller = caller_of(event, settings)
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "GET"))
-    needed = settings.required_scope(method)
+    needed = required_scope(settings, method)
     if needed not in caller.scopes:
         raise Forbidden(f"this operation needs the scope {needed!r}; the token does not grant it")
     return caller

@@ -32,7 +32,7 @@ class BadParameter(FlagSchedulerError):
 
 def caller() -> Caller:
     """The caller of the request being handled (the resolver has already checked them)."""
-    found = caller_of(BaseRouter.current_event.raw_event, runtime.auth_settings())
+    found = caller_of(BaseRouter.current_event.raw_event, runtime.settings())
     return Caller(actor=_storable(found.actor)[:MAX_ACTOR_LENGTH], scopes=found.scopes)
 
 
@@ -53,7 +53,12 @@ def catalog() -> ApiCatalog:
         lock_timeout_ms=settings.lock_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
     )
-    return ApiCatalog(runtime.connection(), request_id=request_id(), timeouts=timeouts)
+    return ApiCatalog(
+        runtime.connection(),
+        request_id=request_id(),
+        timeouts=timeouts,
+        idempotency_retention_seconds=settings.idempotency_retention_seconds,
+    )
 
 
 def encode_cursor(scheduled_at: datetime, schedule_id: UUID) -> str:

@@ -11,9 +11,8 @@ from typing import Any
 
 import psycopg
 
-from flag_scheduler.api.auth import AuthSettings
 from flag_scheduler.aws.secrets import connect_database
-from flag_scheduler.aws.settings import SchedulerSettings
+from flag_scheduler.aws.settings import ApiSettings
 
 
 def utc_now() -> datetime:
@@ -23,8 +22,7 @@ def utc_now() -> datetime:
 class _Shared:
     """Container-wide state: settings, and the clock (tests replace it)."""
 
-    settings: SchedulerSettings | None = None
-    auth: AuthSettings | None = None
+    settings: ApiSettings | None = None
     clock: Callable[[], datetime] = staticmethod(utc_now)
 
 
@@ -48,16 +46,10 @@ def set_clock(clock: Callable[[], datetime]) -> None:
     _shared.clock = clock
 
 
-def settings() -> SchedulerSettings:
+def settings() -> ApiSettings:
     if _shared.settings is None:
-        _shared.settings = SchedulerSettings.from_env(os.environ)
+        _shared.settings = ApiSettings.from_env(os.environ)
     return _shared.settings
-
-
-def auth_settings() -> AuthSettings:
-    if _shared.auth is None:
-        _shared.auth = AuthSettings.from_env(os.environ)
-    return _shared.auth
 
 
 def connection(monotonic: Callable[[], float] = time.monotonic) -> psycopg.Connection[Any]:
@@ -89,5 +81,4 @@ def reset() -> None:
     _thread.connection = None
     _thread.connected_at = 0.0
     _shared.settings = None
-    _shared.auth = None
     _shared.clock = utc_now

@@ -249,9 +249,43 @@ class MigrationSettings(DatabaseSettings):
     """The migration function: only where the database is."""
 
 
+def _word(variable: str, default: str) -> Any:
+    """A field read from `variable`: text (surrounding blanks dropped), `default` when unset."""
+    return Field(default, validation_alias=variable)
+
+
+# What an OAuth scope may be (RFC 6749: printable ASCII but space, '"' and '\\').
+_SCOPE = Pattern(r"[!#-\[\]-~]+", "a scope (printable ASCII, no spaces, quotes or backslashes)")
+_CLAIM = Pattern(r"[A-Za-z0-9_:.-]+", "a claim name")
+_CLAIMS = Pattern(r"[A-Za-z0-9_:.-]+( *, *[A-Za-z0-9_:.-]+)*", "claim names, comma-separated")
+
+
+class ApiSettings(SchedulerSettings):
+    """The HTTP API function: the scheduler's knobs (its retry previews and lateness checks
+    must be the ones the scheduler applies), the scopes and claims it checks, and how long an
+    idempotency key is remembered."""
+
+    read_scope: Annotated[str, _SCOPE] = _word("FLAG_SCHEDULER_API_READ_SCOPE", "flags:read")
+    write_scope: Annotated[str, _SCOPE] = _word("FLAG_SCHEDULER_API_WRITE_SCOPE", "flags:write")
+    scope_claim: Annotated[str, _CLAIM] = _word("FLAG_SCHEDULER_API_SCOPE_CLAIM", "scope")
+    actor_claims: Annotated[str, _CLAIMS] = _word("FLAG_SCHEDULER_API_ACTOR_CLAIMS", "email,sub")
+    # A replay of a create this much later makes a new schedule; older keys are deleted.
+    idempotency_retention_seconds: int = _integer(
+        "FLAG_SCHEDULER_API_IDEMPOTENCY_RETENTION_SECONDS", 86_400, 60, 2_592_000
+    )
+
+    @property
+    def actor_claim_names(self) -> tuple[str, ...]:
+        """The claims naming the caller, first present wins."""
+        return tuple(name.strip() for name in self.actor_claims.split(","))
+
+
 # Every process kind's settings; the README and template tests read the variables from these.
-# A new function (the HTTP API) adds its model here.
-PROCESS_SETTINGS: tuple[type[EnvironmentSettings], ...] = (SchedulerSettings, MigrationSettings)
+PROCESS_SETTINGS: tuple[type[EnvironmentSettings], ...] = (
+    SchedulerSettings,
+    MigrationSettings,
+    ApiSettings,
+)
 
 
 # Powertools reads these when a handler is imported (the metrics switch: when a run's metrics

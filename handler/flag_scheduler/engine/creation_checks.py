@@ -14,7 +14,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flag_scheduler.engine import limits
 from flag_scheduler.engine import policy as rules
-from flag_scheduler.engine.timeline import FieldValue, FlagPlan, PendingChange, timeline
+from flag_scheduler.engine.timeline import (
+    FieldValue,
+    FlagPlan,
+    PendingChange,
+    TimelineStep,
+    timeline,
+)
 from flag_scheduler.errors import (
     AmbiguousLocalTime,
     InvalidScheduleTime,
@@ -191,6 +197,17 @@ def check_change(
     Raises:
         ScheduleClash: a pending change sets one of the same fields at the same instant.
     """
+    _refuse_clash(plan, scheduled_at, fields)
+    notices = [_overlap(other, scheduled_at, fields) for other in plan.pending]
+    new = PendingChange(new_id, scheduled_at, fields, scheduled_at, scheduled_at)
+    steps = timeline(plan.with_change(new), now=now, max_lateness_seconds=max_lateness_seconds)
+    step = next(s for s in steps if s.change.id == new_id)
+    notices += _step_notices(step, fields)
+    return [notice for notice in notices if notice is not None]
+
+
+def _refuse_clash(plan: FlagPlan, scheduled_at: datetime, fields: dict[str, FieldValue]) -> None:
+    """Raises ScheduleClash when a pending change sets one of `fields` at `scheduled_at`."""
     for other in plan.pending:
         shared = sorted(set(other.fields) & set(fields))
         if shared and other.scheduled_at == scheduled_at:
@@ -198,10 +215,12 @@ def check_change(
                 f"schedule {other.id} already sets {', '.join(shared)} of this flag at"
                 f" {_utc_text(scheduled_at)}; cancel it or choose another time"
             )
-    notices = [_overlap(other, scheduled_at, fields) for other in plan.pending]
-    new = PendingChange(new_id, scheduled_at, fields, scheduled_at, scheduled_at)
-    steps = timeline(plan.with_change(new), now=now, max_lateness_seconds=max_lateness_seconds)
-    step = next(s for s in steps if s.change.id == new_id)
+
+
+def _step_notices(step: TimelineStep, fields: dict[str, FieldValue]) -> list[Notice]:
+    """Warnings from where the new change falls on the timeline: fields a later applied
+    change already set, or nothing new set at all."""
+    notices: list[Notice] = []
     if step.stale:
         notices.append(
             Notice(
@@ -218,7 +237,7 @@ def check_change(
                 f"sets nothing new: when it applies the flag will already have {shown}",
             )
         )
-    return [notice for notice in notices if notice is not None]
+    return notices
 
 
 def _overlap(

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -102,6 +102,10 @@ class RequeueFilter:
     failed_before: datetime | None = None
 
 
+# Expired keys deleted per create: bounds the extra work a create does to a few index reads.
+EXPIRED_KEYS_PER_CREATE = 100
+
+
 class _LostKeyRace(Exception):
     """A concurrent request with the same Idempotency-Key committed first."""
 
@@ -116,7 +120,9 @@ class WriteTimeouts:
 
 class ApiCatalog(Catalog):
     """Catalog writes that name their caller (`actor`) and the request (`request_id`), each
-    bounded by `timeouts` when given (a lock wait past it raises LockNotAvailable)."""
+    bounded by `timeouts` when given (a lock wait past it raises LockNotAvailable).
+    Idempotency keys older than `idempotency_retention_seconds` are ignored and deleted;
+    None keeps them forever."""
 
     def __init__(
         self,
@@ -124,10 +130,12 @@ class ApiCatalog(Catalog):
         *,
         request_id: str | None = None,
         timeouts: WriteTimeouts | None = None,
+        idempotency_retention_seconds: int | None = None,
     ) -> None:
         super().__init__(conn)
         self._request_id = request_id
         self._timeouts = timeouts
+        self._retention = idempotency_retention_seconds
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -252,7 +260,7 @@ class ApiCatalog(Catalog):
         with self._write():
             self._conn.execute(sql.LOCK_FLAG_FOR_PLANNING, {"flag_id": new.flag.id})
             if idempotency is not None:
-                earlier = self._replay(idempotency)
+                earlier = self._replay(idempotency, now)
                 if earlier is not None:
                     return earlier
             notices = check_time(
@@ -268,7 +276,7 @@ class ApiCatalog(Catalog):
             )
             schedule_id = self._insert(current, new)
             if idempotency is not None:
-                self._remember(idempotency, schedule_id, notices)
+                self._remember(idempotency, schedule_id, notices, now)
         return CreatedSchedule(self.get_schedule(schedule_id), notices)
 
     def _insert(self, flag: FlagView, new: NewSchedule) -> UUID:
@@ -283,10 +291,19 @@ class ApiCatalog(Catalog):
         assert row is not None
         return UUID(str(row[0]))
 
-    def _replay(self, idempotency: IdempotencyKey) -> CreatedSchedule | None:
+    def _expired(self, created_at: datetime, now: datetime) -> bool:
+        return self._retention is not None and created_at <= now - timedelta(
+            seconds=self._retention
+        )
+
+    def _replay(self, idempotency: IdempotencyKey, now: datetime) -> CreatedSchedule | None:
         params = {"actor": idempotency.actor, "key": idempotency.key}
         row = self._read_one(sql.GET_IDEMPOTENCY_KEY, params, dict_row)
         if row is None:
+            return None
+        if self._expired(row["created_at"], now):
+            # Past its retention the key names nothing: this request starts afresh.
+            self._conn.execute(sql.DELETE_IDEMPOTENCY_KEY, params)
             return None
         if row["request_hash"] != idempotency.request_hash:
             raise IdempotencyKeyReused(
@@ -310,7 +327,11 @@ class ApiCatalog(Catalog):
         return CreatedSchedule(schedule, notices, replayed=True)
 
     def _remember(
-        self, idempotency: IdempotencyKey, schedule_id: UUID, notices: list[Notice]
+        self,
+        idempotency: IdempotencyKey,
+        schedule_id: UUID,
+        notices: list[Notice],
+        now: datetime,
     ) -> None:
         response = {"notices": [asdict(notice) for notice in notices]}
         row = self._conn.execute(
@@ -321,10 +342,21 @@ class ApiCatalog(Catalog):
                 "request_hash": idempotency.request_hash,
                 "schedule_id": schedule_id,
                 "response": Jsonb(json.loads(json.dumps(response, default=str))),
+                "now": now,
             },
         ).fetchone()
         if row is None:
             raise _LostKeyRace
+        self._forget_expired_keys(now)
+
+    def _forget_expired_keys(self, now: datetime) -> None:
+        """Deletes a bounded batch of expired keys, so the table stays as large as a
+        retention's worth of creates (each create deletes more than it adds)."""
+        if self._retention is None:
+            return
+        cutoff = now - timedelta(seconds=self._retention)
+        params = {"cutoff": cutoff, "limit": EXPIRED_KEYS_PER_CREATE}
+        self._conn.execute(sql.DELETE_EXPIRED_IDEMPOTENCY_KEYS, params)
 
     # --- reads ---
 

@@ -271,36 +271,8 @@ class ScheduleRepository:
         """
         if not outcomes:
             return
-        ids = [o.schedule.id for o in outcomes]
-        error_classes = [o.error_class for o in outcomes]
-        self._execute(
-            sql.WRITE_OUTCOMES,
-            {
-                "ids": ids,
-                "statuses": [o.status for o in outcomes],
-                "retry_counts": [
-                    o.schedule.retry_count if o.retry_count is None else o.retry_count
-                    for o in outcomes
-                ],
-                "next_retry_at": [o.next_retry_at for o in outcomes],
-                "last_errors": [o.last_error for o in outcomes],
-                "error_classes": error_classes,
-                "now": now,
-            },
-        )
-        self._execute(
-            sql.INSERT_ATTEMPTS,
-            {
-                "ids": ids,
-                "attempts": [o.attempt for o in outcomes],
-                "outcomes": [o.outcome for o in outcomes],
-                "error_classes": error_classes,
-                "errors": [o.error for o in outcomes],
-                "started_at": now,
-                "finished_at": finished_at,
-                "request_id": request_id,
-            },
-        )
+        self._execute(sql.WRITE_OUTCOMES, _outcome_columns(outcomes, now))
+        self._execute(sql.INSERT_ATTEMPTS, _attempt_columns(outcomes, now, finished_at, request_id))
         self.enqueue_messages(messages, now=now)
 
     def enqueue_messages(self, messages: Sequence[OutboxMessage], *, now: datetime) -> None:
@@ -468,3 +440,37 @@ def ramp_from_row(row: Mapping[str, Any]) -> Ramp:
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
     )
+
+
+def _outcome_columns(outcomes: Sequence[ScheduleOutcome], now: datetime) -> dict[str, Any]:
+    """WRITE_OUTCOMES' parameters: one array per column, one element per schedule."""
+    return {
+        "ids": [o.schedule.id for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "retry_counts": [
+            o.schedule.retry_count if o.retry_count is None else o.retry_count for o in outcomes
+        ],
+        "next_retry_at": [o.next_retry_at for o in outcomes],
+        "last_errors": [o.last_error for o in outcomes],
+        "error_classes": [o.error_class for o in outcomes],
+        "now": now,
+    }
+
+
+def _attempt_columns(
+    outcomes: Sequence[ScheduleOutcome],
+    now: datetime,
+    finished_at: datetime,
+    request_id: str | None,
+) -> dict[str, Any]:
+    """INSERT_ATTEMPTS' parameters: one history row per schedule."""
+    return {
+        "ids": [o.schedule.id for o in outcomes],
+        "attempts": [o.attempt for o in outcomes],
+        "outcomes": [o.outcome for o in outcomes],
+        "error_classes": [o.error_class for o in outcomes],
+        "errors": [o.error for o in outcomes],
+        "started_at": now,
+        "finished_at": finished_at,
+        "request_id": request_id,
+    }

@@ -508,7 +508,7 @@ ORDER BY k.field, s.scheduled_at DESC, s.id DESC
 
 # The idempotency record of (caller, key), if any.
 GET_IDEMPOTENCY_KEY = """
-SELECT request_hash, schedule_id, response
+SELECT request_hash, schedule_id, response, created_at
 FROM api_idempotency_keys
 WHERE actor = %(actor)s AND idempotency_key = %(key)s
 """
@@ -521,10 +521,24 @@ DELETE FROM api_idempotency_keys WHERE actor = %(actor)s AND idempotency_key = %
 # Claims (caller, key) for the schedule just created; returns nothing when a concurrent
 # request holding the same key committed first (this one then waits for it and rolls back).
 INSERT_IDEMPOTENCY_KEY = """
-INSERT INTO api_idempotency_keys (actor, idempotency_key, request_hash, schedule_id, response)
-VALUES (%(actor)s, %(key)s, %(request_hash)s, %(schedule_id)s, %(response)s)
+INSERT INTO api_idempotency_keys
+    (actor, idempotency_key, request_hash, schedule_id, response, created_at)
+VALUES (%(actor)s, %(key)s, %(request_hash)s, %(schedule_id)s, %(response)s, %(now)s)
 ON CONFLICT (actor, idempotency_key) DO NOTHING
 RETURNING schedule_id
+"""
+
+# Deletes a batch of keys created at or before the cutoff, oldest first; rows another
+# request holds are skipped (a later batch takes them), so no create waits on this.
+DELETE_EXPIRED_IDEMPOTENCY_KEYS = """
+DELETE FROM api_idempotency_keys
+WHERE (actor, idempotency_key) IN (
+    SELECT actor, idempotency_key FROM api_idempotency_keys
+    WHERE created_at <= %(cutoff)s
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 """
 
 # Appends an operator action to a schedule's history with the caller who made it.

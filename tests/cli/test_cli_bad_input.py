@@ -65,6 +65,16 @@ def test_migrate_with_a_bad_database_url_is_one_line(url: str, code: int, messag
     assert message in line
 
 
+@pytest.mark.parametrize(
+    "command", [("status",), ("flags", "list"), ("ramps", "list"), ("invoke",), ("serve",)]
+)
+def test_every_database_command_refuses_a_url_that_is_not_postgresql(
+    command: tuple[str, ...],
+) -> None:
+    env = _env(DATABASE_URL=f"mysql://app:{PASSWORD}@db.example/app")
+    assert "got a mysql:// URL" in _one_line(_run(*command, env=env), 2)
+
+
 @pytest.fixture
 def refusing_server() -> Iterator[int]:
     """A TCP port where a server speaking PostgreSQL's protocol asks for a password and

@@ -47,6 +47,7 @@ from flag_scheduler_cli.commands import Context, Result
 from flag_scheduler_cli.completion import bash_script
 from flag_scheduler_cli.local import (
     FakeLambdaContext,
+    check_database_url,
     data_folder,
     migrate,
     start_embedded_server,
@@ -434,6 +435,7 @@ def _database_url(args: argparse.Namespace) -> Iterator[str]:
     """DATABASE_URL, or the embedded server in the data folder (migrated to head)."""
     configured = os.environ.get("DATABASE_URL", "").strip()
     if configured:
+        check_database_url(configured)
         yield configured
         return
     server = start_embedded_server(data_folder(os.environ, args.data_dir), throwaway=False)
@@ -800,8 +802,8 @@ def _invoke(args: argparse.Namespace) -> int:
             f" {margin} seconds"
         )
     event = _read_event(args.event)
-    print(f"flag-scheduler: database: {_where(args)}", file=sys.stderr)
     with _database_url(args) as url:
+        print(f"flag-scheduler: database: {_where(args)}", file=sys.stderr)
         os.environ["DATABASE_URL"] = url
         # Deferred: importing the handler runs its cold start (Powertools checks, JSON logs).
         from flag_scheduler.aws import scheduler

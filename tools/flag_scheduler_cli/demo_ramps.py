@@ -71,7 +71,7 @@ def walk(catalog: Catalog, conn: psycopg.Connection[Any], out: Out) -> None:
         now = START + timedelta(minutes=tick)
         _before_run(now, catalog, conn, alarms, out)
         flags = {name: _flag_text(catalog, name) for name in names.values()}
-        scheduler.run_invocation(FakeLambdaContext(), clock=lambda now=now: now)
+        scheduler.run_invocation(FakeLambdaContext(), clock=lambda now=now: now, alarms=alarms)
         scheduler.metrics.clear_metrics()
         for ramp_id, name in names.items():
             after = ramps.show(ramp_id)
@@ -119,9 +119,6 @@ def _create(
 def _before_run(
     now: datetime, catalog: Catalog, conn: psycopg.Connection[Any], alarms: DemoAlarms, out: Out
 ) -> None:
-    # The demo's reader stands in for CloudWatch: the container's reader is built only when
-    # none is set (scheduler._alarms), so the real handler runs without AWS.
-    scheduler._container.alarms = alarms
     if now == FAULT_AT:
         flag = catalog.get_flag("new-pricing").id
         fault_injection.set_fault(conn, flag, "55P03", "lock timeout on new-pricing (injected)")

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from flag_scheduler.errors import ConfigurationError
 from flag_scheduler_cli.local import (
     FakeLambdaContext,
+    check_database_url,
     data_folder,
     migrate,
     start_embedded_server,
@@ -513,7 +514,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def _use_database(override: Path | None) -> str:
     """Point DATABASE_URL at the database to serve; says which, for people (never the URL:
     it may hold a password)."""
-    if os.environ.get("DATABASE_URL", "").strip():
+    configured = os.environ.get("DATABASE_URL", "").strip()
+    if configured:
+        check_database_url(configured)
         return "database: DATABASE_URL"
     folder = data_folder(os.environ, override)
     server = start_embedded_server(folder, throwaway=False)

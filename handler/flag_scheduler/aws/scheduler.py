@@ -139,10 +139,12 @@ def run_invocation(
     clock: run_loop.Clock = utc_now,
     progress: Progress | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    alarms: ramps.AlarmReader | None = None,
 ) -> dict[str, Any]:
     """One scheduler run against the container's database, then the outbox; returns the
     run summary. `progress` is told the running totals after each batch; `monotonic`
-    measures the cached connection's age (tests pass their own).
+    measures the cached connection's age (tests pass their own); `alarms` reads the ramps'
+    guard alarms instead of CloudWatch (the demo, which runs without AWS).
 
     Raises:
         SystemicFailure: an outage stopped the run (its committed batches are notified).
@@ -162,7 +164,7 @@ def run_invocation(
             policy=settings.run_policy(),
             request_id=context.aws_request_id,
             progress=progress,
-            alarms=_alarms(),
+            alarms=alarms or _alarms(),
         )
     except SystemicFailure:
         # The batches committed before the outage stop still get their notifications out.

@@ -338,3 +338,25 @@ def test_a_database_refusal_is_one_line_naming_the_database(cli: Cli) -> None:
     assert line == (
         "flag-scheduler: error: database: cannot execute INSERT in a read-only transaction"
     )
+
+
+def test_a_local_time_in_a_zone_is_checked_as_the_api_checks_it(cli: Cli) -> None:
+    cli.ok("flags", "create", "banner")
+    base = ("schedules", "create", "--flag", "banner", "--enable", "--time-zone", "Europe/Berlin")
+    gap = cli.fails(2, *base, "--at", "2030-03-31T02:30")
+    assert "2030-03-31T02:30" in gap
+    assert "gap" in gap
+    overlap = cli.fails(2, *base, "--at", "2030-10-27T02:30")
+    assert "happens twice" in overlap
+    assert "fold" in overlap
+    assert "not an IANA time zone" in cli.fails(
+        2, *base[:-1], "Mars/Olympus", "--at", "2030-01-01T09:00"
+    )
+    assert "--fold needs --time-zone" in cli.fails(
+        2, "schedules", "create", "--flag", "banner", "--enable", "--at", "now", "--fold", "1"
+    )
+    second = cli.json(*base, "--at", "2030-10-27T02:30", "--fold", "1")
+    assert second["scheduled_at"] == "2030-10-27T01:30:00Z"  # CET, after the clocks went back
+    winter = cli.json(*base, "--at", "2030-12-24T09:00")
+    assert winter["scheduled_at"] == "2030-12-24T08:00:00Z"
+    assert len(cli.json("schedules", "list")) == 2  # the refused ones wrote nothing

@@ -27,16 +27,21 @@ from flag_scheduler.aws.settings import (
 )
 from flag_scheduler.engine import limits
 from flag_scheduler.engine.backoff import BackoffPolicy
+from flag_scheduler.engine.creation_checks import LocalTime, resolve_local
 from flag_scheduler.engine.policy import is_too_late
 from flag_scheduler.engine.ramp_rules import InvalidRamp
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import InsufficientData, RampState, State, Status
 from flag_scheduler.errors import (
+    AmbiguousLocalTime,
     ConfigurationError,
     FlagSchedulerError,
+    InvalidScheduleTime,
     InvalidUpdates,
+    NonexistentLocalTime,
     PermanentDatabaseError,
     TransientDatabaseError,
+    UnknownTimeZone,
 )
 from flag_scheduler.store import connection
 from flag_scheduler.store.api_catalog import ApiCatalog
@@ -219,6 +224,18 @@ def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
     create.add_argument("--env", default="production")
     create.add_argument(
         "--at", required=True, metavar="TIME", help="ISO 8601 with offset, 'now', or '+15m'"
+    )
+    create.add_argument(
+        "--time-zone",
+        metavar="ZONE",
+        help="read --at as a wall-clock time in this IANA zone (e.g. 2026-12-24T09:00 and"
+        " Europe/Berlin), checked as the HTTP API checks it",
+    )
+    create.add_argument(
+        "--fold",
+        type=int,
+        choices=(0, 1),
+        help="with --time-zone, which of the two moments a time that happens twice means",
     )
     change = create.add_mutually_exclusive_group()
     change.add_argument("--enable", dest="enabled", action="store_true", default=None)
@@ -562,7 +579,7 @@ def _flags_show(operation: _Operation) -> Result:
 
 def _schedules_create(operation: _Operation) -> Result:
     args = operation.args
-    at = operation.time("--at", args.at)
+    at = _schedule_time(operation)
     lateness = operation.settings.max_lateness_seconds
     _check_not_too_late(at, operation.now, lateness, force=args.force)
     updates = _updates(enabled=args.enabled, rollout=args.rollout)
@@ -570,6 +587,30 @@ def _schedules_create(operation: _Operation) -> Result:
         return commands.schedules_create(
             ctx, args.flag, args.env, at, updates, args.max_retries, force=args.force
         )
+
+
+def _schedule_time(operation: _Operation) -> datetime:
+    """--at as given, or as a wall-clock time in --time-zone (the API's local-time rules:
+    a time in a daylight-saving gap is refused, one in an overlap needs --fold)."""
+    args = operation.args
+    if args.time_zone is None:
+        if args.fold is not None:
+            raise UsageError("--fold needs --time-zone")
+        return operation.time("--at", args.at)
+    try:
+        local = datetime.fromisoformat(args.at)
+    except ValueError:
+        raise UsageError(
+            f"--at {args.at!r} with --time-zone must be a wall-clock time such as 2026-12-24T09:00"
+        ) from None
+    try:
+        moment = resolve_local(LocalTime(local, args.time_zone, fold=args.fold))
+    except (InvalidScheduleTime, UnknownTimeZone, NonexistentLocalTime, AmbiguousLocalTime) as exc:
+        raise UsageError(f"--at: {exc}") from None
+    problem = limits.time_problem(moment)
+    if problem:
+        raise UsageError(f"--at: {problem}")
+    return moment
 
 
 def _check_not_too_late(at: datetime, now: datetime, lateness: int, *, force: bool) -> None:

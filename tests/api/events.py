@@ -78,9 +78,9 @@ class ApiResponse:
         return {k.lower(): v for k, v in self.headers.items()}.get("content-type", "")
 
 
-def call(event: dict[str, Any]) -> ApiResponse:
+def call(event: dict[str, Any], context: Any = None) -> ApiResponse:
     """The function's answer to one event, its JSON body decoded."""
-    result = lambda_handler(event, None)
+    result = lambda_handler(event, context)
     text = result.get("body") or ""
     return ApiResponse(
         status=result["statusCode"],

@@ -126,7 +126,7 @@ def _lambda_request_id() -> str | None:
     return getattr(app.lambda_context, "aws_request_id", None)
 
 
-def _instance() -> dict[str, str]:
+def _instance() -> dict[str, Any]:
     request_id = _lambda_request_id()
     return {"instance": request_id} if request_id else {}
 

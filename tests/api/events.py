@@ -11,7 +11,7 @@ from flag_scheduler.api.app import lambda_handler
 
 READ_WRITE = "flags:read flags:write"
 # A claim set an OIDC provider issues: `sub` always, `email` when the user has one.
-USER_CLAIMS = {"sub": "user-123", "email": "ops@example.com"}
+USER_CLAIMS = {"sub": "user-123", "email": "ops@example.com", "email_verified": "true"}
 
 
 def http_event(

@@ -321,6 +321,17 @@ def test_status_counts(api: str) -> None:
                 "body.max_retries": "Input should be less than or equal to 10",
             },
         ),
+        (
+            {
+                "scheduled_at": {
+                    "local": "2026-12-24T09:00",
+                    "time_zone": "Europe/Berlin",
+                    "offset": "+99:99",
+                },
+                "updates": {"enabled": True},
+            },
+            {"body.scheduled_at.offset": "String should match pattern"},
+        ),
     ],
 )
 def test_validation_names_each_bad_field(body: dict[str, Any], errors: dict[str, str]) -> None:

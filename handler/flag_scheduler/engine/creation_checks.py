@@ -6,7 +6,9 @@ the rule and the values (a gap's edges, both moments of an overlap, the clashing
 
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -49,14 +51,23 @@ def zone(name: str) -> ZoneInfo:
         UnknownTimeZone: naming what was given.
     """
     shown = name if len(name) <= 40 else f"{name[:37]}..."
-    if not _ZONE_NAME.fullmatch(name):
-        raise UnknownTimeZone(f"time_zone {shown!r} is not an IANA time zone name")
+    if not _ZONE_NAME.fullmatch(name) or name not in _iana_names():
+        raise UnknownTimeZone(
+            f"time_zone {shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise UnknownTimeZone(
             f"time_zone {shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
         ) from None
+
+
+@functools.cache
+def _iana_names() -> frozenset[str]:
+    """The zone database's names, less those that are files rather than zones: `localtime`
+    is whatever zone the host runs in, `posixrules` and `Factory` are no place."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "posixrules", "Factory"})
 
 
 def _offset_text(offset: timedelta | None) -> str:

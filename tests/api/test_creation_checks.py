@@ -207,3 +207,12 @@ def test_timeline_marks_changes_that_would_expire() -> None:
     assert step.expires
     assert step.at == NOW
     assert step.after == PLAN.current
+
+
+def test_a_late_time_that_expires_before_the_next_run_is_flagged() -> None:
+    [note] = check_time(NOW - timedelta(seconds=DAY - 1), now=NOW, max_lateness_seconds=DAY)
+    assert note.code == "will_expire"
+    assert "expires at 2026-12-01T12:00:01Z" in note.detail
+    # A minute's run interval left before the expiry: it is applied first.
+    [note] = check_time(NOW - timedelta(seconds=DAY - 60), now=NOW, max_lateness_seconds=DAY)
+    assert note.code == "applies_at_next_run"

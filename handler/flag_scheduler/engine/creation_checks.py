@@ -26,6 +26,9 @@ from flag_scheduler.errors import (
     UnknownTimeZone,
 )
 
+# The scheduler's EventBridge rate (template.yaml: rate(1 minute)): a past change is applied
+# at the latest this long after it is created.
+RUN_INTERVAL_SECONDS = 60
 # Sorts after every real id: a new change is placed last among changes at its instant.
 LAST_ID = UUID(int=2**128 - 1)
 # IANA names are ASCII words joined by '/' (Europe/Berlin, America/Argentina/Buenos_Aires,
@@ -177,6 +180,18 @@ def check_time(scheduled_at: datetime, *, now: datetime, max_lateness_seconds: i
             f" past, beyond the lateness limit of {max_lateness_seconds} s"
             " (FLAG_SCHEDULE_MAX_LATENESS_SECONDS): it could only expire"
         )
+    expiry = rules.expires_at(scheduled_at, max_lateness_seconds=max_lateness_seconds)
+    if expiry is not None and expiry < now + timedelta(seconds=RUN_INTERVAL_SECONDS):
+        # Accepted, as a late time within the limit always was, but said plainly: the next
+        # run may well come after the expiry and mark it expired instead of applying it.
+        return [
+            Notice(
+                "will_expire",
+                f"scheduled_at {_utc_text(scheduled_at)} is {int(late.total_seconds())} s in"
+                f" the past and expires at {_utc_text(expiry)}, before the scheduler's next"
+                f" run (every {RUN_INTERVAL_SECONDS} s) is sure to come: it will likely expire",
+            )
+        ]
     return [
         Notice(
             "applies_at_next_run",

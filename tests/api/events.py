@@ -11,7 +11,7 @@ from flag_scheduler.api.app import lambda_handler
 
 READ_WRITE = "flags:read flags:write"
 # A claim set an OIDC provider issues: `sub` always, `email` when the user has one.
-USER_CLAIMS = {"sub": "user-123", "email": "ops@example.com"}
+USER_CLAIMS = {"sub": "user-123", "email": "ops@example.com", "email_verified": "true"}
 
 
 def http_event(
@@ -78,9 +78,9 @@ class ApiResponse:
         return {k.lower(): v for k, v in self.headers.items()}.get("content-type", "")
 
 
-def call(event: dict[str, Any]) -> ApiResponse:
+def call(event: dict[str, Any], context: Any = None) -> ApiResponse:
     """The function's answer to one event, its JSON body decoded."""
-    result = lambda_handler(event, None)
+    result = lambda_handler(event, context)
     text = result.get("body") or ""
     return ApiResponse(
         status=result["statusCode"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from tests.api.events import call, http_event
@@ -62,3 +63,32 @@ def test_openapi_needs_no_scope() -> None:
     response = call(http_event("GET", "/openapi.json", authorized=False))
     assert response.status == 200
     assert response.body["info"]["title"] == "flag-scheduler"
+
+
+def test_an_unverified_email_is_recorded_as_the_sub(api: str) -> None:
+    forged = {"sub": "attacker-9", "email": "ceo@example.com", "email_verified": "false"}
+    created = call(http_event("POST", "/flags", body={"flag_key": "banner"}, claims=forged))
+    assert created.status == 201, created.body
+    with psycopg.connect(api) as conn:
+        creators = conn.execute("SELECT created_by FROM feature_flags").fetchall()
+    assert creators == [("attacker-9",)]
+
+
+def test_one_email_with_two_subs_does_not_share_an_idempotency_key() -> None:
+    assert call(http_event("POST", "/flags", body={"flag_key": "banner"})).status == 201
+    body = {"updates": {"enabled": True}}
+    answers = [
+        call(
+            http_event(
+                "POST",
+                "/flags/banner/schedules",
+                body={**body, "scheduled_at": at},
+                headers={"idempotency-key": "k-1"},
+                claims={"sub": sub, "email": "ops@example.com", "email_verified": "true"},
+            )
+        )
+        for sub, at in (("user-1", "2030-01-01T09:00:00Z"), ("user-2", "2030-01-02T09:00:00Z"))
+    ]
+    # Same e-mail and key, different requests: the second is not "the key reused".
+    assert [a.status for a in answers] == [201, 201], answers[1].body
+    assert answers[0].body["id"] != answers[1].body["id"]

@@ -91,7 +91,19 @@ def test_offset_the_time_never_has_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "zone", ["Mars/Olympus", "../../etc/passwd", "", "Europe/Berlin\x00", "x" * 500, "/etc/hosts"]
+    "zone",
+    [
+        "Mars/Olympus",
+        "../../etc/passwd",
+        "",
+        "Europe/Berlin\x00",
+        "x" * 500,
+        "/etc/hosts",
+        # Files of the zone database that are no zone: the host's own zone, and leftovers.
+        "localtime",
+        "posixrules",
+        "Factory",
+    ],
 )
 def test_unknown_zones_are_refused(zone: str) -> None:
     with pytest.raises(UnknownTimeZone, match="not an IANA time zone name"):
@@ -195,3 +207,12 @@ def test_timeline_marks_changes_that_would_expire() -> None:
     assert step.expires
     assert step.at == NOW
     assert step.after == PLAN.current
+
+
+def test_a_late_time_that_expires_before_the_next_run_is_flagged() -> None:
+    [note] = check_time(NOW - timedelta(seconds=DAY - 1), now=NOW, max_lateness_seconds=DAY)
+    assert note.code == "will_expire"
+    assert "expires at 2026-12-01T12:00:01Z" in note.detail
+    # A minute's run interval left before the expiry: it is applied first.
+    [note] = check_time(NOW - timedelta(seconds=DAY - 60), now=NOW, max_lateness_seconds=DAY)
+    assert note.code == "applies_at_next_run"

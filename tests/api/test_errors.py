@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -12,19 +14,43 @@ from tests.api.events import call, http_event
 from tests.support import T0
 
 PROBLEM = "urn:flag-scheduler:problem:"
+LAMBDA_CONTEXT = SimpleNamespace(aws_request_id="5f0c1d2e-lambda-request")
 
 
 def test_unreachable_database_is_503(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@/postgres?host={tmp_path}")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://dbadmin@/postgres?host={tmp_path}&port=6543")
     monkeypatch.delenv("DB_SECRET_ARN", raising=False)
     runtime.reset()
     try:
-        response = call(http_event("GET", "/flags"))
+        response = call(http_event("GET", "/flags"), LAMBDA_CONTEXT)
     finally:
         runtime.reset()
     assert response.status == 503
     assert response.body["type"] == PROBLEM + "database-unavailable"
-    assert "cannot connect to the database" in response.body["detail"]
+    assert response.body["detail"] == "the database is unavailable"
+    assert response.body["instance"] == LAMBDA_CONTEXT.aws_request_id
+    for secret in (str(tmp_path), "6543", "dbadmin"):
+        assert secret not in json.dumps(response.body)
+
+
+def test_a_configuration_error_is_a_500_that_names_no_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:not-a-secret-name"
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DB_SECRET_ARN", arn)
+    monkeypatch.setenv("DB_HOST", "db.internal.example")
+    runtime.reset()
+    try:
+        response = call(http_event("GET", "/flags"), LAMBDA_CONTEXT)
+    finally:
+        runtime.reset()
+    assert response.status == 500
+    assert response.body["type"] == PROBLEM + "configuration"
+    assert response.body["detail"] == "internal error"
+    assert response.body["instance"] == LAMBDA_CONTEXT.aws_request_id
+    assert "db.internal" not in json.dumps(response.body)
+    assert "123456789012" not in json.dumps(response.body)
 
 
 @pytest.mark.usefixtures("api")

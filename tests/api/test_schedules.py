@@ -10,6 +10,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from flag_scheduler.api import runtime
 from flag_scheduler.engine.backoff import BackoffPolicy, retry_delay
 from flag_scheduler_cli import fault_injection
 from tests.api.events import call, http_event
@@ -223,6 +224,22 @@ def test_retry_one_preview_and_wrong_state(api: str, conn: psycopg.Connection[An
     assert call(http_event("GET", "/flags/banner")).body["recent"][0]["state"] == "applied"
 
 
+def test_a_bulk_dry_run_reads_rows_a_run_holds(
+    api: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag()
+    failed = _fail_permanently(api, conn, "banner", 1)
+    monkeypatch.setenv("FLAG_SCHEDULE_LOCK_TIMEOUT_MS", "200")
+    runtime.reset()
+    runtime.set_clock(lambda: T0)
+    with psycopg.connect(api) as run, run.transaction():
+        # As a run holds a row it claimed: a preview neither waits for it nor locks it.
+        run.execute("SELECT 1 FROM feature_flag_schedules FOR UPDATE")
+        dry = call(http_event("POST", "/schedules/retry", body={"dry_run": True}))
+    assert dry.status == 200, dry.body
+    assert [s["id"] for s in dry.body["items"]] == [failed]
+
+
 def test_bulk_retry_with_a_filter_and_dry_run(api: str, conn: psycopg.Connection[Any]) -> None:
     flag()
     flag("other")
@@ -320,6 +337,17 @@ def test_status_counts(api: str) -> None:
                 "body.updates.rollout_percentage": "Input should be less than or equal to 100",
                 "body.max_retries": "Input should be less than or equal to 10",
             },
+        ),
+        (
+            {
+                "scheduled_at": {
+                    "local": "2026-12-24T09:00",
+                    "time_zone": "Europe/Berlin",
+                    "offset": "+99:99",
+                },
+                "updates": {"enabled": True},
+            },
+            {"body.scheduled_at.offset": "String should match pattern"},
         ),
     ],
 )

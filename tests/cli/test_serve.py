@@ -123,6 +123,20 @@ def test_serve_refuses_to_bind_beyond_loopback_with_a_development_token() -> Non
         assert "Traceback" not in completed.stderr
 
 
+def test_serve_refuses_a_short_development_token() -> None:
+    completed = subprocess.run(
+        serve_command("--port", "0"),
+        env=cli_env(FLAG_SCHEDULER_DEV_TOKEN="dev-123", DATABASE_URL="postgresql://nowhere"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stderr
+    [line] = completed.stderr.splitlines()
+    assert line.startswith("flag-scheduler: error: FLAG_SCHEDULER_DEV_TOKEN must be at least 16")
+
+
 def test_a_port_in_use_is_one_line_and_exit_2() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

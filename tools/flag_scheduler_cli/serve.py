@@ -42,6 +42,8 @@ DEV_TOKEN_VARIABLE = "FLAG_SCHEDULER_DEV_TOKEN"  # noqa: S105 (a variable name, 
 # What the development token stands for: the claims API Gateway's JWT authorizer would pass
 # (serve grants the scopes the API is configured to ask for; these are its defaults).
 DEV_SUBJECT = "dev"
+# A token grants every scope: one short enough to guess is no lock at all.
+MIN_DEV_TOKEN_LENGTH = 16
 DEV_SCOPES = ("flags:read", "flags:write")
 # API Gateway's own limits: a 10 MB request and a 30 s integration timeout.
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -56,8 +58,18 @@ Function = Callable[[dict[str, Any], Any], Mapping[str, Any]]
 
 
 def dev_token(environ: Mapping[str, str]) -> str | None:
-    """The development token, or None when FLAG_SCHEDULER_DEV_TOKEN is unset or blank."""
-    return environ.get(DEV_TOKEN_VARIABLE, "").strip() or None
+    """The development token, or None when FLAG_SCHEDULER_DEV_TOKEN is unset or blank.
+
+    Raises:
+        ConfigurationError: the token is shorter than MIN_DEV_TOKEN_LENGTH.
+    """
+    token = environ.get(DEV_TOKEN_VARIABLE, "").strip() or None
+    if token is not None and len(token) < MIN_DEV_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"{DEV_TOKEN_VARIABLE} must be at least {MIN_DEV_TOKEN_LENGTH} characters"
+            f" (it grants every scope), got {len(token)}; e.g. dev-$(openssl rand -hex 8)"
+        )
+    return token
 
 
 def check_bind_address(host: str, token: str | None) -> None:

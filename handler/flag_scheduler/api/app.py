@@ -119,10 +119,20 @@ def _our_error(exc: FlagSchedulerError) -> Response[str]:
         return problems.validation_problem([{"loc": exc.field.split("."), "msg": exc.message}])
     if isinstance(exc, InvalidRamp):
         return problems.invalid_ramp(exc.problems)
-    response = problems.from_error(exc)
+    response = problems.from_error(exc, instance=_lambda_request_id())
     if response.status_code >= 500:
         logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
     return response
+
+
+def _lambda_request_id() -> str | None:
+    """The invocation's id, which every log line of it carries: a 5xx names it as `instance`."""
+    return getattr(app.lambda_context, "aws_request_id", None)
+
+
+def _instance() -> dict[str, Any]:
+    request_id = _lambda_request_id()
+    return {"instance": request_id} if request_id else {}
 
 
 @app.exception_handler(UnicodeDecodeError)  # type: ignore[untyped-decorator]
@@ -142,20 +152,29 @@ def _database_error(exc: psycopg.Error) -> Response[str]:
             "Busy",
             "the schedule is being processed; retry in a moment",
             headers={"Retry-After": "5"},
+            **_instance(),
         )
     logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return problems.problem_response(
-            503, "database-unavailable", "Database unavailable", "the database is unavailable"
+            503,
+            "database-unavailable",
+            "Database unavailable",
+            "the database is unavailable",
+            **_instance(),
         )
-    return problems.problem_response(500, "internal", "Internal error", "internal error")
+    return problems.problem_response(
+        500, "internal", "Internal error", problems.INTERNAL_DETAIL, **_instance()
+    )
 
 
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
 def _unexpected(exc: Exception) -> Response[str]:
     """A bug: logged with its traceback, answered as a problem rather than a gateway 502."""
     logger.exception("request_failed_unexpectedly", extra={"error_class": type(exc).__name__})
-    return problems.problem_response(500, "internal", "Internal error", "internal error")
+    return problems.problem_response(
+        500, "internal", "Internal error", problems.INTERNAL_DETAIL, **_instance()
+    )
 
 
 @app.not_found

@@ -23,6 +23,9 @@ class Caller:
 
     actor: str
     scopes: frozenset[str]
+    # Who the token's issuer says this is, for good (`iss` and `sub`): what keys are scoped
+    # by, since an e-mail can change hands or be claimed unverified.
+    subject: str = ""
 
 
 class Unauthenticated(Exception):
@@ -67,7 +70,7 @@ def caller_of(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
         (
             str(claims[name]).strip()
             for name in settings.actor_claim_names
-            if str(claims.get(name) or "").strip()
+            if str(claims.get(name) or "").strip() and _trusted(name, claims)
         ),
         None,
     )
@@ -76,7 +79,22 @@ def caller_of(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
         raise Unauthenticated(f"the token has none of the claims that name a caller ({names})")
     assert jwt is not None
     scopes = _scope_words(jwt.get("scopes")) | _scope_words(claims.get(settings.scope_claim))
-    return Caller(actor=actor, scopes=frozenset(scopes))
+    return Caller(actor=actor, scopes=frozenset(scopes), subject=_subject(claims, actor))
+
+
+def _trusted(name: str, claims: Mapping[str, Any]) -> bool:
+    """An `email` claim names the caller only if the issuer verified it; anyone can type one
+    in at sign-up. API Gateway renders every claim as a string, so true arrives as "true"."""
+    return name != "email" or str(claims.get("email_verified", "")).strip().lower() == "true"
+
+
+def _subject(claims: Mapping[str, Any], actor: str) -> str:
+    """`sub`, qualified by `iss` when present (two issuers may reuse a sub); else the actor."""
+    sub = str(claims.get("sub") or "").strip()
+    if not sub:
+        return actor
+    iss = str(claims.get("iss") or "").strip()
+    return f"{iss} {sub}" if iss else sub
 
 
 def authorize(event: Mapping[str, Any], settings: ApiSettings) -> Caller:

@@ -130,7 +130,7 @@ def create_schedule(
     key = None
     if idempotency_key is not None:
         digest = request.request_hash(flag_key, environment, schedule.model_dump(mode="json"))
-        key = IdempotencyKey(actor=caller.actor, key=idempotency_key, request_hash=digest)
+        key = IdempotencyKey(actor=caller.subject, key=idempotency_key, request_hash=digest)
     settings = runtime.settings()
     new = NewSchedule(
         flag=flag,

@@ -222,7 +222,8 @@ class LocalTimeIn(_In):
     ]
     time_zone: Annotated[str, Field(min_length=1, max_length=64, examples=["Europe/Berlin"])]
     fold: Literal[0, 1] | None = None
-    offset: Annotated[str, Field(pattern=r"^([Zz]|[+-]\d{2}:\d{2})$")] | None = None
+    # Real UTC offsets only (-14:59..+14:59): "+99:99" is a typo, not an ambiguous time.
+    offset: Annotated[str, Field(pattern=r"^([Zz]|[+-](0\d|1[0-4]):[0-5]\d)$")] | None = None
 
 
 class NoticeOut(_Out):

@@ -15,7 +15,6 @@ from flag_scheduler.errors import (
     DatabaseUnavailable,
     FlagExists,
     FlagNotFound,
-    FlagSchedulerError,
     IdempotencyKeyReused,
     InvalidScheduleTime,
     NonexistentLocalTime,
@@ -56,6 +55,14 @@ _BY_CLASS: dict[type[BaseException], tuple[int, str, str]] = {
     ConfigurationError: (500, "configuration", "The API is misconfigured"),
 }
 
+# A 5xx detail is fixed text: the error's own message names hosts, ports, users and secret
+# ARNs, which the log keeps and the caller must not see.
+_SERVER_DETAIL: dict[str, str] = {
+    "database-unavailable": "the database is unavailable",
+    "busy": "the schedule is being processed; retry in a moment",
+}
+INTERNAL_DETAIL = "internal error"
+
 
 def problem_type(slug: str) -> str:
     return f"{TYPE_PREFIX}{slug}"
@@ -90,17 +97,18 @@ def classify(exc: BaseException) -> tuple[int, str, str] | None:
     return None
 
 
-def from_error(exc: BaseException) -> Response[str]:
-    """The problem response for one of our errors; an unlisted FlagSchedulerError is a 500."""
-    known = classify(exc)
-    if known is None:
-        detail = str(exc) if isinstance(exc, FlagSchedulerError) else "internal error"
-        return problem_response(500, "internal", "Internal error", detail)
-    status, slug, title = known
+def from_error(exc: BaseException, instance: str | None = None) -> Response[str]:
+    """The problem response for one of our errors; an unlisted error is a 500. A 5xx carries
+    fixed text and `instance` (the request id the log line has) instead of the message."""
+    status, slug, title = classify(exc) or (500, "internal", "Internal error")
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if slug == "busy":
         headers = {"Retry-After": "5"}
-    return problem_response(status, slug, title, str(exc), headers=headers)
+    if status < 500:
+        return problem_response(status, slug, title, str(exc), headers=headers)
+    detail = _SERVER_DETAIL.get(slug, INTERNAL_DETAIL)
+    extra = {"instance": instance} if instance else {}
+    return problem_response(status, slug, title, detail, headers=headers, **extra)
 
 
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:

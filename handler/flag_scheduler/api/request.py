@@ -33,7 +33,13 @@ class BadParameter(FlagSchedulerError):
 def caller() -> Caller:
     """The caller of the request being handled (the resolver has already checked them)."""
     found = caller_of(BaseRouter.current_event.raw_event, runtime.settings())
-    return Caller(actor=_storable(found.actor)[:MAX_ACTOR_LENGTH], scopes=found.scopes)
+    subject = _storable(found.subject)
+    if len(subject) > MAX_ACTOR_LENGTH:
+        # Cutting could make two subjects one; a digest keeps them apart at a bounded length.
+        subject = "sha256:" + hashlib.sha256(subject.encode()).hexdigest()
+    return Caller(
+        actor=_storable(found.actor)[:MAX_ACTOR_LENGTH], scopes=found.scopes, subject=subject
+    )
 
 
 def _storable(text: str) -> str:

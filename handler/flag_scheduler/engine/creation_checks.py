@@ -6,7 +6,9 @@ the rule and the values (a gap's edges, both moments of an overlap, the clashing
 
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -30,6 +32,9 @@ from flag_scheduler.errors import (
     UnknownTimeZone,
 )
 
+# The scheduler's EventBridge rate (template.yaml: rate(1 minute)): a past change is applied
+# at the latest this long after it is created.
+RUN_INTERVAL_SECONDS = 60
 # Sorts after every real id: a new change is placed last among changes at its instant.
 LAST_ID = UUID(int=2**128 - 1)
 # IANA names are ASCII words joined by '/' (Europe/Berlin, America/Argentina/Buenos_Aires,
@@ -55,14 +60,23 @@ def zone(name: str) -> ZoneInfo:
         UnknownTimeZone: naming what was given.
     """
     shown = name if len(name) <= 40 else f"{name[:37]}..."
-    if not _ZONE_NAME.fullmatch(name):
-        raise UnknownTimeZone(f"time_zone {shown!r} is not an IANA time zone name")
+    if not _ZONE_NAME.fullmatch(name) or name not in _iana_names():
+        raise UnknownTimeZone(
+            f"time_zone {shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise UnknownTimeZone(
             f"time_zone {shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
         ) from None
+
+
+@functools.cache
+def _iana_names() -> frozenset[str]:
+    """The zone database's names, less those that are files rather than zones: `localtime`
+    is whatever zone the host runs in, `posixrules` and `Factory` are no place."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "posixrules", "Factory"})
 
 
 def _offset_text(offset: timedelta | None) -> str:
@@ -172,6 +186,18 @@ def check_time(scheduled_at: datetime, *, now: datetime, max_lateness_seconds: i
             f" past, beyond the lateness limit of {max_lateness_seconds} s"
             " (FLAG_SCHEDULE_MAX_LATENESS_SECONDS): it could only expire"
         )
+    expiry = rules.expires_at(scheduled_at, max_lateness_seconds=max_lateness_seconds)
+    if expiry is not None and expiry < now + timedelta(seconds=RUN_INTERVAL_SECONDS):
+        # Accepted, as a late time within the limit always was, but said plainly: the next
+        # run may well come after the expiry and mark it expired instead of applying it.
+        return [
+            Notice(
+                "will_expire",
+                f"scheduled_at {_utc_text(scheduled_at)} is {int(late.total_seconds())} s in"
+                f" the past and expires at {_utc_text(expiry)}, before the scheduler's next"
+                f" run (every {RUN_INTERVAL_SECONDS} s) is sure to come: it will likely expire",
+            )
+        ]
     return [
         Notice(
             "applies_at_next_run",

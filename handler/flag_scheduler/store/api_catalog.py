@@ -391,9 +391,11 @@ class ApiCatalog(Catalog):
         """Requeue (or, with dry_run, only find) up to `limit` permanently failed schedules
         matching `where`; returns them as they are after the requeue."""
         params = {**asdict(where), "limit": limit}
+        if dry_run:
+            return self._read(sql.PREVIEW_REQUEUEABLE, params, _SCHEDULE_VIEW)
         with self._write():
             ids = [row[0] for row in self._conn.execute(sql.SELECT_REQUEUEABLE, params)]
-            if not dry_run and ids:
+            if ids:
                 self._conn.execute(
                     sql.REQUEUE_MANY,
                     {

@@ -592,11 +592,9 @@ ORDER BY s.updated_at DESC, s.id DESC
 LIMIT %(limit)s
 """
 
-# Permanently failed (or expired) schedules matching a filter, oldest failure first, locked
-# so a bulk requeue sees each row's state after any run that holds it commits (rows that
-# are no longer permanently failed then drop out). NULL filters match all.
-SELECT_REQUEUEABLE = """
-SELECT s.id
+# Which schedules a bulk requeue takes: permanently failed (or expired) ones matching a
+# filter, oldest failure first. NULL filters match all.
+_REQUEUEABLE_FILTER = """
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.status = 'failed' AND s.next_retry_at IS NULL
@@ -609,8 +607,21 @@ WHERE s.status = 'failed' AND s.next_retry_at IS NULL
   AND (%(failed_before)s::timestamptz IS NULL OR s.updated_at < %(failed_before)s::timestamptz)
 ORDER BY s.updated_at, s.id
 LIMIT %(limit)s
-FOR UPDATE OF s
 """
+
+# The requeueable schedules' ids, locked so a bulk requeue sees each row's state after any
+# run that holds it commits (rows that are no longer permanently failed then drop out).
+SELECT_REQUEUEABLE = "SELECT s.id" + _REQUEUEABLE_FILTER + "FOR UPDATE OF s\n"
+
+# The requeueable schedules (as catalog.ScheduleView) for a dry run: a plain read, no lock,
+# so a preview never waits on a run nor holds one up.
+PREVIEW_REQUEUEABLE = (
+    """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at"""
+    + _REQUEUEABLE_FILTER
+)
 
 # Requeues the given permanently failed schedules (as REQUEUE_SCHEDULE) and records each
 # requeue with its caller, in one statement; returns the ids requeued.

@@ -366,7 +366,7 @@ class Ramps:
         if found is None:
             return self._new_stage(ramp, stage, now)
         schedule_id = UUID(str(found[0]))
-        self._conn.execute(sql.REQUEUE_SCHEDULE, {"schedule_id": schedule_id, "now": now})
+        self._conn.execute(sql.REQUEUE_RAMP_STAGE, {"schedule_id": schedule_id, "now": now})
         return schedule_id
 
     def abort(

@@ -714,6 +714,16 @@ FOR UPDATE
 """
 
 # The schedule a halted ramp's current stage failed (or expired) with, if any.
+# Requeues a halted ramp's failed stage as due now: keeping its old scheduled_at would let a
+# later-scheduled change of the flag (e.g. the guard-alarm rollback) supersede it.
+REQUEUE_RAMP_STAGE = """
+UPDATE feature_flag_schedules
+SET status = 'pending', scheduled_at = %(now)s, retry_count = 0, next_retry_at = NULL,
+    last_error = NULL, last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
+WHERE id = %(schedule_id)s AND status = 'failed' AND next_retry_at IS NULL
+RETURNING id
+"""
+
 FAILED_RAMP_STAGE_SCHEDULE = """
 SELECT id FROM feature_flag_schedules
 WHERE ramp_id = %(ramp_id)s AND ramp_stage = %(stage)s AND status = 'failed'

@@ -210,6 +210,45 @@ def test_insufficient_data_waits_uncharged_by_default_and_halts_when_the_ramp_sa
     assert summary.ramps_halted == 1
 
 
+def test_a_guard_alarm_rollback_leaves_the_fields_no_stage_sets() -> None:
+    store = FakeStore()
+    flag = store.add_flag(enabled=True, rollout=3)
+    ramp = store.add_ramp(flag, T0, [5, 25], guard_alarms=("errors",), rollback_on_alarm=True)
+    alarms = _Alarms({"errors": AlarmState.OK})
+    _run(store, T0, alarms=alarms)
+    kill_switch = T0 + timedelta(minutes=1)
+    store.add_schedule(flag, kill_switch, {"enabled": False})
+    _run(store, kill_switch, alarms=alarms)
+    alarms.states["errors"] = AlarmState.ALARM
+    due = store.stages_of(ramp)[1].scheduled_at
+    _run(store, due, alarms=alarms)
+    _run(store, due + timedelta(seconds=1), alarms=alarms)
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.fields(flag) == {"enabled": False, "rollout_percentage": 3}
+
+
+def test_a_ramp_halted_for_insufficient_data_does_not_roll_the_flag_back() -> None:
+    store = FakeStore()
+    flag = store.add_flag(rollout=3)
+    ramp = store.add_ramp(
+        flag,
+        T0,
+        [5, 25],
+        guard_alarms=("quiet",),
+        rollback_on_alarm=True,
+        insufficient_data=InsufficientData.HALT,
+    )
+    alarms = _Alarms({"quiet": AlarmState.OK})
+    _run(store, T0, alarms=alarms)
+    alarms.states["quiet"] = AlarmState.INSUFFICIENT_DATA
+    due = store.stages_of(ramp)[1].scheduled_at
+    _run(store, due, alarms=alarms)
+    _run(store, due + timedelta(seconds=1), alarms=alarms)
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.fields(flag)["rollout_percentage"] == 5
+    assert RampAction.ROLLED_BACK not in [e.action for e in store.state.ramp_events]
+
+
 def test_unreadable_alarms_leave_guarded_stages_due_and_plain_ones_run() -> None:
     store = FakeStore()
     flag, plain_flag = store.add_flag("a"), store.add_flag("b")

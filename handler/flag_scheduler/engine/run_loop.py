@@ -165,6 +165,8 @@ class _Run:
     # The batch's ramps (locked), and the ramp steps written with its outcomes by schedule.
     batch_ramps: dict[UUID, Ramp] = field(default_factory=dict)
     ramp_steps: dict[UUID, ramps.RampStep] = field(default_factory=dict)
+    # The batch's stages refused because a guard alarm was in ALARM (they may roll back).
+    alarm_fired: set[UUID] = field(default_factory=set)
 
     def out_of_time(self) -> bool:
         return self.remaining_ms() < self.policy.time_margin_ms
@@ -273,7 +275,7 @@ def _gate_ramps(
 
     A batch without ramp stages costs one pass over it, nothing more.
     """
-    run.batch_ramps, run.ramp_steps = {}, {}
+    run.batch_ramps, run.ramp_steps, run.alarm_fired = {}, {}, set()
     ramp_ids = {s.ramp_id for s in batch if s.ramp_id is not None}
     if not ramp_ids:
         return batch, []
@@ -286,6 +288,7 @@ def _gate_ramps(
         report.ramps_unreadable(failure)  # every stage of the batch waits (not charged)
     names = ramps.alarm_names(batch, run.batch_ramps)
     verdict = ramps.gate(batch, run.batch_ramps, _read_alarms(run, names) if names else {})
+    run.alarm_fired = verdict.fired
     run.held.update(schedule.id for schedule in verdict.waiting)
     report.stages_waiting(verdict.waiting)
     outcomes: list[ScheduleOutcome] = []
@@ -574,7 +577,7 @@ def _write_outcomes(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -
         # The next stage's hold counts from the run's clock read after the stage was
         # written, so it can never start before a full hold after the stage's application.
         applied_at = run.clock()
-        found = ramps.steps(outcomes, run.batch_ramps, applied_at=applied_at)
+        found = ramps.steps(outcomes, run.batch_ramps, applied_at=applied_at, fired=run.alarm_fired)
         if found:
             run.repository.write_ramp_steps(found, now=applied_at)
             run.ramp_steps.update((step.schedule_id, step) for step in found)

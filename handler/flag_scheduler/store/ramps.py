@@ -17,6 +17,7 @@ from psycopg.rows import BaseRowFactory
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.ramp_rules import CheckedRamp
+from flag_scheduler.engine.ramps import rollback_updates
 from flag_scheduler.engine.states import (
     ErrorClass,
     InsufficientData,
@@ -390,23 +391,25 @@ class Ramps:
             self._set_state(ramp_id, RampState.ABORTED, now)
             self._event(ramp_id, RampAction.ABORTED, ramp.current_stage, now, actor)
             rollback_id = None
-            if rollback and ramp.value_before is not None:
-                rollback_id = self._schedule_rollback(ramp, now, actor)
+            restore = _rollback_updates(ramp)
+            if rollback and restore:
+                rollback_id = self._schedule_rollback(ramp, restore, now, actor)
         return self.get(ramp_id), rollback_id
 
-    def _schedule_rollback(self, ramp: LockedRamp, now: datetime, actor: str) -> UUID:
+    def _schedule_rollback(
+        self, ramp: LockedRamp, restore: dict[str, Any], now: datetime, actor: str
+    ) -> UUID:
         """A plain schedule (no stage of the ramp) back to the value before the ramp."""
-        assert ramp.value_before is not None
         params = {
             "flag_id": ramp.flag_id,
             "scheduled_at": now,
-            "updates": Jsonb(ramp.value_before),
+            "updates": Jsonb(restore),
             "max_retries": None,
         }
         row = self._conn.execute(sql.INSERT_SCHEDULE, params).fetchone()
         assert row is not None
         schedule_id = UUID(str(row[0]))
-        detail = {"schedule_id": str(schedule_id), "updates": ramp.value_before}
+        detail = {"schedule_id": str(schedule_id), "updates": restore}
         self._event(ramp.id, RampAction.ROLLED_BACK, ramp.current_stage, now, actor, detail)
         return schedule_id
 
@@ -471,3 +474,11 @@ def _jsonable(detail: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps(detail, default=lambda value: value.isoformat())
     decoded: dict[str, Any] = json.loads(text)
     return decoded
+
+
+def _rollback_updates(ramp: LockedRamp) -> dict[str, Any]:
+    """What a rollback writes: nothing when stage 0 never applied (the ramp changed nothing)."""
+    if ramp.value_before is None:
+        return {}
+    stages = (stage["updates"] for stage in ramp.stages)
+    return rollback_updates(ramp.value_before, stages, ramp.end_updates)

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from flag_scheduler.engine.ramp_rules import CheckedRamp, StagePlan
 from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
 from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.store.api_catalog import ApiCatalog, RequeueFilter
 from flag_scheduler.store.catalog import Catalog, FlagView
 from flag_scheduler.store.ramps import Ramps, RampView
 from tests.support import T0
@@ -191,6 +192,24 @@ def test_resume_of_a_halted_ramp_requeues_its_failed_stage(
     view = catalog.get_schedule(schedule.schedule_id)
     assert (view.state, view.retry_count, view.requeued_at) == (State.PENDING, 0, now)
     assert ramps.show(ramp.id).events[-1].detail["from"] == "halted"
+
+
+def test_plain_schedule_commands_refuse_a_ramps_stages(
+    ramps: Ramps, flag: FlagView, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    live = create(ramps, flag)
+    [stage] = ramps.show(live.id).schedules
+    with pytest.raises(StateConflict, match=r"is stage 0 of ramp .*use `ramps pause`"):
+        catalog.cancel(stage.schedule_id, now=T0, actor=ACTOR)
+    halt(conn, live.id)
+    with pytest.raises(StateConflict, match=r"is stage 0 of ramp .*`ramps resume`"):
+        catalog.requeue(stage.schedule_id, now=T0, actor=ACTOR)
+    bulk = ApiCatalog(conn).requeue_matching(
+        RequeueFilter(), limit=10, dry_run=False, now=T0, actor=ACTOR
+    )
+    assert bulk == []
+    assert catalog.get_schedule(stage.schedule_id).state == State.FAILED_PERMANENTLY
+    assert ramps.get(live.id).state == RampState.HALTED
 
 
 def test_abort_cancels_the_rest(

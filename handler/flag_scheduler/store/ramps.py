@@ -324,7 +324,7 @@ class Ramps:
             if live is not None:
                 # Milliseconds: the precision a person or a resumed schedule needs.
                 remaining = round(max((live.due_at - now).total_seconds(), 0.0), 3)
-                self._conn.execute(sql.CANCEL_SCHEDULE, {"schedule_id": live.id, "now": now})
+                self._conn.execute(sql.CANCEL_RAMP_STAGE, {"schedule_id": live.id, "now": now})
             self._set_state(ramp_id, RampState.PAUSED, now, paused_remaining_seconds=remaining)
             detail: dict[str, Any] = {"remaining_seconds": remaining}
             if live is not None:
@@ -387,7 +387,7 @@ class Ramps:
             allowed = {RampState.ACTIVE, RampState.PAUSED, RampState.HALTED}
             _require(ramp, allowed, "abort", "only an unfinished ramp can be aborted")
             if live is not None:
-                self._conn.execute(sql.CANCEL_SCHEDULE, {"schedule_id": live.id, "now": now})
+                self._conn.execute(sql.CANCEL_RAMP_STAGE, {"schedule_id": live.id, "now": now})
             self._set_state(ramp_id, RampState.ABORTED, now)
             self._event(ramp_id, RampAction.ABORTED, ramp.current_stage, now, actor)
             rollback_id = None

@@ -421,6 +421,7 @@ UPDATE feature_flag_schedules
 SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
     last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
 WHERE id = %(schedule_id)s AND status = 'failed' AND next_retry_at IS NULL
+  AND ramp_id IS NULL
 RETURNING id
 """
 
@@ -431,7 +432,22 @@ UPDATE feature_flag_schedules
 SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
 WHERE id = %(schedule_id)s
   AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+  AND ramp_id IS NULL
 RETURNING id
+"""
+
+# Cancels a ramp's live stage schedule (pause, abort: the caller holds the ramp locked).
+CANCEL_RAMP_STAGE = """
+UPDATE feature_flag_schedules
+SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+  AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+RETURNING id
+"""
+
+# The ramp a schedule is a stage of (NULL for a plain schedule); no row: no such schedule.
+SCHEDULE_RAMP_STAGE = """
+SELECT ramp_id, ramp_stage FROM feature_flag_schedules WHERE id = %(schedule_id)s
 """
 
 # The health at a glance, as of %(now)s (named as catalog.StatusReport's fields).
@@ -585,7 +601,7 @@ SELECT_REQUEUEABLE = """
 SELECT s.id
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE s.status = 'failed' AND s.next_retry_at IS NULL
+WHERE s.status = 'failed' AND s.next_retry_at IS NULL AND s.ramp_id IS NULL
   AND (%(expired)s::boolean IS NULL
        OR (coalesce(s.last_error_class, '') = 'expired') = %(expired)s::boolean)
   AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
@@ -606,6 +622,7 @@ WITH requeued AS (
     SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
         last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
     WHERE id = ANY(%(ids)s::uuid[]) AND status = 'failed' AND next_retry_at IS NULL
+      AND ramp_id IS NULL
     RETURNING id
 ), logged AS (
     INSERT INTO feature_flag_schedule_attempts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from flag_scheduler.engine.ramp_rules import CheckedRamp, StagePlan
 from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
 from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.store import sql
 from flag_scheduler.store.api_catalog import ApiCatalog, RequeueFilter
 from flag_scheduler.store.catalog import Catalog, FlagView
 from flag_scheduler.store.ramps import Ramps, RampView
@@ -269,3 +270,9 @@ def test_show_lists_every_schedule_of_the_stages_with_its_state(
         RampAction.PAUSED,
         RampAction.RESUMED,
     ]
+
+
+def test_a_ramps_schedules_are_read_by_index(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET enable_seqscan = off")
+    plan = conn.execute("EXPLAIN " + sql.RAMP_SCHEDULES, {"ramp_id": uuid4()}).fetchall()
+    assert "ix_feature_flag_schedules_ramp_id_ramp_stage" in " ".join(row[0] for row in plan)

@@ -12,9 +12,9 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.ramp_rules import CheckedRamp, StagePlan
 from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
-from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.errors import NotFound, StateConflict, TransientDatabaseError
 from flag_scheduler.store import sql
-from flag_scheduler.store.api_catalog import ApiCatalog, RequeueFilter
+from flag_scheduler.store.api_catalog import ApiCatalog, RequeueFilter, WriteTimeouts
 from flag_scheduler.store.catalog import Catalog, FlagView
 from flag_scheduler.store.ramps import Ramps, RampView
 from tests.support import T0
@@ -276,3 +276,18 @@ def test_a_ramps_schedules_are_read_by_index(conn: psycopg.Connection[Any]) -> N
     conn.execute("SET enable_seqscan = off")
     plan = conn.execute("EXPLAIN " + sql.RAMP_SCHEDULES, {"ramp_id": uuid4()}).fetchall()
     assert "ix_feature_flag_schedules_ramp_id_ramp_stage" in " ".join(row[0] for row in plan)
+
+
+def test_an_operator_action_on_a_ramp_a_run_holds_fails_as_transient_instead_of_hanging(
+    ramps: Ramps, flag: FlagView, conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    ramp = create(ramps, flag)
+    bounded = Ramps(conn, timeouts=WriteTimeouts(lock_timeout_ms=200, statement_timeout_ms=5_000))
+    with psycopg.connect(database_url) as run:
+        # the server ends this holder after 5 s, so an unbounded wait ends too (and fails here)
+        run.execute("SET idle_in_transaction_session_timeout = '5s'")
+        run.execute("SELECT 1 FROM flag_ramps WHERE id = %s FOR UPDATE", (ramp.id,))
+        with pytest.raises(TransientDatabaseError, match="lock"):
+            bounded.pause(ramp.id, now=T0, actor=ACTOR)
+        run.rollback()
+    assert ramps.get(ramp.id).state == RampState.ACTIVE

@@ -29,6 +29,7 @@ from flag_scheduler.engine.states import (
 )
 from flag_scheduler.errors import NotFound, StateConflict
 from flag_scheduler.store import connection, sql
+from flag_scheduler.store.api_catalog import WriteTimeouts
 from flag_scheduler.store.catalog import FlagView
 from flag_scheduler.store.rows import record_row
 
@@ -36,6 +37,8 @@ T = TypeVar("T")
 # A run applying the live stage may insert the next one between our two locks: start over,
 # a few times (each round waits for a run's commit, so this converges at once in practice).
 _LOCK_ROUNDS = 5
+# An operator action waits at most this long for a run holding the ramp (then: try again).
+DEFAULT_TIMEOUTS = WriteTimeouts(lock_timeout_ms=5_000, statement_timeout_ms=30_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +177,21 @@ class Ramps:
     Runs on an autocommit connection: each method is its own transaction.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], *, timeouts: WriteTimeouts = DEFAULT_TIMEOUTS
+    ) -> None:
         self._conn = conn
+        self._timeouts = timeouts
+
+    def _bounded(self) -> None:
+        """Bound this transaction's waits (SET LOCAL): a run holding the ramp or its stage
+        makes an operator action fail as TransientDatabaseError (try again), not hang."""
+        params = {
+            "lock_timeout": f"{self._timeouts.lock_timeout_ms}ms",
+            "statement_timeout": f"{self._timeouts.statement_timeout_ms}ms",
+            "idle_timeout": f"{self._timeouts.statement_timeout_ms}ms",
+        }
+        self._conn.execute(sql.SET_TRANSACTION_TIMEOUTS, params)
 
     def _translated(self) -> AbstractContextManager[None]:
         return connection.translated(self._conn)
@@ -251,6 +267,7 @@ class Ramps:
             "now": now,
         }
         with self._translated(), self._conn.transaction():
+            self._bounded()
             ramp_id = self._insert_ramp(flag, params)
             self._insert_stage(ramp_id, flag.id, 0, ramp.stages[0].updates, start)
             detail = {"warnings": list(ramp.warnings)} if ramp.warnings else {}
@@ -440,6 +457,7 @@ class Ramps:
         with self._translated():
             for _ in range(_LOCK_ROUNDS):
                 with self._conn.transaction():
+                    self._bounded()
                     locked = self._lock_both(ramp_id)
                     if locked is not None:
                         yield locked

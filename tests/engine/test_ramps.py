@@ -249,6 +249,19 @@ def test_a_ramp_halted_for_insufficient_data_does_not_roll_the_flag_back() -> No
     assert RampAction.ROLLED_BACK not in [e.action for e in store.state.ramp_events]
 
 
+def test_a_stage_waiting_for_alarm_data_past_the_lateness_limit_expires_and_halts() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25], guard_alarms=("quiet",))
+    alarms = _Alarms({"quiet": AlarmState.INSUFFICIENT_DATA})
+    _run(store, T0, alarms=alarms)
+    assert store.stages_of(ramp)[0].status == Status.PENDING  # waits, within the limit
+    _run(store, T0 + timedelta(seconds=POLICY.max_lateness_seconds + 1), alarms=alarms)
+    assert store.stages_of(ramp)[0].status == Status.FAILED
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.ramp(ramp).halt_error_class == ErrorClass.EXPIRED
+
+
 def test_unreadable_alarms_leave_guarded_stages_due_and_plain_ones_run() -> None:
     store = FakeStore()
     flag, plain_flag = store.add_flag("a"), store.add_flag("b")

@@ -28,11 +28,12 @@ from flag_scheduler.engine.records import (
     RunSummary,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import AlarmState, ErrorClass, MessageKind
+from flag_scheduler.engine.states import AlarmState, ErrorClass, MessageKind, RampState
 from flag_scheduler.errors import (
     AlarmsUnavailable,
     DatabaseUnavailable,
     FlagMissing,
+    ScheduleExpired,
     ScheduleFailure,
     SystemicFailure,
 )
@@ -289,13 +290,35 @@ def _gate_ramps(
     names = ramps.alarm_names(batch, run.batch_ramps)
     verdict = ramps.gate(batch, run.batch_ramps, _read_alarms(run, names) if names else {})
     run.alarm_fired = verdict.fired
-    run.held.update(schedule.id for schedule in verdict.waiting)
-    report.stages_waiting(verdict.waiting)
+    late, waiting = _expire_waiting(run, verdict.waiting, now)
+    run.held.update(schedule.id for schedule in waiting)
+    report.stages_waiting(waiting)
     outcomes: list[ScheduleOutcome] = []
-    for schedule, refusal in verdict.refused:
+    refusals: list[tuple[DueSchedule, ScheduleFailure]] = [*verdict.refused, *late]
+    for schedule, refusal in refusals:
         run.summary.claimed += 1
         outcomes += _record_failure(run, schedule, refusal, now)
     return verdict.ready, outcomes
+
+
+def _expire_waiting(
+    run: _Run, waiting: list[DueSchedule], now: datetime
+) -> tuple[list[tuple[DueSchedule, ScheduleFailure]], list[DueSchedule]]:
+    """Split waiting stages into those past the lateness limit (they expire and halt their
+    ramp, as any late stage does) and those that go on waiting. A stage whose ramp an
+    operator holds (not locked here) is left to the operator."""
+    late: list[tuple[DueSchedule, ScheduleFailure]] = []
+    still: list[DueSchedule] = []
+    for schedule in waiting:
+        ramp = run.batch_ramps.get(schedule.ramp_id) if schedule.ramp_id else None
+        try:
+            if ramp is not None and ramp.state == RampState.ACTIVE:
+                decide.refuse_if_expired(schedule, now=now, policy=run.policy)
+        except ScheduleExpired as expired:
+            late.append((schedule, expired))
+        else:
+            still.append(schedule)
+    return late, still
 
 
 def _read_alarms(run: _Run, names: list[str]) -> Mapping[str, AlarmState] | None:

@@ -22,7 +22,11 @@ from flag_scheduler.engine.states import (
     RampState,
     Status,
 )
-from flag_scheduler.errors import AlarmsUnavailable, TransientDatabaseError
+from flag_scheduler.errors import (
+    AlarmsUnavailable,
+    PermanentDatabaseError,
+    TransientDatabaseError,
+)
 from tests.engine.fakes import FakeStore
 from tests.support import T0
 
@@ -260,6 +264,20 @@ def test_a_stage_waiting_for_alarm_data_past_the_lateness_limit_expires_and_halt
     assert store.stages_of(ramp)[0].status == Status.FAILED
     assert store.ramp(ramp).state == RampState.HALTED
     assert store.ramp(ramp).halt_error_class == ErrorClass.EXPIRED
+
+
+def test_a_stage_parked_as_unrecordable_halts_its_ramp() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25])
+    (stage,) = store.stages_of(ramp)
+    store.failing_outcomes[stage.id] = PermanentDatabaseError(
+        "value too long", error_class=ErrorClass.DATA_ERROR
+    )
+    _run(store, T0)
+    assert store.stages_of(ramp)[0].status == Status.FAILED  # parked
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.ramp(ramp).halt_error_class == ErrorClass.UNRECORDABLE
 
 
 def test_unreadable_alarms_leave_guarded_stages_due_and_plain_ones_run() -> None:

@@ -28,7 +28,14 @@ from flag_scheduler.engine.records import (
     RunSummary,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import AlarmState, ErrorClass, MessageKind, RampState
+from flag_scheduler.engine.states import (
+    AlarmState,
+    ErrorClass,
+    MessageKind,
+    Outcome,
+    RampState,
+    Status,
+)
 from flag_scheduler.errors import (
     AlarmsUnavailable,
     DatabaseUnavailable,
@@ -652,9 +659,36 @@ def _record_outcome(run: _Run, outcome: ScheduleOutcome, now: datetime) -> list[
         raise
     except ScheduleFailure as unrecordable:
         reason = f"its outcome could not be written: {unrecordable.error_class}: "
-        _park(run, {outcome.schedule.id: reason + str(unrecordable)}, [outcome.schedule], now)
+        reason += str(unrecordable)
+        _park(run, {outcome.schedule.id: reason}, [outcome.schedule], now)
+        _halt_parked_stage(run, outcome.schedule, reason, now)
         return []
     return [outcome]
+
+
+def _halt_parked_stage(run: _Run, schedule: DueSchedule, reason: str, now: datetime) -> None:
+    """A parked stage never applies: halt its ramp, which would otherwise wait for it
+    forever (active, with no live stage)."""
+    if schedule.ramp_id is None or schedule.ramp_id not in run.batch_ramps:
+        return
+    parked = ScheduleOutcome(
+        schedule,
+        Status.FAILED,
+        Outcome.FAILED_PERMANENTLY,
+        attempt=schedule.retry_count + 1,
+        error_class=ErrorClass.UNRECORDABLE,
+        error=reason,
+    )
+    found = ramps.steps([parked], run.batch_ramps, applied_at=now)
+    try:
+        with run.repository.savepoint():
+            run.repository.write_ramp_steps(found, now=now)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.park_failed(failure)  # the ramp stays active; an operator can abort it
+        return
+    run.ramp_steps.update((step.schedule_id, step) for step in found)
 
 
 def _park_defective(run: _Run, claimed: list[DueSchedule], now: datetime) -> list[DueSchedule]:

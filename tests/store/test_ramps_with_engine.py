@@ -142,3 +142,19 @@ def test_abort_with_rollback_stops_the_ramp_and_restores_the_flag(
     # stage 2 never comes
     assert run_service(database_url, now + 2 * HOLD).applied == 0
     assert [s for s, _ in applied(ramps, ramp_id)] == [0, 1]
+
+
+def test_a_live_stage_of_an_aborted_ramp_is_cancelled_not_held(
+    ramps: Ramps, catalog: Catalog, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    ramp_id = start_ramp(ramps, catalog, 5, 25)
+    # what a race (or an old bulk retry) could leave: the ramp ended, its stage still due
+    conn.execute(
+        "UPDATE flag_ramps SET state = 'aborted', finished_at = %s WHERE id = %s", (T0, ramp_id)
+    )
+    summary = run_service(database_url, T0)
+    assert summary.applied == 0
+    [stage] = ramps.show(ramp_id).schedules
+    assert stage.state == State.CANCELLED
+    assert run_service(database_url, T0 + HOLD).claimed == 0  # nothing left due
+    assert flag_fields(conn, catalog.get_flag("checkout-v2").id)["rollout_percentage"] == 0

@@ -58,6 +58,8 @@ class Gate:
     refused: list[tuple[DueSchedule, GuardAlarmFired]]
     #: The refused stages whose guard alarm was in ALARM: only these may roll the flag back.
     fired: set[UUID] = field(default_factory=set)
+    #: Stages of a completed or aborted ramp: no ramp waits for them, so they are cancelled.
+    ended: list[DueSchedule] = field(default_factory=list)
 
 
 def gate(
@@ -75,6 +77,8 @@ def gate(
         ramp = ramps.get(schedule.ramp_id) if schedule.ramp_id is not None else None
         if schedule.ramp_id is None:
             result.ready.append(schedule)
+        elif ramp is not None and ramp.state in (RampState.COMPLETED, RampState.ABORTED):
+            result.ended.append(schedule)
         elif ramp is None or ramp.state != RampState.ACTIVE:
             result.waiting.append(schedule)
         elif not ramp.guard_alarms:

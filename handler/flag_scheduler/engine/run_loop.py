@@ -114,6 +114,10 @@ class ScheduleStore(Protocol):
 
     def write_ramp_steps(self, steps: Sequence[ramps.RampStep], *, now: datetime) -> None: ...
 
+    def cancel_stages(
+        self, schedule_ids: Sequence[UUID], *, now: datetime, request_id: str | None
+    ) -> None: ...
+
 
 @runtime_checkable
 class CountsStatements(Protocol):
@@ -297,6 +301,7 @@ def _gate_ramps(
     names = ramps.alarm_names(batch, run.batch_ramps)
     verdict = ramps.gate(batch, run.batch_ramps, _read_alarms(run, names) if names else {})
     run.alarm_fired = verdict.fired
+    _cancel_ended(run, verdict.ended, now)
     late, waiting = _expire_waiting(run, verdict.waiting, now)
     run.held.update(schedule.id for schedule in waiting)
     report.stages_waiting(waiting)
@@ -306,6 +311,25 @@ def _gate_ramps(
         run.summary.claimed += 1
         outcomes += _record_failure(run, schedule, refusal, now)
     return verdict.ready, outcomes
+
+
+def _cancel_ended(run: _Run, ended: list[DueSchedule], now: datetime) -> None:
+    """Cancel the stages of completed or aborted ramps (left live by a race or by hand):
+    held, they would stay due forever. If that cannot be written they wait (next run)."""
+    if not ended:
+        return
+    ids = [schedule.id for schedule in ended]
+    try:
+        with run.repository.savepoint():
+            run.repository.cancel_stages(ids, now=now, request_id=run.request_id)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.park_failed(failure)
+        run.held.update(ids)
+        return
+    run.held.update(ids)  # not claimed again by this run
+    logger.warning("ended_ramp_stages_cancelled", extra={"schedule_ids": [str(i) for i in ids]})
 
 
 def _expire_waiting(

@@ -445,6 +445,23 @@ WHERE id = %(schedule_id)s
 RETURNING id
 """
 
+# Cancels live stages whose ramp is completed or aborted, recording each as cancelled by
+# the run; returns the ids cancelled.
+CANCEL_ENDED_RAMP_STAGES = """
+WITH cancelled AS (
+    UPDATE feature_flag_schedules
+    SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
+    WHERE id = ANY(%(ids)s::uuid[]) AND ramp_id IS NOT NULL
+      AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+    RETURNING id
+), logged AS (
+    INSERT INTO feature_flag_schedule_attempts
+        (schedule_id, attempt, started_at, finished_at, outcome, request_id, actor)
+    SELECT id, NULL, %(now)s, %(now)s, 'cancelled', %(request_id)s, 'scheduler' FROM cancelled
+)
+SELECT id FROM cancelled
+"""
+
 # The ramp a schedule is a stage of (NULL for a plain schedule); no row: no such schedule.
 SCHEDULE_RAMP_STAGE = """
 SELECT ramp_id, ramp_stage FROM feature_flag_schedules WHERE id = %(schedule_id)s

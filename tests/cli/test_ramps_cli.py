@@ -150,6 +150,20 @@ def test_a_second_ramp_of_the_flag_is_refused(cli: Cli) -> None:
     assert f"already has an unfinished ramp ({first}, active)" in line
 
 
+@pytest.mark.usefixtures("flag")
+def test_plain_schedule_cancel_refuses_a_ramps_stage(
+    cli: Cli, conn: psycopg.Connection[Any]
+) -> None:
+    ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
+    row = conn.execute(
+        "SELECT id FROM feature_flag_schedules WHERE ramp_id = %s", (ramp_id,)
+    ).fetchone()
+    assert row is not None
+    line = cli.fails(1, "schedules", "cancel", str(row[0]))
+    assert f"is stage 0 of ramp {ramp_id}" in line
+    assert "`ramps pause`" in line
+
+
 def test_unknown_ramp_and_bad_id(cli: Cli) -> None:
     zero = "00000000-0000-0000-0000-000000000000"
     for action in ("show", "pause", "resume", "abort", "preview"):

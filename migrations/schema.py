@@ -175,6 +175,13 @@ feature_flag_schedules = Table(
         unique=True,
         postgresql_where=text("ramp_id IS NOT NULL AND status <> 'cancelled'"),
     ),
+    # A ramp's stage schedules, cancelled ones included (show, resume, the cascade).
+    Index(
+        "ix_feature_flag_schedules_ramp_id_ramp_stage",
+        "ramp_id",
+        "ramp_stage",
+        postgresql_where=text("ramp_id IS NOT NULL"),
+    ),
     Index(
         "ix_feature_flag_schedules_due_at",
         "due_at",

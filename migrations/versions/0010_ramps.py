@@ -1,7 +1,7 @@
 """flag_ramps: gradual rollouts whose stages are ordinary schedules linked to their ramp
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01
 
 The contract (docs/design.md, "Gradual rollouts"; who writes what):
@@ -276,6 +276,13 @@ def _link_schedules() -> None:
         unique=True,
         postgresql_where=sa.text("ramp_id IS NOT NULL AND status <> 'cancelled'"),
     )
+    # A ramp's stage schedules, cancelled ones included (show, resume, the ON DELETE cascade).
+    op.create_index(
+        op.f(f"ix_{SCHEDULES}_ramp_id_ramp_stage"),
+        SCHEDULES,
+        ["ramp_id", "ramp_stage"],
+        postgresql_where=sa.text("ramp_id IS NOT NULL"),
+    )
 
 
 def upgrade() -> None:
@@ -287,6 +294,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(op.f(f"ix_{SCHEDULES}_ramp_id_ramp_stage"), table_name=SCHEDULES)
     op.drop_index(op.f(f"uq_{SCHEDULES}_ramp_id_ramp_stage"), table_name=SCHEDULES)
     op.drop_index(op.f(f"uq_{SCHEDULES}_ramp_id_live"), table_name=SCHEDULES)
     op.drop_constraint(op.f(f"ck_{SCHEDULES}_ramp_stage_iff_ramp_id"), SCHEDULES, type_="check")

@@ -83,7 +83,8 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
     aborted = cli.json("ramps", "abort", ramp_id, "--rollback")
     assert aborted["ramp"]["state"] == "aborted"
     rollback = cli.json("schedules", "show", aborted["rollback_schedule_id"])["schedule"]
-    assert (rollback["status"], rollback["updates"]) == ("pending", before)
+    # only the field the stages set is rolled back
+    assert (rollback["status"], rollback["updates"]) == ("pending", {"rollout_percentage": 0})
     assert "is aborted; cannot abort" in cli.fails(1, "ramps", "abort", ramp_id)
     actions = [e["action"] for e in cli.json("ramps", "show", ramp_id)["events"]]
     assert actions == ["created", "paused", "resumed", "aborted", "rolled_back"]
@@ -148,6 +149,20 @@ def test_a_second_ramp_of_the_flag_is_refused(cli: Cli) -> None:
     first = cli.json(*RAMP)["ramp"]["id"]
     line = cli.fails(1, *RAMP)
     assert f"already has an unfinished ramp ({first}, active)" in line
+
+
+@pytest.mark.usefixtures("flag")
+def test_plain_schedule_cancel_refuses_a_ramps_stage(
+    cli: Cli, conn: psycopg.Connection[Any]
+) -> None:
+    ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
+    row = conn.execute(
+        "SELECT id FROM feature_flag_schedules WHERE ramp_id = %s", (ramp_id,)
+    ).fetchone()
+    assert row is not None
+    line = cli.fails(1, "schedules", "cancel", str(row[0]))
+    assert f"is stage 0 of ramp {ramp_id}" in line
+    assert "`ramps pause`" in line
 
 
 def test_unknown_ramp_and_bad_id(cli: Cli) -> None:

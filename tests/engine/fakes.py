@@ -358,6 +358,14 @@ class FakeStore:
         ramps = self.state.ramps
         return {i: ramps[i] for i in ramp_ids if i in ramps and i not in self.held_ramps}
 
+    def cancel_stages(
+        self, schedule_ids: Sequence[UUID], *, now: datetime, request_id: str | None
+    ) -> None:
+        self._statement("cancel_stages")
+        for schedule_id in schedule_ids:
+            row = self.schedules[schedule_id]
+            row.status, row.next_retry_at = Status.CANCELLED, None
+
     def write_ramp_steps(self, steps: Sequence[RampStep], *, now: datetime) -> None:
         if not steps:
             return

@@ -22,7 +22,11 @@ from flag_scheduler.engine.states import (
     RampState,
     Status,
 )
-from flag_scheduler.errors import AlarmsUnavailable, TransientDatabaseError
+from flag_scheduler.errors import (
+    AlarmsUnavailable,
+    PermanentDatabaseError,
+    TransientDatabaseError,
+)
 from tests.engine.fakes import FakeStore
 from tests.support import T0
 
@@ -208,6 +212,72 @@ def test_insufficient_data_waits_uncharged_by_default_and_halts_when_the_ramp_sa
     # One DescribeAlarms call for the batch, though two ramps name the alarm.
     assert alarms.calls == [["quiet"]]
     assert summary.ramps_halted == 1
+
+
+def test_a_guard_alarm_rollback_leaves_the_fields_no_stage_sets() -> None:
+    store = FakeStore()
+    flag = store.add_flag(enabled=True, rollout=3)
+    ramp = store.add_ramp(flag, T0, [5, 25], guard_alarms=("errors",), rollback_on_alarm=True)
+    alarms = _Alarms({"errors": AlarmState.OK})
+    _run(store, T0, alarms=alarms)
+    kill_switch = T0 + timedelta(minutes=1)
+    store.add_schedule(flag, kill_switch, {"enabled": False})
+    _run(store, kill_switch, alarms=alarms)
+    alarms.states["errors"] = AlarmState.ALARM
+    due = store.stages_of(ramp)[1].scheduled_at
+    _run(store, due, alarms=alarms)
+    _run(store, due + timedelta(seconds=1), alarms=alarms)
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.fields(flag) == {"enabled": False, "rollout_percentage": 3}
+
+
+def test_a_ramp_halted_for_insufficient_data_does_not_roll_the_flag_back() -> None:
+    store = FakeStore()
+    flag = store.add_flag(rollout=3)
+    ramp = store.add_ramp(
+        flag,
+        T0,
+        [5, 25],
+        guard_alarms=("quiet",),
+        rollback_on_alarm=True,
+        insufficient_data=InsufficientData.HALT,
+    )
+    alarms = _Alarms({"quiet": AlarmState.OK})
+    _run(store, T0, alarms=alarms)
+    alarms.states["quiet"] = AlarmState.INSUFFICIENT_DATA
+    due = store.stages_of(ramp)[1].scheduled_at
+    _run(store, due, alarms=alarms)
+    _run(store, due + timedelta(seconds=1), alarms=alarms)
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.fields(flag)["rollout_percentage"] == 5
+    assert RampAction.ROLLED_BACK not in [e.action for e in store.state.ramp_events]
+
+
+def test_a_stage_waiting_for_alarm_data_past_the_lateness_limit_expires_and_halts() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25], guard_alarms=("quiet",))
+    alarms = _Alarms({"quiet": AlarmState.INSUFFICIENT_DATA})
+    _run(store, T0, alarms=alarms)
+    assert store.stages_of(ramp)[0].status == Status.PENDING  # waits, within the limit
+    _run(store, T0 + timedelta(seconds=POLICY.max_lateness_seconds + 1), alarms=alarms)
+    assert store.stages_of(ramp)[0].status == Status.FAILED
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.ramp(ramp).halt_error_class == ErrorClass.EXPIRED
+
+
+def test_a_stage_parked_as_unrecordable_halts_its_ramp() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25])
+    (stage,) = store.stages_of(ramp)
+    store.failing_outcomes[stage.id] = PermanentDatabaseError(
+        "value too long", error_class=ErrorClass.DATA_ERROR
+    )
+    _run(store, T0)
+    assert store.stages_of(ramp)[0].status == Status.FAILED  # parked
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.ramp(ramp).halt_error_class == ErrorClass.UNRECORDABLE
 
 
 def test_unreadable_alarms_leave_guarded_stages_due_and_plain_ones_run() -> None:

@@ -147,6 +147,7 @@ def test_every_constraint_and_index_is_named_by_convention(conn: psycopg.Connect
         "ck_feature_flag_schedules_ramp_stage_iff_ramp_id",
         "uq_feature_flag_schedules_ramp_id_live",
         "uq_feature_flag_schedules_ramp_id_ramp_stage",
+        "ix_feature_flag_schedules_ramp_id_ramp_stage",
         "pk_flag_ramps",
         "fk_flag_ramps_flag_id_feature_flags",
         "ix_flag_ramps_flag_id",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -12,7 +12,9 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.ramp_rules import CheckedRamp, StagePlan
 from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
-from flag_scheduler.errors import NotFound, StateConflict
+from flag_scheduler.errors import NotFound, StateConflict, TransientDatabaseError
+from flag_scheduler.store import sql
+from flag_scheduler.store.api_catalog import ApiCatalog, RequeueFilter, WriteTimeouts
 from flag_scheduler.store.catalog import Catalog, FlagView
 from flag_scheduler.store.ramps import Ramps, RampView
 from tests.support import T0
@@ -193,6 +195,24 @@ def test_resume_of_a_halted_ramp_requeues_its_failed_stage(
     assert ramps.show(ramp.id).events[-1].detail["from"] == "halted"
 
 
+def test_plain_schedule_commands_refuse_a_ramps_stages(
+    ramps: Ramps, flag: FlagView, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    live = create(ramps, flag)
+    [stage] = ramps.show(live.id).schedules
+    with pytest.raises(StateConflict, match=r"is stage 0 of ramp .*use `ramps pause`"):
+        catalog.cancel(stage.schedule_id, now=T0, actor=ACTOR)
+    halt(conn, live.id)
+    with pytest.raises(StateConflict, match=r"is stage 0 of ramp .*`ramps resume`"):
+        catalog.requeue(stage.schedule_id, now=T0, actor=ACTOR)
+    bulk = ApiCatalog(conn).requeue_matching(
+        RequeueFilter(), limit=10, dry_run=False, now=T0, actor=ACTOR
+    )
+    assert bulk == []
+    assert catalog.get_schedule(stage.schedule_id).state == State.FAILED_PERMANENTLY
+    assert ramps.get(live.id).state == RampState.HALTED
+
+
 def test_abort_cancels_the_rest(
     ramps: Ramps, flag: FlagView, conn: psycopg.Connection[Any]
 ) -> None:
@@ -221,7 +241,9 @@ def test_abort_with_rollback_schedules_the_value_before_the_ramp_now(
     _, rollback = ramps.abort(ramp.id, now=now, actor=ACTOR, rollback=True)
     assert rollback is not None
     view = catalog.get_schedule(rollback)
-    assert (view.state, view.scheduled_at, view.updates) == (State.PENDING, now, before)
+    # only the field the stages set: `enabled` may have been changed since by someone else
+    restore = {"rollout_percentage": 0}
+    assert (view.state, view.scheduled_at, view.updates) == (State.PENDING, now, restore)
     # a plain schedule: the ramp's only stage schedule is still its failed stage 0
     assert [s.schedule_id for s in ramps.show(ramp.id).schedules] != [rollback]
     last = ramps.show(ramp.id).events[-2:]
@@ -229,7 +251,7 @@ def test_abort_with_rollback_schedules_the_value_before_the_ramp_now(
         (RampAction.ABORTED, ACTOR),
         (RampAction.ROLLED_BACK, ACTOR),
     ]
-    assert last[1].detail == {"schedule_id": str(rollback), "updates": before}
+    assert last[1].detail == {"schedule_id": str(rollback), "updates": restore}
 
 
 def test_show_lists_every_schedule_of_the_stages_with_its_state(
@@ -248,3 +270,24 @@ def test_show_lists_every_schedule_of_the_stages_with_its_state(
         RampAction.PAUSED,
         RampAction.RESUMED,
     ]
+
+
+def test_a_ramps_schedules_are_read_by_index(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET enable_seqscan = off")
+    plan = conn.execute("EXPLAIN " + sql.RAMP_SCHEDULES, {"ramp_id": uuid4()}).fetchall()
+    assert "ix_feature_flag_schedules_ramp_id_ramp_stage" in " ".join(row[0] for row in plan)
+
+
+def test_an_operator_action_on_a_ramp_a_run_holds_fails_as_transient_instead_of_hanging(
+    ramps: Ramps, flag: FlagView, conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    ramp = create(ramps, flag)
+    bounded = Ramps(conn, timeouts=WriteTimeouts(lock_timeout_ms=200, statement_timeout_ms=5_000))
+    with psycopg.connect(database_url) as run:
+        # the server ends this holder after 5 s, so an unbounded wait ends too (and fails here)
+        run.execute("SET idle_in_transaction_session_timeout = '5s'")
+        run.execute("SELECT 1 FROM flag_ramps WHERE id = %s FOR UPDATE", (ramp.id,))
+        with pytest.raises(TransientDatabaseError, match="lock"):
+            bounded.pause(ramp.id, now=T0, actor=ACTOR)
+        run.rollback()
+    assert ramps.get(ramp.id).state == RampState.ACTIVE

@@ -4,6 +4,7 @@ real run with an injected clock)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 
 from flag_scheduler.engine.ramp_rules import CheckedRamp, StagePlan
-from flag_scheduler.engine.states import InsufficientData, RampState, State
+from flag_scheduler.engine.states import AlarmState, InsufficientData, RampState, State
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler.store.ramps import Ramps
 from flag_scheduler_cli import fault_injection
@@ -27,7 +28,19 @@ def ramps(conn: psycopg.Connection[Any]) -> Ramps:
     return Ramps(conn)
 
 
-def start_ramp(ramps: Ramps, catalog: Catalog, *rollouts: int) -> UUID:
+class Alarms:
+    """Every guard alarm in one state the test sets."""
+
+    def __init__(self) -> None:
+        self.state = AlarmState.OK
+
+    def alarm_states(self, names: Sequence[str]) -> dict[str, AlarmState]:
+        return dict.fromkeys(names, self.state)
+
+
+def start_ramp(
+    ramps: Ramps, catalog: Catalog, *rollouts: int, guard_alarms: Sequence[str] = ()
+) -> UUID:
     catalog.create_flag("checkout-v2", enabled=True)
     stages = tuple(
         StagePlan({"rollout_percentage": r}, int(HOLD.total_seconds())) for r in rollouts
@@ -36,8 +49,8 @@ def start_ramp(ramps: Ramps, catalog: Catalog, *rollouts: int) -> UUID:
         catalog.get_flag("checkout-v2"),
         CheckedRamp(stages, None, ()),
         start=T0,
-        guard_alarms=[],
-        rollback_on_alarm=False,
+        guard_alarms=list(guard_alarms),
+        rollback_on_alarm=bool(guard_alarms),
         insufficient_data=InsufficientData.WAIT,
         now=T0,
         actor=ACTOR,
@@ -91,6 +104,27 @@ def test_a_halted_ramp_resumes_at_its_failed_stage(
     assert ramps.get(ramp_id).state == RampState.ACTIVE
 
 
+def test_a_ramp_halted_by_an_alarm_with_rollback_resumes_by_applying_its_stage(
+    ramps: Ramps, catalog: Catalog, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    ramp_id = start_ramp(ramps, catalog, 5, 25, 50, guard_alarms=["errors"])
+    flag = catalog.get_flag("checkout-v2").id
+    alarms = Alarms()
+    run_service(database_url, T0, alarms=alarms)
+    alarms.state = AlarmState.ALARM
+    run_service(database_url, T0 + HOLD + timedelta(minutes=1), alarms=alarms)
+    assert ramps.get(ramp_id).state == RampState.HALTED
+    assert flag_fields(conn, flag)["rollout_percentage"] == 0  # rolled back
+    alarms.state = AlarmState.OK
+    now = T0 + timedelta(hours=3)
+    ramps.resume(ramp_id, now=now, actor=ACTOR)
+    summary = run_service(database_url, now, alarms=alarms)
+    # the requeued stage is due now, after the rollback: applied, not superseded by it
+    assert (summary.applied, summary.superseded) == (1, 0)
+    assert applied(ramps, ramp_id) == [(0, T0), (1, now)]
+    assert flag_fields(conn, flag)["rollout_percentage"] == 25
+
+
 def test_abort_with_rollback_stops_the_ramp_and_restores_the_flag(
     ramps: Ramps, catalog: Catalog, database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
@@ -108,3 +142,19 @@ def test_abort_with_rollback_stops_the_ramp_and_restores_the_flag(
     # stage 2 never comes
     assert run_service(database_url, now + 2 * HOLD).applied == 0
     assert [s for s, _ in applied(ramps, ramp_id)] == [0, 1]
+
+
+def test_a_live_stage_of_an_aborted_ramp_is_cancelled_not_held(
+    ramps: Ramps, catalog: Catalog, database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    ramp_id = start_ramp(ramps, catalog, 5, 25)
+    # what a race (or an old bulk retry) could leave: the ramp ended, its stage still due
+    conn.execute(
+        "UPDATE flag_ramps SET state = 'aborted', finished_at = %s WHERE id = %s", (T0, ramp_id)
+    )
+    summary = run_service(database_url, T0)
+    assert summary.applied == 0
+    [stage] = ramps.show(ramp_id).schedules
+    assert stage.state == State.CANCELLED
+    assert run_service(database_url, T0 + HOLD).claimed == 0  # nothing left due
+    assert flag_fields(conn, catalog.get_flag("checkout-v2").id)["rollout_percentage"] == 0

@@ -377,8 +377,10 @@ class SchedulerMachine(RuleBasedStateMachine):
     def cancel(self, index: int) -> None:
         candidates = list(self.schedules.values())
         schedule = candidates[index % len(candidates)]
-        cancellable = schedule.status == "pending" or (
-            schedule.status == "failed" and schedule.next_retry_at is not None
+        # a ramp's stage changes only through its ramp
+        cancellable = schedule.ramp is None and (
+            schedule.status == "pending"
+            or (schedule.status == "failed" and schedule.next_retry_at is not None)
         )
         if not cancellable:
             with pytest.raises(StateConflict):

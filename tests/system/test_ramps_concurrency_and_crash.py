@@ -60,7 +60,9 @@ def _worker(database_url: str, mode: str, seconds: float = 120) -> subprocess.Po
     )
 
 
-def _ramps(conn: psycopg.Connection[Any], catalog: Catalog, count: int) -> list[UUID]:
+def _ramps(
+    conn: psycopg.Connection[Any], catalog: Catalog, count: int, hold_seconds: int = HOLD_SECONDS
+) -> list[UUID]:
     start = datetime.now(UTC)
     return [
         insert_ramp(
@@ -68,7 +70,7 @@ def _ramps(conn: psycopg.Connection[Any], catalog: Catalog, count: int) -> list[
             catalog.create_flag(f"ramp-{i:03d}"),
             start,
             ROLLOUTS,
-            hold_seconds=HOLD_SECONDS,
+            hold_seconds=hold_seconds,
         )
         for i in range(count)
     ]
@@ -124,7 +126,9 @@ def test_four_processes_apply_every_stage_of_200_ramps_once_in_order_after_its_h
 def test_a_process_killed_before_committing_a_stage_leaves_it_and_its_successor_once(
     database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
 ) -> None:
-    (ramp,) = _ramps(conn, catalog, 1)
+    # A hold far longer than the test: the rerun below must find stage 1 not yet due, so
+    # "a rerun adds nothing" holds on a slow machine too.
+    (ramp,) = _ramps(conn, catalog, 1, hold_seconds=60)
     audit.install(conn, write_delay_seconds=0)
     victim = _worker(database_url, "crash")
     assert victim.stdout is not None

@@ -3,7 +3,7 @@ alarms, and what applying or failing a stage does to its ramp."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -53,8 +53,13 @@ class Gate:
     #: Left due and uncharged: a guard alarm without data, unreadable alarms, or a ramp
     #: that is not active (an operator is pausing or aborting it).
     waiting: list[DueSchedule]
-    #: Fail for good, halting their ramps: a guard alarm fired.
+    #: Fail for good, halting their ramps: a guard alarm fired (or had no data, where the
+    #: ramp halts on that).
     refused: list[tuple[DueSchedule, GuardAlarmFired]]
+    #: The refused stages whose guard alarm was in ALARM: only these may roll the flag back.
+    fired: set[UUID] = field(default_factory=set)
+    #: Stages of a completed or aborted ramp: no ramp waits for them, so they are cancelled.
+    ended: list[DueSchedule] = field(default_factory=list)
 
 
 def gate(
@@ -72,6 +77,8 @@ def gate(
         ramp = ramps.get(schedule.ramp_id) if schedule.ramp_id is not None else None
         if schedule.ramp_id is None:
             result.ready.append(schedule)
+        elif ramp is not None and ramp.state in (RampState.COMPLETED, RampState.ABORTED):
+            result.ended.append(schedule)
         elif ramp is None or ramp.state != RampState.ACTIVE:
             result.waiting.append(schedule)
         elif not ramp.guard_alarms:
@@ -93,6 +100,7 @@ def _guarded(
     if firing:
         reason = f"guard alarm {', '.join(firing)} in ALARM before stage {stage} of ramp {ramp.id}"
         result.refused.append((schedule, GuardAlarmFired(reason)))
+        result.fired.add(schedule.id)
     elif blind and ramp.insufficient_data == InsufficientData.HALT:
         reason = (
             f"guard alarm {', '.join(blind)} has insufficient data before stage {stage}"
@@ -139,12 +147,17 @@ class RampStep:
 
 
 def steps(
-    outcomes: Sequence[ScheduleOutcome], ramps: Mapping[UUID, Ramp], *, applied_at: datetime
+    outcomes: Sequence[ScheduleOutcome],
+    ramps: Mapping[UUID, Ramp],
+    *,
+    applied_at: datetime,
+    fired: Set[UUID] = frozenset(),
 ) -> list[RampStep]:
     """The ramp steps of the stages among `outcomes` that were applied (or superseded: their
     fields are already set) or failed for good; a stage waiting for a retry holds its ramp.
 
     `applied_at` is when the run applied them: the next stage is due its hold after it.
+    `fired`: the stages refused because a guard alarm was in ALARM (Gate.fired).
     """
     found: list[RampStep] = []
     for outcome in outcomes:
@@ -157,7 +170,8 @@ def steps(
         if outcome.outcome in (Outcome.APPLIED, Outcome.SUPERSEDED):
             found.append(_advance(ramp, outcome, schedule.ramp_stage, applied_at))
         elif outcome.outcome in (Outcome.FAILED_PERMANENTLY, Outcome.EXPIRED):
-            found.append(_halt(ramp, outcome, schedule.ramp_stage, applied_at))
+            rolls_back = schedule.id in fired and ramp.rollback_on_alarm
+            found.append(_halt(ramp, outcome, schedule.ramp_stage, applied_at, rolls_back))
     return found
 
 
@@ -201,13 +215,29 @@ def _updates(ramp: Ramp, stage: int) -> dict[str, bool | int]:
     return dict(ramp.end_updates)
 
 
-def _halt(ramp: Ramp, outcome: ScheduleOutcome, stage: int, at: datetime) -> RampStep:
+def rollback_updates(
+    value_before: Mapping[str, Any],
+    stage_updates: Iterable[Mapping[str, Any]],
+    end_updates: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The flag's fields before the ramp, restricted to those some stage or the end state
+    sets: a rollback must not undo a change (e.g. a kill switch) the ramp never made."""
+    touched = {name for updates in stage_updates for name in updates}
+    touched.update(end_updates or {})
+    return {name: value for name, value in value_before.items() if name in touched}
+
+
+def _halt(
+    ramp: Ramp, outcome: ScheduleOutcome, stage: int, at: datetime, rolls_back: bool
+) -> RampStep:
     schedule = outcome.schedule
     events = [RampEvent(ramp.id, at, RampAction.HALTED, SCHEDULER_ACTOR, stage, _detail(outcome))]
     schedules: list[NewSchedule] = []
-    if _by_guard_alarm(outcome) and ramp.rollback_on_alarm and ramp.value_before:
-        schedules.append(NewSchedule(schedule.flag_id, at, dict(ramp.value_before)))
-        detail = {"updates": dict(ramp.value_before)}
+    before = ramp.value_before or {}
+    restore = rollback_updates(before, (s.updates for s in ramp.stages), ramp.end_updates)
+    if rolls_back and restore:
+        schedules.append(NewSchedule(schedule.flag_id, at, restore))
+        detail = {"updates": dict(restore)}
         events.append(
             RampEvent(ramp.id, at, RampAction.ROLLED_BACK, SCHEDULER_ACTOR, stage, detail)
         )
@@ -222,11 +252,6 @@ def _halt(ramp: Ramp, outcome: ScheduleOutcome, stage: int, at: datetime) -> Ram
         schedules=schedules,
         events=events,
     )
-
-
-def _by_guard_alarm(outcome: ScheduleOutcome) -> bool:
-    """Whether the stage failed because a guard alarm fired."""
-    return outcome.error_class == GuardAlarmFired.error_class
 
 
 def _detail(outcome: ScheduleOutcome) -> dict[str, Any]:

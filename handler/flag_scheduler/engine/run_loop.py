@@ -28,11 +28,19 @@ from flag_scheduler.engine.records import (
     RunSummary,
     ScheduleOutcome,
 )
-from flag_scheduler.engine.states import AlarmState, ErrorClass, MessageKind
+from flag_scheduler.engine.states import (
+    AlarmState,
+    ErrorClass,
+    MessageKind,
+    Outcome,
+    RampState,
+    Status,
+)
 from flag_scheduler.errors import (
     AlarmsUnavailable,
     DatabaseUnavailable,
     FlagMissing,
+    ScheduleExpired,
     ScheduleFailure,
     SystemicFailure,
 )
@@ -106,6 +114,10 @@ class ScheduleStore(Protocol):
 
     def write_ramp_steps(self, steps: Sequence[ramps.RampStep], *, now: datetime) -> None: ...
 
+    def cancel_stages(
+        self, schedule_ids: Sequence[UUID], *, now: datetime, request_id: str | None
+    ) -> None: ...
+
 
 @runtime_checkable
 class CountsStatements(Protocol):
@@ -165,6 +177,8 @@ class _Run:
     # The batch's ramps (locked), and the ramp steps written with its outcomes by schedule.
     batch_ramps: dict[UUID, Ramp] = field(default_factory=dict)
     ramp_steps: dict[UUID, ramps.RampStep] = field(default_factory=dict)
+    # The batch's stages refused because a guard alarm was in ALARM (they may roll back).
+    alarm_fired: set[UUID] = field(default_factory=set)
 
     def out_of_time(self) -> bool:
         return self.remaining_ms() < self.policy.time_margin_ms
@@ -273,7 +287,7 @@ def _gate_ramps(
 
     A batch without ramp stages costs one pass over it, nothing more.
     """
-    run.batch_ramps, run.ramp_steps = {}, {}
+    run.batch_ramps, run.ramp_steps, run.alarm_fired = {}, {}, set()
     ramp_ids = {s.ramp_id for s in batch if s.ramp_id is not None}
     if not ramp_ids:
         return batch, []
@@ -286,13 +300,56 @@ def _gate_ramps(
         report.ramps_unreadable(failure)  # every stage of the batch waits (not charged)
     names = ramps.alarm_names(batch, run.batch_ramps)
     verdict = ramps.gate(batch, run.batch_ramps, _read_alarms(run, names) if names else {})
-    run.held.update(schedule.id for schedule in verdict.waiting)
-    report.stages_waiting(verdict.waiting)
+    run.alarm_fired = verdict.fired
+    _cancel_ended(run, verdict.ended, now)
+    late, waiting = _expire_waiting(run, verdict.waiting, now)
+    run.held.update(schedule.id for schedule in waiting)
+    report.stages_waiting(waiting)
     outcomes: list[ScheduleOutcome] = []
-    for schedule, refusal in verdict.refused:
+    refusals: list[tuple[DueSchedule, ScheduleFailure]] = [*verdict.refused, *late]
+    for schedule, refusal in refusals:
         run.summary.claimed += 1
         outcomes += _record_failure(run, schedule, refusal, now)
     return verdict.ready, outcomes
+
+
+def _cancel_ended(run: _Run, ended: list[DueSchedule], now: datetime) -> None:
+    """Cancel the stages of completed or aborted ramps (left live by a race or by hand):
+    held, they would stay due forever. If that cannot be written they wait (next run)."""
+    if not ended:
+        return
+    ids = [schedule.id for schedule in ended]
+    try:
+        with run.repository.savepoint():
+            run.repository.cancel_stages(ids, now=now, request_id=run.request_id)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.park_failed(failure)
+        run.held.update(ids)
+        return
+    run.held.update(ids)  # not claimed again by this run
+    logger.warning("ended_ramp_stages_cancelled", extra={"schedule_ids": [str(i) for i in ids]})
+
+
+def _expire_waiting(
+    run: _Run, waiting: list[DueSchedule], now: datetime
+) -> tuple[list[tuple[DueSchedule, ScheduleFailure]], list[DueSchedule]]:
+    """Split waiting stages into those past the lateness limit (they expire and halt their
+    ramp, as any late stage does) and those that go on waiting. A stage whose ramp an
+    operator holds (not locked here) is left to the operator."""
+    late: list[tuple[DueSchedule, ScheduleFailure]] = []
+    still: list[DueSchedule] = []
+    for schedule in waiting:
+        ramp = run.batch_ramps.get(schedule.ramp_id) if schedule.ramp_id else None
+        try:
+            if ramp is not None and ramp.state == RampState.ACTIVE:
+                decide.refuse_if_expired(schedule, now=now, policy=run.policy)
+        except ScheduleExpired as expired:
+            late.append((schedule, expired))
+        else:
+            still.append(schedule)
+    return late, still
 
 
 def _read_alarms(run: _Run, names: list[str]) -> Mapping[str, AlarmState] | None:
@@ -574,7 +631,7 @@ def _write_outcomes(run: _Run, outcomes: list[ScheduleOutcome], now: datetime) -
         # The next stage's hold counts from the run's clock read after the stage was
         # written, so it can never start before a full hold after the stage's application.
         applied_at = run.clock()
-        found = ramps.steps(outcomes, run.batch_ramps, applied_at=applied_at)
+        found = ramps.steps(outcomes, run.batch_ramps, applied_at=applied_at, fired=run.alarm_fired)
         if found:
             run.repository.write_ramp_steps(found, now=applied_at)
             run.ramp_steps.update((step.schedule_id, step) for step in found)
@@ -626,9 +683,36 @@ def _record_outcome(run: _Run, outcome: ScheduleOutcome, now: datetime) -> list[
         raise
     except ScheduleFailure as unrecordable:
         reason = f"its outcome could not be written: {unrecordable.error_class}: "
-        _park(run, {outcome.schedule.id: reason + str(unrecordable)}, [outcome.schedule], now)
+        reason += str(unrecordable)
+        _park(run, {outcome.schedule.id: reason}, [outcome.schedule], now)
+        _halt_parked_stage(run, outcome.schedule, reason, now)
         return []
     return [outcome]
+
+
+def _halt_parked_stage(run: _Run, schedule: DueSchedule, reason: str, now: datetime) -> None:
+    """A parked stage never applies: halt its ramp, which would otherwise wait for it
+    forever (active, with no live stage)."""
+    if schedule.ramp_id is None or schedule.ramp_id not in run.batch_ramps:
+        return
+    parked = ScheduleOutcome(
+        schedule,
+        Status.FAILED,
+        Outcome.FAILED_PERMANENTLY,
+        attempt=schedule.retry_count + 1,
+        error_class=ErrorClass.UNRECORDABLE,
+        error=reason,
+    )
+    found = ramps.steps([parked], run.batch_ramps, applied_at=now)
+    try:
+        with run.repository.savepoint():
+            run.repository.write_ramp_steps(found, now=now)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.park_failed(failure)  # the ramp stays active; an operator can abort it
+        return
+    run.ramp_steps.update((step.schedule_id, step) for step in found)
 
 
 def _park_defective(run: _Run, claimed: list[DueSchedule], now: datetime) -> list[DueSchedule]:

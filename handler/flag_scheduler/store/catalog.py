@@ -410,12 +410,29 @@ class Catalog:
         with self._translated(), self._conn.transaction():
             row = self._conn.execute(statement, {"schedule_id": schedule_id, "now": now}).fetchone()
             if row is None:
+                self._refuse_ramp_stage(schedule_id)
                 current = self.get_schedule(schedule_id)
                 raise StateConflict(
                     f"schedule {schedule_id} is {_describe_state(current)}; {allowed}"
                 )
             self._record_action(schedule_id, outcome, now, actor)
         return self.get_schedule(schedule_id)
+
+    def _refuse_ramp_stage(self, schedule_id: UUID) -> None:
+        """A ramp's stage is driven by its ramp only: cancelling or retrying it by hand would
+        leave the ramp with no live stage, or running after it ended.
+
+        Raises:
+            StateConflict: the schedule is a ramp's stage.
+        """
+        found = self._conn.execute(sql.SCHEDULE_RAMP_STAGE, {"schedule_id": schedule_id})
+        row = found.fetchone()
+        if row is not None and row[0] is not None:
+            raise StateConflict(
+                f"schedule {schedule_id} is stage {row[1]} of ramp {row[0]}; a ramp's stages"
+                " change only through the ramp (use `ramps pause`, `ramps resume` or"
+                " `ramps abort`)"
+            )
 
     def _record_action(
         self, schedule_id: UUID, outcome: Outcome, now: datetime, actor: str

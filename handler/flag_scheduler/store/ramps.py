@@ -17,6 +17,7 @@ from psycopg.rows import BaseRowFactory
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.ramp_rules import CheckedRamp
+from flag_scheduler.engine.ramps import rollback_updates
 from flag_scheduler.engine.states import (
     ErrorClass,
     InsufficientData,
@@ -28,6 +29,7 @@ from flag_scheduler.engine.states import (
 )
 from flag_scheduler.errors import RampNotFound, StateConflict
 from flag_scheduler.store import connection, sql
+from flag_scheduler.store.api_catalog import WriteTimeouts
 from flag_scheduler.store.catalog import FlagView
 from flag_scheduler.store.rows import record_row
 
@@ -35,6 +37,8 @@ T = TypeVar("T")
 # A run applying the live stage may insert the next one between our two locks: start over,
 # a few times (each round waits for a run's commit, so this converges at once in practice).
 _LOCK_ROUNDS = 5
+# An operator action waits at most this long for a run holding the ramp (then: try again).
+DEFAULT_TIMEOUTS = WriteTimeouts(lock_timeout_ms=5_000, statement_timeout_ms=30_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +177,21 @@ class Ramps:
     Runs on an autocommit connection: each method is its own transaction.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], *, timeouts: WriteTimeouts = DEFAULT_TIMEOUTS
+    ) -> None:
         self._conn = conn
+        self._timeouts = timeouts
+
+    def _bounded(self) -> None:
+        """Bound this transaction's waits (SET LOCAL): a run holding the ramp or its stage
+        makes an operator action fail as TransientDatabaseError (try again), not hang."""
+        params = {
+            "lock_timeout": f"{self._timeouts.lock_timeout_ms}ms",
+            "statement_timeout": f"{self._timeouts.statement_timeout_ms}ms",
+            "idle_timeout": f"{self._timeouts.statement_timeout_ms}ms",
+        }
+        self._conn.execute(sql.SET_TRANSACTION_TIMEOUTS, params)
 
     def _translated(self) -> AbstractContextManager[None]:
         return connection.translated(self._conn)
@@ -250,6 +267,7 @@ class Ramps:
             "now": now,
         }
         with self._translated(), self._conn.transaction():
+            self._bounded()
             ramp_id = self._insert_ramp(flag, params)
             self._insert_stage(ramp_id, flag.id, 0, ramp.stages[0].updates, start)
             detail = {"warnings": list(ramp.warnings)} if ramp.warnings else {}
@@ -323,7 +341,7 @@ class Ramps:
             if live is not None:
                 # Milliseconds: the precision a person or a resumed schedule needs.
                 remaining = round(max((live.due_at - now).total_seconds(), 0.0), 3)
-                self._conn.execute(sql.CANCEL_SCHEDULE, {"schedule_id": live.id, "now": now})
+                self._conn.execute(sql.CANCEL_RAMP_STAGE, {"schedule_id": live.id, "now": now})
             self._set_state(ramp_id, RampState.PAUSED, now, paused_remaining_seconds=remaining)
             detail: dict[str, Any] = {"remaining_seconds": remaining}
             if live is not None:
@@ -366,7 +384,7 @@ class Ramps:
         if found is None:
             return self._new_stage(ramp, stage, now)
         schedule_id = UUID(str(found[0]))
-        self._conn.execute(sql.REQUEUE_SCHEDULE, {"schedule_id": schedule_id, "now": now})
+        self._conn.execute(sql.REQUEUE_RAMP_STAGE, {"schedule_id": schedule_id, "now": now})
         return schedule_id
 
     def abort(
@@ -386,27 +404,29 @@ class Ramps:
             allowed = {RampState.ACTIVE, RampState.PAUSED, RampState.HALTED}
             _require(ramp, allowed, "abort", "only an unfinished ramp can be aborted")
             if live is not None:
-                self._conn.execute(sql.CANCEL_SCHEDULE, {"schedule_id": live.id, "now": now})
+                self._conn.execute(sql.CANCEL_RAMP_STAGE, {"schedule_id": live.id, "now": now})
             self._set_state(ramp_id, RampState.ABORTED, now)
             self._event(ramp_id, RampAction.ABORTED, ramp.current_stage, now, actor)
             rollback_id = None
-            if rollback and ramp.value_before is not None:
-                rollback_id = self._schedule_rollback(ramp, now, actor)
+            restore = _rollback_updates(ramp)
+            if rollback and restore:
+                rollback_id = self._schedule_rollback(ramp, restore, now, actor)
         return self.get(ramp_id), rollback_id
 
-    def _schedule_rollback(self, ramp: LockedRamp, now: datetime, actor: str) -> UUID:
+    def _schedule_rollback(
+        self, ramp: LockedRamp, restore: dict[str, Any], now: datetime, actor: str
+    ) -> UUID:
         """A plain schedule (no stage of the ramp) back to the value before the ramp."""
-        assert ramp.value_before is not None
         params = {
             "flag_id": ramp.flag_id,
             "scheduled_at": now,
-            "updates": Jsonb(ramp.value_before),
+            "updates": Jsonb(restore),
             "max_retries": None,
         }
         row = self._conn.execute(sql.INSERT_SCHEDULE, params).fetchone()
         assert row is not None
         schedule_id = UUID(str(row[0]))
-        detail = {"schedule_id": str(schedule_id), "updates": ramp.value_before}
+        detail = {"schedule_id": str(schedule_id), "updates": restore}
         self._event(ramp.id, RampAction.ROLLED_BACK, ramp.current_stage, now, actor, detail)
         return schedule_id
 
@@ -437,6 +457,7 @@ class Ramps:
         with self._translated():
             for _ in range(_LOCK_ROUNDS):
                 with self._conn.transaction():
+                    self._bounded()
                     locked = self._lock_both(ramp_id)
                     if locked is not None:
                         yield locked
@@ -471,3 +492,11 @@ def _jsonable(detail: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps(detail, default=lambda value: value.isoformat())
     decoded: dict[str, Any] = json.loads(text)
     return decoded
+
+
+def _rollback_updates(ramp: LockedRamp) -> dict[str, Any]:
+    """What a rollback writes: nothing when stage 0 never applied (the ramp changed nothing)."""
+    if ramp.value_before is None:
+        return {}
+    stages = (stage["updates"] for stage in ramp.stages)
+    return rollback_updates(ramp.value_before, stages, ramp.end_updates)

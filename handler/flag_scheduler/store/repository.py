@@ -341,6 +341,13 @@ class ScheduleRepository:
         rows = self._fetch(sql.LOCK_RAMPS, {"ids": list(ramp_ids)}, dict_row)
         return {row["id"]: ramp_from_row(row) for row in rows}
 
+    def cancel_stages(
+        self, schedule_ids: Sequence[UUID], *, now: datetime, request_id: str | None
+    ) -> None:
+        """Cancel live stages of completed or aborted ramps, each with a history row."""
+        params = {"ids": list(schedule_ids), "now": now, "request_id": request_id}
+        self._execute(sql.CANCEL_ENDED_RAMP_STAGES, params)
+
     def write_ramp_steps(self, steps: Sequence[RampStep], *, now: datetime) -> None:
         """Write what stage outcomes did to their ramps (three statements at most), in the
         transaction that writes the outcomes."""

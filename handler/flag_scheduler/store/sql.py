@@ -421,6 +421,7 @@ UPDATE feature_flag_schedules
 SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
     last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
 WHERE id = %(schedule_id)s AND status = 'failed' AND next_retry_at IS NULL
+  AND ramp_id IS NULL
 RETURNING id
 """
 
@@ -431,7 +432,39 @@ UPDATE feature_flag_schedules
 SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
 WHERE id = %(schedule_id)s
   AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+  AND ramp_id IS NULL
 RETURNING id
+"""
+
+# Cancels a ramp's live stage schedule (pause, abort: the caller holds the ramp locked).
+CANCEL_RAMP_STAGE = """
+UPDATE feature_flag_schedules
+SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
+WHERE id = %(schedule_id)s
+  AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+RETURNING id
+"""
+
+# Cancels live stages whose ramp is completed or aborted, recording each as cancelled by
+# the run; returns the ids cancelled.
+CANCEL_ENDED_RAMP_STAGES = """
+WITH cancelled AS (
+    UPDATE feature_flag_schedules
+    SET status = 'cancelled', next_retry_at = NULL, updated_at = %(now)s
+    WHERE id = ANY(%(ids)s::uuid[]) AND ramp_id IS NOT NULL
+      AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+    RETURNING id
+), logged AS (
+    INSERT INTO feature_flag_schedule_attempts
+        (schedule_id, attempt, started_at, finished_at, outcome, request_id, actor)
+    SELECT id, NULL, %(now)s, %(now)s, 'cancelled', %(request_id)s, 'scheduler' FROM cancelled
+)
+SELECT id FROM cancelled
+"""
+
+# The ramp a schedule is a stage of (NULL for a plain schedule); no row: no such schedule.
+SCHEDULE_RAMP_STAGE = """
+SELECT ramp_id, ramp_stage FROM feature_flag_schedules WHERE id = %(schedule_id)s
 """
 
 # The health at a glance, as of %(now)s (named as catalog.StatusReport's fields).
@@ -597,7 +630,7 @@ LIMIT %(limit)s
 _REQUEUEABLE_FILTER = """
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE s.status = 'failed' AND s.next_retry_at IS NULL
+WHERE s.status = 'failed' AND s.next_retry_at IS NULL AND s.ramp_id IS NULL
   AND (%(expired)s::boolean IS NULL
        OR (coalesce(s.last_error_class, '') = 'expired') = %(expired)s::boolean)
   AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
@@ -631,6 +664,7 @@ WITH requeued AS (
     SET status = 'pending', retry_count = 0, next_retry_at = NULL, last_error = NULL,
         last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
     WHERE id = ANY(%(ids)s::uuid[]) AND status = 'failed' AND next_retry_at IS NULL
+      AND ramp_id IS NULL
     RETURNING id
 ), logged AS (
     INSERT INTO feature_flag_schedule_attempts
@@ -739,6 +773,16 @@ FOR UPDATE
 """
 
 # The schedule a halted ramp's current stage failed (or expired) with, if any.
+# Requeues a halted ramp's failed stage as due now: keeping its old scheduled_at would let a
+# later-scheduled change of the flag (e.g. the guard-alarm rollback) supersede it.
+REQUEUE_RAMP_STAGE = """
+UPDATE feature_flag_schedules
+SET status = 'pending', scheduled_at = %(now)s, retry_count = 0, next_retry_at = NULL,
+    last_error = NULL, last_error_class = NULL, requeued_at = %(now)s, updated_at = %(now)s
+WHERE id = %(schedule_id)s AND status = 'failed' AND next_retry_at IS NULL
+RETURNING id
+"""
+
 FAILED_RAMP_STAGE_SCHEDULE = """
 SELECT id FROM feature_flag_schedules
 WHERE ramp_id = %(ramp_id)s AND ramp_stage = %(stage)s AND status = 'failed'

@@ -65,21 +65,24 @@ class ScopedResolver(APIGatewayHttpResolver):
         try:
             authorize(event, runtime.settings())
         except (Unauthenticated, Forbidden) as exc:
-            return _raw_problem(exc)
+            return _raw_problem(exc, context)
+        except FlagSchedulerError as exc:  # the settings: a misconfigured function
+            logger.error(
+                "request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)}
+            )
+            return _raw_problem(exc, context)
         return super().resolve(event, context)
 
 
-def _raw_problem(exc: Unauthenticated | Forbidden) -> dict[str, Any]:
-    """A payload-v2 response for a request refused before the resolver saw it."""
-    status, slug, title = problems.classify(exc) or (403, "forbidden", "Missing scope")
-    headers = {"Content-Type": problems.PROBLEM_CONTENT_TYPE}
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
+def _raw_problem(exc: Exception, context: Any) -> dict[str, Any]:
+    """A payload-v2 response for a request refused before the resolver saw it (the same
+    problem document the resolver's error handlers send)."""
+    response = problems.from_error(exc, instance=getattr(context, "aws_request_id", None))
     return {
-        "statusCode": status,
-        "headers": headers,
+        "statusCode": response.status_code,
+        "headers": {"Content-Type": problems.PROBLEM_CONTENT_TYPE, **response.headers},
         "cookies": [],
-        "body": json.dumps(problems.problem_body(status, slug, title, str(exc))),
+        "body": response.body,
         "isBase64Encoded": False,
     }
 

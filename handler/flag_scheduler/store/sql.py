@@ -363,12 +363,23 @@ RETURNING id
 
 # Schedules with their flag's identity (as catalog.ScheduleView), filtered (by status or
 # state); NULL filters match all.
-LIST_SCHEDULES = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
-       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
-       s.last_error_class, s.requeued_at
+# Schedules joined to their flags (s, f), for the operators' reads.
+_SCHEDULES_WITH_FLAG = """
 FROM feature_flag_schedules AS s
 JOIN feature_flags AS f ON f.id = s.flag_id
+"""
+
+# A schedule as catalog.ScheduleView reads it, with its flag's identity.
+_SCHEDULE_VIEW = (
+    """
+SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
+       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
+       s.last_error_class, s.requeued_at"""
+    + _SCHEDULES_WITH_FLAG
+)
+
+# The filters operators list schedules by: status or state, flag, environment, due by.
+_SCHEDULE_FILTERS = """
 WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
        -- The state operators see (catalog.ScheduleView.state): `failed` split in three.
        OR (s.status = 'failed' AND CASE WHEN s.next_retry_at IS NOT NULL THEN 'waiting_for_retry'
@@ -377,19 +388,16 @@ WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
   AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
   AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
   AND (%(due_at)s::timestamptz IS NULL OR s.due_at <= %(due_at)s::timestamptz)
-ORDER BY s.scheduled_at, f.flag_key, s.id
-LIMIT %(limit)s
 """
 
+LIST_SCHEDULES = (
+    _SCHEDULE_VIEW
+    + _SCHEDULE_FILTERS
+    + "ORDER BY s.scheduled_at, f.flag_key, s.id\nLIMIT %(limit)s\n"
+)
+
 # One schedule with its flag's identity (as catalog.ScheduleView).
-GET_SCHEDULE = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
-       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
-       s.last_error_class, s.requeued_at
-FROM feature_flag_schedules AS s
-JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE s.id = %(schedule_id)s
-"""
+GET_SCHEDULE = _SCHEDULE_VIEW + "WHERE s.id = %(schedule_id)s\n"
 
 # A schedule's history, oldest first.
 SCHEDULE_HISTORY = """
@@ -592,44 +600,30 @@ ORDER BY id
 # One page of schedules (as catalog.ScheduleView) in (scheduled_at, id) order, after the
 # cursor's (scheduled_at, id): keyset paging, so rows inserted meanwhile never shift a page
 # (no row is skipped or repeated). Filters as LIST_SCHEDULES; NULL filters match all.
-LIST_SCHEDULES_PAGE = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
-       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
-       s.last_error_class, s.requeued_at
-FROM feature_flag_schedules AS s
-JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
-       OR (s.status = 'failed' AND CASE WHEN s.next_retry_at IS NOT NULL THEN 'waiting_for_retry'
-                                        WHEN s.last_error_class = 'expired' THEN 'expired'
-                                        ELSE 'failed_permanently' END = ANY(%(statuses)s::text[])))
-  AND (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
-  AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
-  AND (%(due_at)s::timestamptz IS NULL OR s.due_at <= %(due_at)s::timestamptz)
-  AND (%(after_at)s::timestamptz IS NULL
+LIST_SCHEDULES_PAGE = (
+    _SCHEDULE_VIEW
+    + _SCHEDULE_FILTERS
+    + """  AND (%(after_at)s::timestamptz IS NULL
        OR (s.scheduled_at, s.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))
 ORDER BY s.scheduled_at, s.id
 LIMIT %(limit)s
 """
+)
 
 # A flag's most recently changed finished schedules (applied, failed for good, cancelled,
 # superseded), newest first.
-RECENT_SCHEDULES_OF_FLAG = """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
-       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
-       s.last_error_class, s.requeued_at
-FROM feature_flag_schedules AS s
-JOIN feature_flags AS f ON f.id = s.flag_id
-WHERE s.flag_id = %(flag_id)s AND s.status <> 'pending'
+RECENT_SCHEDULES_OF_FLAG = (
+    _SCHEDULE_VIEW
+    + """WHERE s.flag_id = %(flag_id)s AND s.status <> 'pending'
   AND NOT (s.status = 'failed' AND s.next_retry_at IS NOT NULL)
 ORDER BY s.updated_at DESC, s.id DESC
 LIMIT %(limit)s
 """
+)
 
 # Which schedules a bulk requeue takes: permanently failed (or expired) ones matching a
 # filter, oldest failure first. NULL filters match all.
 _REQUEUEABLE_FILTER = """
-FROM feature_flag_schedules AS s
-JOIN feature_flags AS f ON f.id = s.flag_id
 WHERE s.status = 'failed' AND s.next_retry_at IS NULL AND s.ramp_id IS NULL
   AND (%(expired)s::boolean IS NULL
        OR (coalesce(s.last_error_class, '') = 'expired') = %(expired)s::boolean)
@@ -644,17 +638,13 @@ LIMIT %(limit)s
 
 # The requeueable schedules' ids, locked so a bulk requeue sees each row's state after any
 # run that holds it commits (rows that are no longer permanently failed then drop out).
-SELECT_REQUEUEABLE = "SELECT s.id" + _REQUEUEABLE_FILTER + "FOR UPDATE OF s\n"
+SELECT_REQUEUEABLE = (
+    "SELECT s.id" + _SCHEDULES_WITH_FLAG + _REQUEUEABLE_FILTER.lstrip() + "FOR UPDATE OF s\n"
+)
 
 # The requeueable schedules (as catalog.ScheduleView) for a dry run: a plain read, no lock,
 # so a preview never waits on a run nor holds one up.
-PREVIEW_REQUEUEABLE = (
-    """
-SELECT s.id, f.flag_key, f.environment, s.scheduled_at, s.status, s.updates::text AS updates,
-       s.applied_at, s.retry_count, s.max_retries, s.next_retry_at, s.last_error,
-       s.last_error_class, s.requeued_at"""
-    + _REQUEUEABLE_FILTER
-)
+PREVIEW_REQUEUEABLE = _SCHEDULE_VIEW + _REQUEUEABLE_FILTER.lstrip()
 
 # Requeues the given permanently failed schedules (as REQUEUE_SCHEDULE) and records each
 # requeue with its caller, in one statement; returns the ids requeued.

@@ -91,11 +91,20 @@ class _Parser(argparse.ArgumentParser):
 # --- argument types: each turns a bad value into one clear line (exit code 2) ---
 
 
-def _uuid(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a schedule id (a UUID): {text!r}") from None
+def _id_of(what: str) -> Callable[[str], UUID]:
+    """An argument type for the id of a `what` (schedule, ramp): a UUID, or a usage error."""
+
+    def parse(text: str) -> UUID:
+        try:
+            return UUID(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what} id (a UUID): {text!r}") from None
+
+    return parse
+
+
+_uuid = _id_of("schedule")
+_ramp_id = _id_of("ramp")
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -178,8 +187,8 @@ def _parser() -> argparse.ArgumentParser:
 _Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
-def _add_flags(commands: _Commands, common: _Parser) -> None:
-    flags = commands.add_parser("flags", help="list, create or show flags")
+def _add_flags(groups: _Commands, common: _Parser) -> None:
+    flags = groups.add_parser("flags", help="list, create or show flags")
     flag_commands = flags.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
     flags_list = flag_commands.add_parser("list", parents=[common], help="every flag")
     flags_list.add_argument("--env", help="only this environment")
@@ -201,15 +210,23 @@ def _add_flags(commands: _Commands, common: _Parser) -> None:
     flags_show.set_defaults(func=_operator(_flags_show))
 
 
-def _add_schedules(commands: _Commands, common: _Parser) -> None:
-    schedules = commands.add_parser("schedules", help="create, inspect, retry or cancel schedules")
+def _add_schedules(groups: _Commands, common: _Parser) -> None:
+    schedules = groups.add_parser("schedules", help="create, inspect, retry or cancel schedules")
     actions = schedules.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
     _add_schedules_create(actions, common)
     _add_schedules_list(actions, common)
     for name, text, handler in (
-        ("show", "state, history and upcoming retries", _schedules_show),
-        ("retry", "requeue a permanently failed or expired schedule, due now", _schedules_retry),
-        ("cancel", "cancel a pending or waiting-for-retry schedule", _schedules_cancel),
+        ("show", "state, history and upcoming retries", _on_id(commands.schedules_show)),
+        (
+            "retry",
+            "requeue a permanently failed or expired schedule, due now",
+            _on_id(commands.schedules_retry),
+        ),
+        (
+            "cancel",
+            "cancel a pending or waiting-for-retry schedule",
+            _on_id(commands.schedules_cancel),
+        ),
     ):
         sub = actions.add_parser(name, parents=[common], help=text)
         sub.add_argument("id", type=_uuid)
@@ -292,17 +309,21 @@ def _add_schedules_preview(actions: _Commands, common: _Parser) -> None:
 RAMP_STATES = tuple(state.value for state in RampState)
 
 
-def _add_ramps(commands: _Commands, common: _Parser) -> None:
-    ramps = commands.add_parser(
+def _add_ramps(groups: _Commands, common: _Parser) -> None:
+    ramps = groups.add_parser(
         "ramps", help="gradual rollouts: a flag changed in stages, each held and observed"
     )
     actions = ramps.add_subparsers(dest="ramps_command", required=True, metavar="ACTION")
     _add_ramps_create(actions, common)
     _add_ramps_list(actions, common)
     for name, text, handler in (
-        ("show", "stages, their schedules and the history", _ramps_show),
-        ("pause", "stop an active ramp; its hold clock stops too", _ramps_pause),
-        ("resume", "restart a paused ramp, or retry a halted ramp's stage", _ramps_resume),
+        ("show", "stages, their schedules and the history", _on_id(ramp_commands.show)),
+        ("pause", "stop an active ramp; its hold clock stops too", _on_id(ramp_commands.pause)),
+        (
+            "resume",
+            "restart a paused ramp, or retry a halted ramp's stage",
+            _on_id(ramp_commands.resume),
+        ),
     ):
         sub = actions.add_parser(name, parents=[common], help=text)
         sub.add_argument("id", type=_ramp_id)
@@ -400,15 +421,8 @@ def _add_ramps_create(actions: _Commands, common: _Parser) -> None:
     create.set_defaults(func=_operator(_ramps_create))
 
 
-def _ramp_id(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a ramp id (a UUID): {text!r}") from None
-
-
-def _add_local_runs(commands: _Commands, common: _Parser) -> None:
-    invoke = commands.add_parser(
+def _add_local_runs(groups: _Commands, common: _Parser) -> None:
+    invoke = groups.add_parser(
         "invoke",
         parents=[common],
         help="run the Lambda handler once, in this process",
@@ -428,13 +442,13 @@ def _add_local_runs(commands: _Commands, common: _Parser) -> None:
         help="print each batch's counts to stderr (default on a terminal)",
     )
     invoke.set_defaults(func=_runs_the_handler(_invoke))
-    commands.add_parser(
+    groups.add_parser(
         "demo",
         help="walk a simulated clock through apply, retry and permanent failure",
         description="On a throwaway embedded PostgreSQL: create flags and schedules, make"
         " changes fail, and run the real handler minute by minute.",
     ).set_defaults(func=_runs_the_handler(_demo))
-    serve.add_parser(commands).set_defaults(func=_runs_the_handler(serve.run))
+    serve.add_parser(groups).set_defaults(func=_runs_the_handler(serve.run))
 
 
 # --- the database the commands work on (all but demo and completion) ---
@@ -515,6 +529,16 @@ class _Operation:
 def _operator(command: Callable[[_Operation], Result]) -> Handler:
     """A handler that reads the settings, runs `command` and prints its result."""
     return functools.partial(_run_operator, command)
+
+
+def _on_id(command: Callable[[Context, UUID], Result]) -> Callable[[_Operation], Result]:
+    """An operator command that acts on the id its arguments name."""
+
+    def run(operation: _Operation) -> Result:
+        with operation.context() as ctx:
+            return command(ctx, operation.args.id)
+
+    return run
 
 
 def _run_operator(command: Callable[[_Operation], Result], args: argparse.Namespace) -> int:
@@ -647,21 +671,6 @@ def _schedules_retry_failed(operation: _Operation) -> Result:
         return commands.schedules_retry_failed(ctx, operation.args)
 
 
-def _schedules_show(operation: _Operation) -> Result:
-    with operation.context() as ctx:
-        return commands.schedules_show(ctx, operation.args.id)
-
-
-def _schedules_retry(operation: _Operation) -> Result:
-    with operation.context() as ctx:
-        return commands.schedules_retry(ctx, operation.args.id)
-
-
-def _schedules_cancel(operation: _Operation) -> Result:
-    with operation.context() as ctx:
-        return commands.schedules_cancel(ctx, operation.args.id)
-
-
 def _schedules_preview(operation: _Operation) -> Result:
     """A schedule's upcoming attempts, or, without an id, any schedule's under a policy
     (no database needed)."""
@@ -747,21 +756,6 @@ def _ramps_list(operation: _Operation) -> Result:
     args = operation.args
     with operation.context() as ctx:
         return ramp_commands.list_ramps(ctx, args.flag, args.env, args.state)
-
-
-def _ramps_show(operation: _Operation) -> Result:
-    with operation.context() as ctx:
-        return ramp_commands.show(ctx, operation.args.id)
-
-
-def _ramps_pause(operation: _Operation) -> Result:
-    with operation.context() as ctx:
-        return ramp_commands.pause(ctx, operation.args.id)
-
-
-def _ramps_resume(operation: _Operation) -> Result:
-    with operation.context() as ctx:
-        return ramp_commands.resume(ctx, operation.args.id)
 
 
 def _ramps_abort(operation: _Operation) -> Result:

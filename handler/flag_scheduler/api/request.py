@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -28,6 +29,23 @@ class BadParameter(FlagSchedulerError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+def choices_in(text: str | None, field: str, allowed: Sequence[str]) -> list[str] | None:
+    """The values of a comma-separated query parameter, each one of `allowed`; None when
+    the parameter names none.
+
+    Raises:
+        BadParameter: naming `field` and the first value not allowed.
+    """
+    if text is None:
+        return None
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    for value in values:
+        if value not in allowed:
+            shown = value if len(value) <= 40 else f"{value[:37]}..."
+            raise BadParameter(field, f"{shown!r} is not one of {', '.join(allowed)}")
+    return values or None
 
 
 def caller() -> Caller:

@@ -2,24 +2,8 @@
 # Prints an operator session (commands and their output) on a throwaway embedded database:
 # the transcript in the README's "Operate" section comes from this script.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/.venv/bin"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-unset DATABASE_URL
-export POWERTOOLS_METRICS_DISABLED=true POWERTOOLS_LOG_LEVEL=ERROR
-# The per-user data folder, in a throwaway home (shown as ~).
-export HOME="$work"
-unset XDG_DATA_HOME FLAG_SCHEDULER_DATA_DIR
-
-run() {
-    printf '$'; printf ' %q' "$@"; echo
-    "$@" 2>&1 | sed "s#$work#~#g" || true
-    echo
-}
-fs() { run flag-scheduler "$@"; }
-flag-scheduler() { "$bin/flag-scheduler" "$@"; }
+# shellcheck source=transcript-setup.sh
+source "$(dirname "$0")/transcript-setup.sh"
 
 fs flags create holiday-banner --description "Holiday banner on the home page"
 fs schedules create --flag holiday-banner --at now --enable --rollout 100 --max-retries 1

@@ -68,3 +68,22 @@ def test_a_policy_preview_needs_no_database(
         "if every attempt fails: permanently failed between 2026-01-01 00:01:00Z and"
         " 2026-01-01 00:01:05Z",
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["schedules", "retry-failed", "--limit", "²"], "must be an integer 1..1000, got '²'"),
+        (["schedules", "retry-failed", "--limit", "1001"], "must be an integer 1..1000"),
+        (["serve", "--port", "65536"], "must be an integer 0..65535"),
+        (["ramps", "show", "nope"], "not a ramp id (a UUID): 'nope'"),
+        (["schedules", "show", "nope"], "not a schedule id (a UUID): 'nope'"),
+    ],
+)
+def test_a_bad_number_or_id_is_a_usage_error_saying_what_it_must_be(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

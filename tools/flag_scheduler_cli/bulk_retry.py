@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from flag_scheduler.engine.states import ErrorClass
+from flag_scheduler_cli.arguments import int_in
 
 COMMAND = "retry-failed"
 
@@ -22,12 +23,6 @@ def _aware_time(text: str) -> datetime:
             f"expected an ISO 8601 time with offset (2026-12-24T09:00:00Z), got {text!r}"
         )
     return moment
-
-
-def _limit(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
-        raise argparse.ArgumentTypeError(f"must be an integer 1..1000, got {text!r}")
-    return int(text)
 
 
 def add_parser(schedule_commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -47,6 +42,6 @@ def add_parser(schedule_commands: Any, common: argparse.ArgumentParser) -> argpa
     bulk.add_argument("--error-class", choices=[e.value for e in ErrorClass], metavar="CLASS")
     bulk.add_argument("--since", type=_aware_time, metavar="TIME", help="failed at or after")
     bulk.add_argument("--before", type=_aware_time, metavar="TIME", help="failed before")
-    bulk.add_argument("--limit", type=_limit, default=1000, metavar="1..1000")
+    bulk.add_argument("--limit", type=int_in(1, 1000), default=1000, metavar="1..1000")
     bulk.add_argument("--dry-run", action="store_true", help="list them, change nothing")
     return bulk

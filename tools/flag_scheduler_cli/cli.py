@@ -23,7 +23,6 @@ from flag_scheduler import __version__
 from flag_scheduler.aws.settings import (
     SchedulerSettings,
     check_powertools_environment,
-    int_in_range,
 )
 from flag_scheduler.engine import limits
 from flag_scheduler.engine.backoff import BackoffPolicy
@@ -48,6 +47,7 @@ from flag_scheduler.store.api_catalog import ApiCatalog
 from flag_scheduler.store.ramps import Ramps
 from flag_scheduler_cli import bulk_retry, commands, serve
 from flag_scheduler_cli import ramps as ramp_commands
+from flag_scheduler_cli.arguments import id_of, int_in
 from flag_scheduler_cli.commands import Context, Result
 from flag_scheduler_cli.completion import bash_script
 from flag_scheduler_cli.local import (
@@ -91,32 +91,8 @@ class _Parser(argparse.ArgumentParser):
 # --- argument types: each turns a bad value into one clear line (exit code 2) ---
 
 
-def _id_of(what: str) -> Callable[[str], UUID]:
-    """An argument type for the id of a `what` (schedule, ramp): a UUID, or a usage error."""
-
-    def parse(text: str) -> UUID:
-        try:
-            return UUID(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {what} id (a UUID): {text!r}") from None
-
-    return parse
-
-
-_uuid = _id_of("schedule")
-_ramp_id = _id_of("ramp")
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            return int_in_range("the value", text, low=low, high=high)
-        except ConfigurationError:
-            raise argparse.ArgumentTypeError(
-                f"must be an integer {low}..{high}, got {text!r}"
-            ) from None
-
-    return parse
+_uuid = id_of("schedule")
+_ramp_id = id_of("ramp")
 
 
 def _seconds_in(low: float, high: float) -> Callable[[str], float]:
@@ -201,7 +177,7 @@ def _add_flags(groups: _Commands, common: _Parser) -> None:
     state = flags_create.add_mutually_exclusive_group()
     state.add_argument("--enable", dest="enabled", action="store_true", default=False)
     state.add_argument("--disable", dest="enabled", action="store_false")
-    flags_create.add_argument("--rollout", type=_int_in(0, 100), default=0, metavar="0..100")
+    flags_create.add_argument("--rollout", type=int_in(0, 100), default=0, metavar="0..100")
     flags_create.add_argument("--description")
     flags_create.set_defaults(func=_operator(_flags_create))
     flags_show = flag_commands.add_parser("show", parents=[common], help="a flag and its schedules")
@@ -259,7 +235,7 @@ def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
     change.add_argument("--disable", dest="enabled", action="store_false")
     # Range-checked by the same validation the engine applies to `updates`.
     create.add_argument("--rollout", type=int, metavar="0..100")
-    create.add_argument("--max-retries", type=_int_in(0, 10), metavar="0..10")
+    create.add_argument("--max-retries", type=int_in(0, 10), metavar="0..10")
     create.add_argument(
         "--force",
         action="store_true",
@@ -280,7 +256,7 @@ def _add_schedules_list(actions: _Commands, common: _Parser) -> None:
     listing.add_argument("--flag", metavar="KEY")
     listing.add_argument("--env")
     listing.add_argument("--due", action="store_true", help="only those due now")
-    listing.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
+    listing.add_argument("--limit", type=int_in(1, 100_000), default=1000)
     listing.set_defaults(func=_operator(_schedules_list))
 
 
@@ -289,7 +265,7 @@ def _add_schedules_preview(actions: _Commands, common: _Parser) -> None:
         "preview", parents=[common], help="the retry timeline of a schedule or a policy"
     )
     preview.add_argument("id", type=_uuid, nargs="?")
-    preview.add_argument("--max-retries", type=_int_in(0, 10))
+    preview.add_argument("--max-retries", type=int_in(0, 10))
     for option, variable in (
         ("--base", "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS"),
         ("--cap", "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS"),

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from flag_scheduler.errors import ConfigurationError
+from flag_scheduler_cli.arguments import int_in
 from flag_scheduler_cli.local import (
     FakeLambdaContext,
     check_database_url,
@@ -433,19 +434,15 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         " request is answered 401.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8080, help="0..65535, 0: any free port")
+    parser.add_argument(
+        "--port", type=int_in(0, 65535), default=8080, help="0..65535, 0: any free port"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
         help="embedded PostgreSQL data folder when DATABASE_URL is unset (as for invoke)",
     )
     return parser
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {text!r}")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from flag_scheduler.engine.ramp_rules import (
     check_ramp,
     preview,
 )
-from flag_scheduler.engine.states import InsufficientData, RampState, State
+from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
 from flag_scheduler.store.ramps import RampDetail, RampView, StageSchedule
 from flag_scheduler_cli import render
 from flag_scheduler_cli.commands import Context, Result
@@ -317,7 +317,10 @@ def pause(ctx: Context, ramp_id: UUID) -> Result:
 
 def resume(ctx: Context, ramp_id: UUID) -> Result:
     ramp = ctx.ramps.resume(ramp_id, now=ctx.now, actor=ctx.actor)
-    due = datetime.fromisoformat(ctx.ramps.show(ramp_id).events[-1].detail["due_at"])
+    # The resume's own history row: a run may have added rows since it committed.
+    events = ctx.ramps.show(ramp_id).events
+    resumed = next(e for e in reversed(events) if e.action == RampAction.RESUMED)
+    due = datetime.fromisoformat(resumed.detail["due_at"])
     return Result(
         f"resumed ramp {ramp.id} ({ramp.flag_key}, {ramp.environment}): stage"
         f" {ramp.current_stage} due at {render.when(due)}",

@@ -232,3 +232,15 @@ def test_an_end_state_is_one_more_stage_after_the_last_hold(
     assert "end sets nothing" in cli.fails(
         2, "ramps", "preview", "--rollout", "10,100", "--hold", "5m", "--end-rollout", "100"
     )
+
+
+@pytest.mark.usefixtures("flag")
+def test_abort_says_the_rollback_it_scheduled(cli: Cli, conn: psycopg.Connection[Any]) -> None:
+    ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
+    conn.execute(
+        "UPDATE flag_ramps SET value_before = %s",
+        (Jsonb({"enabled": True, "rollout_percentage": 0}),),
+    )
+    said = cli.ok("ramps", "abort", ramp_id, "--rollback")
+    # the stages set only the rollout: enabled is neither rolled back nor said to be
+    assert said.rstrip().endswith("scheduled now: rollout_percentage=0"), said

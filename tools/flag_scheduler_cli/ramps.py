@@ -16,6 +16,7 @@ from flag_scheduler.engine.ramp_rules import (
     check_ramp,
     preview,
 )
+from flag_scheduler.engine.ramps import rollback_updates
 from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
 from flag_scheduler.store.ramps import RampDetail, RampView, StageSchedule
 from flag_scheduler_cli import render
@@ -335,7 +336,10 @@ def abort(ctx: Context, ramp_id: UUID, rollback: bool) -> Result:
         f" {ramp.current_stage}"
     )
     if rollback_id is not None:
-        text += f"; rollback {rollback_id} scheduled now: {render.updates_text(ramp.value_before)}"
+        restored = rollback_updates(
+            ramp.value_before or {}, (s["updates"] for s in ramp.stages), ramp.end_updates
+        )
+        text += f"; rollback {rollback_id} scheduled now: {render.updates_text(restored)}"
     elif rollback:
         text += "; nothing to roll back: stage 0 never applied"
     return Result(text, {"ramp": ramp, "rollback_schedule_id": rollback_id})

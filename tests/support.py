@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +28,18 @@ from flag_scheduler.store.repository import ScheduleRepository
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class ReadingsClock:
+    """A clock that moves one second per reading and keeps its readings."""
+
+    def __init__(self, start: datetime) -> None:
+        self.readings: list[datetime] = []
+        self._start = start
+
+    def __call__(self) -> datetime:
+        self.readings.append(self._start + timedelta(seconds=len(self.readings)))
+        return self.readings[-1]
 
 
 def database_url_for(server_url: str, database: str) -> str:

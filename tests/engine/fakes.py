@@ -102,6 +102,7 @@ class FakeStore:
         self.failing_flags: dict[UUID, ScheduleFailure] = {}
         self.failing_outcomes: dict[UUID, ScheduleFailure] = {}
         self.failing_park: ScheduleFailure | None = None
+        self.failing_stamp: ScheduleFailure | None = None
         # Ramps another transaction holds (an operator pausing one).
         self.held_ramps: set[UUID] = set()
         # The method whose next call finds the connection lost.
@@ -400,6 +401,19 @@ class FakeStore:
             )
         self._statement("insert_ramp_events")
         self.state.ramp_events.extend(e for step in steps for e in step.events)
+
+    def stamp_next_stages(self, steps: Sequence[RampStep]) -> None:
+        self._statement("stamp_next_stages")
+        if self.failing_stamp is not None:
+            raise self.failing_stamp
+        for new in (n for step in steps for n in step.schedules if n.ramp_id is not None):
+            for row in self.schedules.values():
+                if (row.ramp_id, row.ramp_stage, row.status) == (
+                    new.ramp_id,
+                    new.ramp_stage,
+                    Status.PENDING,
+                ):
+                    row.scheduled_at = max(row.scheduled_at, new.scheduled_at)
 
     def save_run_state(
         self,

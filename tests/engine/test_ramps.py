@@ -5,8 +5,10 @@ it, and a batch without stages does nothing more than before."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from flag_scheduler.engine import ramps
 from flag_scheduler.engine.backoff import BackoffPolicy
@@ -28,7 +30,7 @@ from flag_scheduler.errors import (
     TransientDatabaseError,
 )
 from tests.engine.fakes import FakeStore
-from tests.support import T0
+from tests.support import T0, ReadingsClock
 
 POLICY = RunPolicy(
     max_retries=3,
@@ -110,6 +112,49 @@ def test_the_next_stage_is_due_its_hold_after_the_stage_was_actually_applied() -
     assert event.payload["new"] == {"rollout_percentage": 5}
     # Not yet due one second before the hold ends: nothing happens.
     assert _run(store, second.scheduled_at - timedelta(seconds=1)).claimed == 0
+
+
+class _CommitsStore(FakeStore):
+    """Records the clock's last reading when each transaction commits."""
+
+    def __init__(self, clock: ReadingsClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.commits: list[datetime] = []
+
+    @contextmanager
+    def transaction(self, **timeouts: int) -> Iterator[None]:
+        with super().transaction(**timeouts):
+            yield
+        self.commits.append(self.clock.readings[-1])
+
+
+def test_the_next_stage_hold_counts_from_the_last_reading_before_the_batch_commits() -> None:
+    clock = ReadingsClock(T0)
+    store = _CommitsStore(clock)
+    staged = store.add_flag("a", flag_id=UUID(int=1))
+    ramp = store.add_ramp(staged, T0, [5, 25], hold_seconds=HOLD)
+    # A schedule decided after the stage whose write fails: the batch falls back to one
+    # savepoint each and goes on (reading the clock) after the stage was written.
+    other = store.add_schedule(store.add_flag("b", flag_id=UUID(int=2)), T0, {"enabled": True})
+    store.failing_outcomes[other] = PermanentDatabaseError(
+        "boom", error_class=ErrorClass.DATA_ERROR
+    )
+    _run(store, T0, clock=clock)
+    first, second = store.stages_of(ramp)
+    assert first.status == Status.APPLIED
+    assert second.scheduled_at == store.commits[0] + timedelta(seconds=HOLD)
+
+
+def test_next_stages_keep_their_written_due_time_when_the_stamp_fails() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25], hold_seconds=HOLD)
+    store.failing_stamp = PermanentDatabaseError("boom", error_class=ErrorClass.DATA_ERROR)
+    _run(store, T0, clock=_ticking(T0, timedelta(seconds=1)))
+    first, second = store.stages_of(ramp)
+    assert (first.status, second.status) == (Status.APPLIED, Status.PENDING)
+    assert timedelta(seconds=HOLD) < second.scheduled_at - T0 < timedelta(seconds=HOLD + 5)
 
 
 def test_a_ramp_runs_to_completion_with_its_end_state() -> None:
@@ -278,6 +323,33 @@ def test_a_stage_parked_as_unrecordable_halts_its_ramp() -> None:
     assert store.stages_of(ramp)[0].status == Status.FAILED  # parked
     assert store.ramp(ramp).state == RampState.HALTED
     assert store.ramp(ramp).halt_error_class == ErrorClass.UNRECORDABLE
+
+
+def test_a_stage_the_claim_finds_defective_is_parked_and_halts_its_ramp() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25])
+    (stage,) = store.stages_of(ramp)
+    stage.defect = "retry_count -1 is outside 0..1000"
+    summary = _run(store, T0)
+    assert store.stages_of(ramp)[0].status == Status.FAILED  # parked
+    assert (summary.claimed, summary.unrecordable) == (1, 1)
+    assert store.ramp(ramp).state == RampState.HALTED
+    assert store.ramp(ramp).halt_error_class == ErrorClass.UNRECORDABLE
+    assert "retry_count -1" in (store.ramp(ramp).halt_reason or "")
+
+
+def test_a_defective_stage_of_a_ramp_an_operator_holds_waits_with_its_ramp() -> None:
+    store = FakeStore()
+    flag = store.add_flag()
+    ramp = store.add_ramp(flag, T0, [5, 25])
+    (stage,) = store.stages_of(ramp)
+    stage.defect = "retry_count -1 is outside 0..1000"
+    store.held_ramps.add(ramp)
+    summary = _run(store, T0)
+    assert store.stages_of(ramp)[0].status == Status.PENDING
+    assert (summary.claimed, summary.unrecordable) == (0, 0)
+    assert store.ramp(ramp).state == RampState.ACTIVE
 
 
 def test_unreadable_alarms_leave_guarded_stages_due_and_plain_ones_run() -> None:

@@ -4,14 +4,28 @@ a permanent failure or an expiry halts it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 
+from flag_scheduler.engine.backoff import BackoffPolicy
+from flag_scheduler.engine.notifier import NullNotifier
+from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
 from flag_scheduler.store.catalog import Catalog
+from flag_scheduler.store.repository import ScheduleRepository
 from flag_scheduler_cli import fault_injection
-from tests.support import T0, flag_fields, insert_ramp, ramp_stages, ramp_state, run_service
+from tests.support import (
+    T0,
+    ReadingsClock,
+    flag_fields,
+    insert_ramp,
+    ramp_stages,
+    ramp_state,
+    run_service,
+)
 
 HOLD = timedelta(minutes=10)
 
@@ -38,6 +52,51 @@ def test_each_stage_is_due_its_hold_after_the_previous_one_was_applied(
     assert [row[2] for row in stages[1:]] == [late + HOLD * k for k in range(1, 4)]
     assert ramp_state(conn, ramp)[0] == "completed"
     assert flag_fields(conn, flag) == {"enabled": True, "rollout_percentage": 100}
+
+
+class _CommitReadings(ScheduleRepository):
+    """Records the clock's last reading when each transaction commits."""
+
+    def __init__(self, conn: psycopg.Connection[Any], clock: ReadingsClock) -> None:
+        super().__init__(conn)
+        self.clock = clock
+        self.commits: list[Any] = []
+
+    @contextmanager
+    def transaction(self, **timeouts: int) -> Iterator[None]:
+        with super().transaction(**timeouts):
+            yield
+        self.commits.append(self.clock.readings[-1])
+
+
+def test_the_next_stage_is_held_from_the_last_clock_reading_before_its_batch_commits(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    first, second = sorted([catalog.create_flag("checkout"), catalog.create_flag("search")])
+    ramp = insert_ramp(conn, first, T0, [5, 25])
+    # A schedule after the stage in the batch whose attempt fails: the batch goes one
+    # savepoint each, and reads the clock again after the stage was written.
+    other = catalog.create_schedule(second, T0, {"enabled": True})
+    fault_injection.fail_attempt(conn, other, 1, "22P02")
+    clock = ReadingsClock(T0)
+    policy = RunPolicy(
+        max_retries=3,
+        batch_size=100,
+        time_margin_ms=1_000,
+        backoff=BackoffPolicy(),
+        lock_timeout_ms=2_000,
+        outage_threshold=5,
+        statement_timeout_ms=10_000,
+        max_lateness_seconds=86_400,
+    )
+    with psycopg.connect(database_url, autocommit=True) as run_conn:
+        store = _CommitReadings(run_conn, clock)
+        process_due_schedules(
+            store, NullNotifier(), clock=clock, remaining_ms=lambda: 60_000, policy=policy
+        )
+    stages = ramp_stages(conn, ramp)
+    assert [row[:2] for row in stages] == [(0, "applied"), (1, "pending")]
+    assert stages[1][2] == store.commits[0] + HOLD
 
 
 def test_a_stage_retry_holds_the_ramp_and_moves_the_next_stage(

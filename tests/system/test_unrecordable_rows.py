@@ -13,7 +13,15 @@ import pytest
 
 from flag_scheduler.store.catalog import Catalog, UnloadableMoment
 from flag_scheduler_cli import render
-from tests.support import T0, history, run_service, schedule_row
+from tests.support import (
+    T0,
+    history,
+    insert_ramp,
+    ramp_stages,
+    ramp_state,
+    run_service,
+    schedule_row,
+)
 
 INT_MAX = 2_147_483_647
 
@@ -241,3 +249,24 @@ def test_an_unloadable_run_state_or_history_time_does_not_break_status_or_show(
     assert render.when(catalog.status(T0).last_run_finished_at) == "infinity"
     assert render.when(catalog.history(schedule)[0].finished_at) == "infinity"
     assert render.when(catalog.get_flag("banner").updated_at) == "infinity"
+
+
+def test_a_ramp_stage_the_claim_finds_unrepresentable_is_parked_and_halts_its_ramp(
+    database_url: str, conn: psycopg.Connection[Any], catalog: Catalog
+) -> None:
+    flag = catalog.create_flag("checkout")
+    ramp = insert_ramp(conn, flag, T0, [5, 25])
+    ((stage,),) = conn.execute(
+        "SELECT id FROM feature_flag_schedules WHERE ramp_id = %s", (ramp,)
+    ).fetchall()
+    with _check_added_after(
+        conn, "feature_flag_schedules", "ck_feature_flag_schedules_retry_count_range"
+    ):
+        conn.execute(
+            "UPDATE feature_flag_schedules SET retry_count = %s WHERE id = %s", (INT_MAX, stage)
+        )
+    summary = run_service(database_url, T0)
+    assert summary.unrecordable == 1
+    _assert_parked(conn, stage, f"retry_count {INT_MAX} is outside")
+    assert ramp_state(conn, ramp)[:3] == ("halted", 0, "unrecordable")
+    assert [row[:2] for row in ramp_stages(conn, ramp)] == [(0, "failed")]  # no stage 1

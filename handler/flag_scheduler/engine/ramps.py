@@ -4,7 +4,7 @@ alarms, and what applying or failing a stage does to its ramp."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
@@ -144,6 +144,15 @@ class RampStep:
     def next_due_at(self) -> datetime | None:
         stage = next((s for s in self.schedules if s.ramp_id is not None), None)
         return stage.scheduled_at if stage is not None else None
+
+    def held_from(self, at: datetime) -> RampStep:
+        """This step with its next stage due a full hold after `at`."""
+        due = at + timedelta(seconds=self.ramp.stages[self.stage].hold_seconds)
+        schedules = [
+            replace(new, scheduled_at=due) if new.ramp_id is not None else new
+            for new in self.schedules
+        ]
+        return replace(self, schedules=schedules)
 
 
 def steps(

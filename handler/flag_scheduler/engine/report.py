@@ -135,6 +135,14 @@ def ramps_unreadable(failure: ScheduleFailure) -> None:
     )
 
 
+def stages_unstamped(failure: ScheduleFailure) -> None:
+    """Log that the next stages' holds could not be counted from the batch's commit."""
+    logger.error(
+        "ramp_stages_unstamped",
+        extra={"error_class": failure.error_class, "error": str(failure)[:MAX_ERROR_LENGTH]},
+    )
+
+
 def unrecordable(
     schedules: Sequence[DueSchedule], reasons: Mapping[UUID, str], *, parked: bool
 ) -> None:

@@ -118,6 +118,8 @@ class ScheduleStore(Protocol):
         self, schedule_ids: Sequence[UUID], *, now: datetime, request_id: str | None
     ) -> None: ...
 
+    def stamp_next_stages(self, steps: Sequence[ramps.RampStep]) -> None: ...
+
 
 @runtime_checkable
 class CountsStatements(Protocol):
@@ -267,8 +269,9 @@ def _next_batch(run: _Run) -> bool:
         if not claimed:
             return False
         run.summary.batches += 1
-        batch, outcomes = _gate_ramps(run, _park_defective(run, claimed, now), now)
+        batch, outcomes = _gate_ramps(run, claimed, now)
         outcomes += _process_batch(run, batch, now) if batch else []
+        _stamp_next_stages(run)
     run.summary.transactions += 1
     report.committed(run.summary, outcomes, now)
     if run.ramp_steps:
@@ -279,25 +282,55 @@ def _next_batch(run: _Run) -> bool:
     return True
 
 
+def _stamp_next_stages(run: _Run) -> None:
+    """Count the hold of each stage the batch applied from the run's clock read just before
+    the batch commits: a batch that went on for a while after writing the stage (the
+    one-by-one fallback) must not shorten the next stage's observation window.
+
+    If the stamp cannot be written, the next stages keep the time stamped when their
+    predecessor was written (early by at most the rest of the batch); the batch commits."""
+    if not any(step.next_due_at is not None for step in run.ramp_steps.values()):
+        return
+    at = run.clock()
+    stamped = {
+        schedule_id: step.held_from(at) if step.next_due_at is not None else step
+        for schedule_id, step in run.ramp_steps.items()
+    }
+    try:
+        with run.repository.savepoint():
+            run.repository.stamp_next_stages(
+                [step for step in stamped.values() if step.next_due_at is not None]
+            )
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.stages_unstamped(failure)
+        return
+    run.ramp_steps = stamped
+
+
 def _gate_ramps(
-    run: _Run, batch: list[DueSchedule], now: datetime
+    run: _Run, claimed: list[DueSchedule], now: datetime
 ) -> tuple[list[DueSchedule], list[ScheduleOutcome]]:
-    """Lock the ramps of the batch's stages and read their guard alarms (one call for the
-    batch); returns what may be decided, and the outcomes of stages a guard alarm refused.
+    """Lock the ramps of the claimed stages, park the rows the engine cannot represent
+    (halting their ramps), and read the guard alarms (one call for the batch); returns what
+    may be decided, and the outcomes of stages a guard alarm refused.
 
     A batch without ramp stages costs one pass over it, nothing more.
     """
     run.batch_ramps, run.ramp_steps, run.alarm_fired = {}, {}, set()
-    ramp_ids = {s.ramp_id for s in batch if s.ramp_id is not None}
+    ramp_ids = {s.ramp_id for s in claimed if s.ramp_id is not None}
+    if ramp_ids:
+        try:
+            with run.repository.savepoint():
+                run.batch_ramps = run.repository.lock_ramps(sorted(ramp_ids, key=lambda i: i.int))
+        except DatabaseUnavailable:
+            raise
+        except ScheduleFailure as failure:
+            report.ramps_unreadable(failure)  # every stage of the batch waits (not charged)
+    batch = _park_defective(run, claimed, now)
     if not ramp_ids:
         return batch, []
-    try:
-        with run.repository.savepoint():
-            run.batch_ramps = run.repository.lock_ramps(sorted(ramp_ids, key=lambda i: i.int))
-    except DatabaseUnavailable:
-        raise
-    except ScheduleFailure as failure:
-        report.ramps_unreadable(failure)  # every stage of the batch waits (not charged)
     names = ramps.alarm_names(batch, run.batch_ramps)
     verdict = ramps.gate(batch, run.batch_ramps, _read_alarms(run, names) if names else {})
     run.alarm_fired = verdict.fired
@@ -684,26 +717,34 @@ def _record_outcome(run: _Run, outcome: ScheduleOutcome, now: datetime) -> list[
     except ScheduleFailure as unrecordable:
         reason = f"its outcome could not be written: {unrecordable.error_class}: "
         reason += str(unrecordable)
-        _park(run, {outcome.schedule.id: reason}, [outcome.schedule], now)
-        _halt_parked_stage(run, outcome.schedule, reason, now)
+        if _park(run, {outcome.schedule.id: reason}, [outcome.schedule], now):
+            _halt_parked_stages(run, [outcome.schedule], {outcome.schedule.id: reason}, now)
         return []
     return [outcome]
 
 
-def _halt_parked_stage(run: _Run, schedule: DueSchedule, reason: str, now: datetime) -> None:
+def _halt_parked_stages(
+    run: _Run, schedules: list[DueSchedule], reasons: Mapping[UUID, str], now: datetime
+) -> None:
     """A parked stage never applies: halt its ramp, which would otherwise wait for it
     forever (active, with no live stage)."""
-    if schedule.ramp_id is None or schedule.ramp_id not in run.batch_ramps:
+    parked = [
+        ScheduleOutcome(
+            schedule,
+            Status.FAILED,
+            Outcome.FAILED_PERMANENTLY,
+            attempt=schedule.retry_count + 1,
+            error_class=ErrorClass.UNRECORDABLE,
+            error=reasons[schedule.id],
+        )
+        for schedule in schedules
+        if schedule.ramp_id is not None
+        and (ramp := run.batch_ramps.get(schedule.ramp_id)) is not None
+        and ramp.state == RampState.ACTIVE
+    ]
+    found = ramps.steps(parked, run.batch_ramps, applied_at=now)
+    if not found:
         return
-    parked = ScheduleOutcome(
-        schedule,
-        Status.FAILED,
-        Outcome.FAILED_PERMANENTLY,
-        attempt=schedule.retry_count + 1,
-        error_class=ErrorClass.UNRECORDABLE,
-        error=reason,
-    )
-    found = ramps.steps([parked], run.batch_ramps, applied_at=now)
     try:
         with run.repository.savepoint():
             run.repository.write_ramp_steps(found, now=now)
@@ -721,17 +762,25 @@ def _park_defective(run: _Run, claimed: list[DueSchedule], now: datetime) -> lis
     defective = [schedule for schedule in claimed if schedule.defect is not None]
     if not defective:
         return claimed
+    # A stage whose ramp this run could not lock waits with its ramp (an operator is
+    # steering it): parked now, it would leave an active ramp with no stage, never halted.
+    unlocked = {s.id for s in defective if s.ramp_id and s.ramp_id not in run.batch_ramps}
+    run.held.update(unlocked)
+    defective = [schedule for schedule in defective if schedule.id not in unlocked]
     run.summary.claimed += len(defective)
-    _park(run, {s.id: s.defect or "" for s in defective}, defective, now)
+    reasons = {s.id: s.defect or "" for s in defective}
+    if _park(run, reasons, defective, now):
+        _halt_parked_stages(run, defective, reasons, now)
     return [schedule for schedule in claimed if schedule.defect is None]
 
 
-def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now: datetime) -> None:
-    """Take unrecordable schedules out of the queue as permanently failed, and count them.
+def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now: datetime) -> bool:
+    """Take unrecordable schedules out of the queue as permanently failed, and count them;
+    False when even that failed.
 
     Whatever happens they are skipped for the rest of the run, so they can never crowd out
-    the rest; if even parking fails they stay untouched (still due, uncharged) and the
-    next run tries again.
+    the rest; if parking fails they stay untouched (still due, uncharged) and the next run
+    tries again (their ramps wait with them).
     """
     run.unrecordable.update(reasons)
     run.summary.unrecordable += len(schedules)
@@ -745,3 +794,4 @@ def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now
         parked = False
         report.park_failed(failure)
     report.unrecordable(schedules, reasons, parked=parked)
+    return parked

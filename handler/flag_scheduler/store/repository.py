@@ -401,6 +401,20 @@ class ScheduleRepository:
             },
         )
 
+    def stamp_next_stages(self, steps: Sequence[RampStep]) -> None:
+        """Write the next stages' due times of steps re-stamped just before commit."""
+        new = [n for step in steps for n in step.schedules if n.ramp_id is not None]
+        if not new:
+            return
+        self._execute(
+            sql.STAMP_NEXT_STAGES,
+            {
+                "ramp_ids": [n.ramp_id for n in new],
+                "ramp_stages": [n.ramp_stage for n in new],
+                "scheduled_at": [n.scheduled_at for n in new],
+            },
+        )
+
     def save_run_state(
         self,
         *,

@@ -101,6 +101,17 @@ FROM unnest(%(flag_ids)s::uuid[], %(scheduled_at)s::timestamptz[], %(updates)s::
          AS v(flag_id, scheduled_at, updates, ramp_id, ramp_stage)
 """
 
+# Moves the next stages a batch created to a full hold after the batch's last clock
+# reading before commit (only ever later than the time they were written with).
+STAMP_NEXT_STAGES = """
+UPDATE feature_flag_schedules AS s
+SET scheduled_at = v.scheduled_at
+FROM unnest(%(ramp_ids)s::uuid[], %(ramp_stages)s::int[], %(scheduled_at)s::timestamptz[])
+         AS v(ramp_id, ramp_stage, scheduled_at)
+WHERE s.ramp_id = v.ramp_id AND s.ramp_stage = v.ramp_stage AND s.status = 'pending'
+  AND s.scheduled_at < v.scheduled_at
+"""
+
 # Rows of the ramps' history.
 INSERT_RAMP_EVENTS = """
 INSERT INTO flag_ramp_events (ramp_id, at, action, stage, actor, detail)

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from flag_scheduler.api import runtime
 from tests.api.events import call, http_event
-from tests.support import T0
+from tests.support import T0, ramp_action_timeouts, record_ramp_action_timeouts
 
 PROBLEM = "urn:flag-scheduler:problem:"
 pytestmark = pytest.mark.usefixtures("api")
@@ -175,6 +176,50 @@ def test_pause_resume_abort_with_actor_and_wrong_states() -> None:
         ("resumed", "ops@example.com"),
         ("aborted", "ops@example.com"),
     ]
+
+
+def _configure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """The API's settings read again from the environment with `variables` set."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+    runtime.set_clock(lambda: T0)
+
+
+def test_ramp_actions_run_with_the_configured_timeouts(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not multiples of a second, so SHOW prints them in ms; the defaults are 5 s and 30 s.
+    _configure(
+        monkeypatch,
+        FLAG_SCHEDULE_LOCK_TIMEOUT_MS="1234",
+        FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS="23456",
+    )
+    record_ramp_action_timeouts(conn)
+    flag()
+    ramp_id = create()["ramp"]["id"]
+    for action in ("pause", "resume", "abort"):
+        answer("POST", f"/ramps/{ramp_id}/{action}")
+    assert ramp_action_timeouts(conn) == [
+        (action, "1234ms", "23456ms") for action in ("created", "paused", "resumed", "aborted")
+    ]
+
+
+def test_a_ramp_a_run_holds_is_a_503_busy_after_the_configured_lock_timeout(
+    api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _configure(monkeypatch, FLAG_SCHEDULE_LOCK_TIMEOUT_MS="200")
+    flag()
+    ramp_id = create()["ramp"]["id"]
+    with psycopg.connect(api) as run, run.transaction():
+        # As a run advancing the ramp holds its row until it commits.
+        run.execute("SELECT 1 FROM flag_ramps FOR UPDATE")
+        started = time.monotonic()
+        response = call(http_event("POST", f"/ramps/{ramp_id}/pause"))
+        waited = time.monotonic() - started
+    assert (response.status, response.body["type"]) == (503, PROBLEM + "busy")
+    assert waited < 5  # the default lock timeout (5 s) would have held it longer
+    assert answer("POST", f"/ramps/{ramp_id}/pause")["state"] == "paused"
 
 
 def test_abort_with_rollback_after_stage_0_applied(api: str) -> None:

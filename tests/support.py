@@ -309,3 +309,32 @@ def ramp_state(conn: psycopg.Connection[Any], ramp_id: UUID) -> tuple[Any, ...]:
     ).fetchone()
     assert row is not None
     return tuple(row)
+
+
+def record_ramp_action_timeouts(conn: psycopg.Connection[Any]) -> None:
+    """From now on, each ramp history row written also records, in ramp_action_timeouts,
+    the lock and statement timeouts of the transaction writing it (as SHOW prints them):
+    what an operator's ramp action really ran with."""
+    conn.execute(
+        "CREATE TABLE ramp_action_timeouts"
+        " (id bigserial PRIMARY KEY, action text, lock_timeout text, statement_timeout text)"
+    )
+    conn.execute(
+        "CREATE FUNCTION record_ramp_action_timeouts() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN INSERT INTO ramp_action_timeouts (action, lock_timeout, statement_timeout)"
+        " VALUES (NEW.action, current_setting('lock_timeout'),"
+        " current_setting('statement_timeout')); RETURN NEW; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER record_ramp_action_timeouts AFTER INSERT ON flag_ramp_events"
+        " FOR EACH ROW EXECUTE FUNCTION record_ramp_action_timeouts()"
+    )
+
+
+def ramp_action_timeouts(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+    """(action, lock_timeout, statement_timeout) of each ramp history row since
+    record_ramp_action_timeouts, oldest first."""
+    rows = conn.execute(
+        "SELECT action, lock_timeout, statement_timeout FROM ramp_action_timeouts ORDER BY id"
+    ).fetchall()
+    return [(row[0], row[1], row[2]) for row in rows]

@@ -8,15 +8,23 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
 
 from flag_scheduler.api import runtime
+from flag_scheduler_cli import fault_injection
 from tests.api.events import call, http_event
-from tests.support import T0
+from tests.support import (
+    T0,
+    ramp_action_timeouts,
+    record_ramp_action_timeouts,
+    run_service,
+)
 
 PROBLEM = "urn:flag-scheduler:problem:"
 pytestmark = pytest.mark.usefixtures("api")
@@ -175,6 +183,86 @@ def test_pause_resume_abort_with_actor_and_wrong_states() -> None:
         ("resumed", "ops@example.com"),
         ("aborted", "ops@example.com"),
     ]
+
+
+def _configure(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    """The API's settings read again from the environment with `variables` set."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+    runtime.set_clock(lambda: T0)
+
+
+def test_ramp_actions_run_with_the_configured_timeouts(
+    conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not multiples of a second, so SHOW prints them in ms; the defaults are 5 s and 30 s.
+    _configure(
+        monkeypatch,
+        FLAG_SCHEDULE_LOCK_TIMEOUT_MS="1234",
+        FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS="23456",
+    )
+    record_ramp_action_timeouts(conn)
+    flag()
+    ramp_id = create()["ramp"]["id"]
+    for action in ("pause", "resume", "abort"):
+        answer("POST", f"/ramps/{ramp_id}/{action}")
+    assert ramp_action_timeouts(conn) == [
+        (action, "1234ms", "23456ms") for action in ("created", "paused", "resumed", "aborted")
+    ]
+
+
+def test_a_ramp_a_run_holds_is_a_503_busy_after_the_configured_lock_timeout(
+    api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _configure(monkeypatch, FLAG_SCHEDULE_LOCK_TIMEOUT_MS="200")
+    flag()
+    ramp_id = create()["ramp"]["id"]
+    with psycopg.connect(api) as run, run.transaction():
+        # As a run advancing the ramp holds its row until it commits.
+        run.execute("SELECT 1 FROM flag_ramps FOR UPDATE")
+        started = time.monotonic()
+        response = call(http_event("POST", f"/ramps/{ramp_id}/pause"))
+        waited = time.monotonic() - started
+    assert (response.status, response.body["type"]) == (503, PROBLEM + "busy")
+    assert waited < 5  # the default lock timeout (5 s) would have held it longer
+    assert answer("POST", f"/ramps/{ramp_id}/pause")["state"] == "paused"
+
+
+def _refused_as_a_stage(method: str, path: str, ramp_id: str, stage: int) -> None:
+    """409 wrong-state naming the ramp and the stage, and the ramp's own actions."""
+    refused = answer(method, path, 409)
+    assert refused["type"] == PROBLEM + "wrong-state"
+    assert f"is stage {stage} of ramp {ramp_id}" in refused["detail"]
+    assert all(action in refused["detail"] for action in ("pause", "resume", "abort"))
+
+
+def test_a_stage_is_neither_cancelled_nor_retried_as_a_plain_schedule(
+    api: str, conn: psycopg.Connection[Any]
+) -> None:
+    flag()
+    ramp_id = create(starts_at=iso(T0))["ramp"]["id"]
+    (stage,) = answer("GET", f"/ramps/{ramp_id}")["schedules"]
+    assert stage["state"] == "pending"
+    _refused_as_a_stage("POST", f"/schedules/{stage['schedule_id']}/cancel", ramp_id, 0)
+    _refused_as_a_stage("POST", f"/schedules/{stage['schedule_id']}/retry", ramp_id, 0)
+    assert answer("GET", f"/schedules/{stage['schedule_id']}")["history"] == []
+
+    # Its stage fails for good: the ramp halts, and only resuming it retries the stage.
+    flag_id = UUID(answer("GET", "/flags/banner")["id"])
+    fault_injection.set_fault(conn, flag_id, "40001", "conflict")
+    run_service(api, T0, max_retries=0)
+    fault_injection.clear_fault(conn, flag_id)
+    shown = answer("GET", f"/ramps/{ramp_id}")
+    assert (shown["ramp"]["state"], shown["schedules"][0]["state"]) == (
+        "halted",
+        "failed_permanently",
+    )
+    _refused_as_a_stage("POST", f"/schedules/{stage['schedule_id']}/retry", ramp_id, 0)
+    _refused_as_a_stage("POST", f"/schedules/{stage['schedule_id']}/cancel", ramp_id, 0)
+    assert answer("GET", f"/ramps/{ramp_id}") == shown
+    assert answer("POST", f"/ramps/{ramp_id}/resume")["state"] == "active"
+    assert answer("GET", f"/schedules/{stage['schedule_id']}")["state"] == "pending"
 
 
 def test_abort_with_rollback_after_stage_0_applied(api: str) -> None:

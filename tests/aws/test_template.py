@@ -140,17 +140,26 @@ def test_the_migration_function_ships_the_alembic_files() -> None:
 
 # Integer settings the template leaves at their default (the README's table names them).
 _NOT_PARAMETERS = {"DB_SECRET_MAX_AGE_SECONDS"}
+_SCHEDULER_INTEGERS = [v for v in SchedulerSettings.variables() if v.range]
+# The API's own integer settings (it reads the scheduler's too, from the same parameters).
+_API_INTEGERS = [v for v in ApiSettings.variables() if v.range and v not in _SCHEDULER_INTEGERS]
 
 
 @pytest.mark.parametrize(
-    "variable",
-    [v for v in SchedulerSettings.variables() if v.range and v.name not in _NOT_PARAMETERS],
-    ids=lambda v: v.name,
+    ("function_env", "variable"),
+    [
+        pytest.param(env, v, id=v.name)
+        for env, variables in ((SCHEDULER_ENV, _SCHEDULER_INTEGERS), (API_ENV, _API_INTEGERS))
+        for v in variables
+        if v.name not in _NOT_PARAMETERS
+    ],
 )
-def test_every_setting_is_a_parameter_with_the_functions_bounds(variable: Variable) -> None:
+def test_every_setting_is_a_parameter_with_the_functions_bounds(
+    function_env: dict[str, Any], variable: Variable
+) -> None:
     """An out-of-range value cannot even be deployed; the template cannot drift from the
     settings."""
-    reference = SCHEDULER_ENV[variable.name]
+    reference = function_env[variable.name]
     parameter = PARAMETERS[reference["Ref"]]
     assert parameter["Type"] == "Number"
     assert (parameter["MinValue"], parameter["MaxValue"]) == variable.range
@@ -161,6 +170,8 @@ def test_only_named_settings_are_left_out_of_the_parameters() -> None:
     integers = {v.name for v in SchedulerSettings.variables() if v.range}
     assert integers >= _NOT_PARAMETERS
     assert not _NOT_PARAMETERS & SCHEDULER_ENV.keys()
+    assert not _NOT_PARAMETERS & API_ENV.keys()
+    assert "FLAG_SCHEDULER_API_IDEMPOTENCY_RETENTION_SECONDS" in {v.name for v in _API_INTEGERS}
 
 
 def _is_specific(resource: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,13 @@ from psycopg.types.json import Jsonb
 
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli.timeparse import parse_duration
-from tests.support import Cli, row_counts, run_service
+from tests.support import (
+    Cli,
+    ramp_action_timeouts,
+    record_ramp_action_timeouts,
+    row_counts,
+    run_service,
+)
 
 RAMP = ("ramps", "create", "--flag", "checkout-v2", "--rollout", "5,25,50,100", "--hold", "30m")
 
@@ -163,6 +170,32 @@ def test_plain_schedule_cancel_refuses_a_ramps_stage(
     line = cli.fails(1, "schedules", "cancel", str(row[0]))
     assert f"is stage 0 of ramp {ramp_id}" in line
     assert "`ramps pause`" in line
+
+
+@pytest.mark.usefixtures("flag")
+def test_ramp_actions_run_with_the_configured_timeouts(
+    cli: Cli, conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    # Not multiples of a second, so SHOW prints them in ms; the defaults are 5 s and 30 s.
+    cli.env["FLAG_SCHEDULE_LOCK_TIMEOUT_MS"] = "1234"
+    cli.env["FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS"] = "23456"
+    record_ramp_action_timeouts(conn)
+    ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
+    for action in ("pause", "resume", "abort"):
+        cli.ok("ramps", action, ramp_id)
+    assert ramp_action_timeouts(conn) == [
+        (action, "1234ms", "23456ms") for action in ("created", "paused", "resumed", "aborted")
+    ]
+    cli.env["FLAG_SCHEDULE_LOCK_TIMEOUT_MS"] = "200"
+    ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
+    with psycopg.connect(database_url) as run, run.transaction():
+        # As a run advancing the ramp holds its row until it commits.
+        run.execute("SELECT 1 FROM flag_ramps FOR UPDATE")
+        started = time.monotonic()
+        line = cli.fails(1, "ramps", "pause", ramp_id)
+        waited = time.monotonic() - started
+    assert line == "flag-scheduler: error: database: canceling statement due to lock timeout"
+    assert waited < 5  # the default lock timeout alone (5 s) would be longer
 
 
 def test_unknown_ramp_and_bad_id(cli: Cli) -> None:

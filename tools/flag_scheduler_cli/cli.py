@@ -43,7 +43,7 @@ from flag_scheduler.errors import (
     UnknownTimeZone,
 )
 from flag_scheduler.store import connection
-from flag_scheduler.store.api_catalog import ApiCatalog
+from flag_scheduler.store.api_catalog import ApiCatalog, WriteTimeouts
 from flag_scheduler.store.ramps import Ramps
 from flag_scheduler_cli import bulk_retry, commands, serve
 from flag_scheduler_cli import ramps as ramp_commands
@@ -480,6 +480,13 @@ class _Operation:
             raise UsageError(f"{option}: {problem}")
         return moment
 
+    def write_timeouts(self) -> WriteTimeouts:
+        """The configured lock and statement timeouts (as the API's), bounding ramp actions."""
+        return WriteTimeouts(
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+            statement_timeout_ms=self.settings.statement_timeout_ms,
+        )
+
     @contextmanager
     def context(self) -> Iterator[Context]:
         """The database opened for the commands: a catalog on its own connection."""
@@ -491,7 +498,7 @@ class _Operation:
                     now=self.now,
                     settings=self.settings,
                     actor=_actor(),
-                    ramps=Ramps(conn),
+                    ramps=Ramps(conn, timeouts=self.write_timeouts()),
                     database=_where(self.args),
                 )
             except (TransientDatabaseError, PermanentDatabaseError) as exc:

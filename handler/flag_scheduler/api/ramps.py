@@ -36,7 +36,7 @@ RampStateFilter = Annotated[
 
 
 def ramps() -> Ramps:
-    return Ramps(runtime.connection())
+    return Ramps(runtime.connection(), timeouts=request.write_timeouts())
 
 
 def parse_states(text: str | None) -> list[str] | None:

@@ -71,17 +71,22 @@ def request_id() -> str | None:
     return _storable(str(value))[:200] if value else None
 
 
-def catalog() -> ApiCatalog:
+def write_timeouts() -> WriteTimeouts:
+    """How long a write may wait for a row a run holds, or run: the configured timeouts
+    (the scheduler's), for schedules and ramps alike."""
     settings = runtime.settings()
-    timeouts = WriteTimeouts(
+    return WriteTimeouts(
         lock_timeout_ms=settings.lock_timeout_ms,
         statement_timeout_ms=settings.statement_timeout_ms,
     )
+
+
+def catalog() -> ApiCatalog:
     return ApiCatalog(
         runtime.connection(),
         request_id=request_id(),
-        timeouts=timeouts,
-        idempotency_retention_seconds=settings.idempotency_retention_seconds,
+        timeouts=write_timeouts(),
+        idempotency_retention_seconds=runtime.settings().idempotency_retention_seconds,
     )
 
 

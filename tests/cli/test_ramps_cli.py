@@ -169,7 +169,7 @@ def test_plain_schedule_cancel_refuses_a_ramps_stage(
     assert row is not None
     line = cli.fails(1, "schedules", "cancel", str(row[0]))
     assert f"is stage 0 of ramp {ramp_id}" in line
-    assert "`ramps pause`" in line
+    assert "`flag-scheduler ramps pause|resume|abort " in line
 
 
 @pytest.mark.usefixtures("flag")
@@ -194,7 +194,10 @@ def test_ramp_actions_run_with_the_configured_timeouts(
         started = time.monotonic()
         line = cli.fails(1, "ramps", "pause", ramp_id)
         waited = time.monotonic() - started
-    assert line == "flag-scheduler: error: database: canceling statement due to lock timeout"
+    assert line == (
+        "flag-scheduler: error: database: canceling statement due to lock timeout"
+        " (a scheduler run or another operator holds these rows; try again in a moment)"
+    )
     assert waited < 5  # the default lock timeout alone (5 s) would be longer
 
 

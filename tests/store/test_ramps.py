@@ -22,6 +22,13 @@ from tests.support import T0
 ACTOR = "cli:alice"
 
 
+# A stage refused as a plain schedule names its ramp's actions, in the CLI and the API.
+_THROUGH_THE_RAMP = (
+    r"is stage 0 of ramp (\S+); .*`flag-scheduler ramps pause\|resume\|abort \1`,"
+    r" or POST /ramps/\1/pause\|resume\|abort$"
+)
+
+
 def checked(*rollouts: int, hold: int = 600, end: dict[str, Any] | None = None) -> CheckedRamp:
     stages = tuple(StagePlan({"rollout_percentage": r}, hold) for r in rollouts)
     return CheckedRamp(stages=stages, end_updates=end, warnings=())
@@ -200,10 +207,10 @@ def test_plain_schedule_commands_refuse_a_ramps_stages(
 ) -> None:
     live = create(ramps, flag)
     [stage] = ramps.show(live.id).schedules
-    with pytest.raises(StateConflict, match=r"is stage 0 of ramp .*use `ramps pause`"):
+    with pytest.raises(StateConflict, match=_THROUGH_THE_RAMP):
         catalog.cancel(stage.schedule_id, now=T0, actor=ACTOR)
     halt(conn, live.id)
-    with pytest.raises(StateConflict, match=r"is stage 0 of ramp .*`ramps resume`"):
+    with pytest.raises(StateConflict, match=_THROUGH_THE_RAMP):
         catalog.requeue(stage.schedule_id, now=T0, actor=ACTOR)
     bulk = ApiCatalog(conn).requeue_matching(
         RequeueFilter(), limit=10, dry_run=False, now=T0, actor=ACTOR

@@ -30,7 +30,13 @@ from flag_scheduler.engine.creation_checks import LocalTime, resolve_local
 from flag_scheduler.engine.policy import is_too_late
 from flag_scheduler.engine.ramp_rules import InvalidRamp
 from flag_scheduler.engine.records import FlagUpdates
-from flag_scheduler.engine.states import InsufficientData, RampState, State, Status
+from flag_scheduler.engine.states import (
+    ErrorClass,
+    InsufficientData,
+    RampState,
+    State,
+    Status,
+)
 from flag_scheduler.errors import (
     AmbiguousLocalTime,
     ConfigurationError,
@@ -504,9 +510,16 @@ class _Operation:
             except (TransientDatabaseError, PermanentDatabaseError) as exc:
                 # The catalog's translation of a driver error: say where it came from. The
                 # driver's error rides along for the advice to migrate.
-                raise DatabaseFailed(f"database: {exc}") from exc.__cause__
+                raise DatabaseFailed(f"database: {exc}{_advice(exc)}") from exc.__cause__
             finally:
                 conn.close()
+
+
+def _advice(error: TransientDatabaseError | PermanentDatabaseError) -> str:
+    """What to do about a database error the operator can simply retry."""
+    if error.error_class in (ErrorClass.LOCK_TIMEOUT, ErrorClass.STATEMENT_TIMEOUT):
+        return " (a scheduler run or another operator holds these rows; try again in a moment)"
+    return ""
 
 
 def _operator(command: Callable[[_Operation], Result]) -> Handler:

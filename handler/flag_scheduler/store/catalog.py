@@ -430,8 +430,8 @@ class Catalog:
         if row is not None and row[0] is not None:
             raise StateConflict(
                 f"schedule {schedule_id} is stage {row[1]} of ramp {row[0]}; a ramp's stages"
-                " change only through the ramp (use `ramps pause`, `ramps resume` or"
-                " `ramps abort`)"
+                f" change only through the ramp: `flag-scheduler ramps pause|resume|abort"
+                f" {row[0]}`, or POST /ramps/{row[0]}/pause|resume|abort"
             )
 
     def _record_action(

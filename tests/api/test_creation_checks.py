@@ -9,9 +9,11 @@ import pytest
 
 from flag_scheduler.engine.creation_checks import (
     LocalTime,
+    RampInProgress,
     check_change,
     check_time,
     resolve_local,
+    unscheduled_fields,
 )
 from flag_scheduler.engine.timeline import FlagPlan, PendingChange, timeline, value_at
 from flag_scheduler.errors import (
@@ -216,3 +218,49 @@ def test_a_late_time_that_expires_before_the_next_run_is_flagged() -> None:
     # A minute's run interval left before the expiry: it is applied first.
     [note] = check_time(NOW - timedelta(seconds=DAY - 60), now=NOW, max_lateness_seconds=DAY)
     assert note.code == "applies_at_next_run"
+
+
+STAGES = [{"rollout_percentage": 5}, {"rollout_percentage": 50}, {"enabled": True}]
+
+
+@pytest.mark.parametrize(
+    ("state", "current_stage", "expected"),
+    [
+        # Active: its current stage is live (pending), only the later ones are to come.
+        ("active", 0, {"rollout_percentage", "enabled"}),
+        ("active", 1, {"enabled"}),
+        ("active", 2, set()),
+        # Paused or halted: resuming schedules the current stage anew.
+        ("paused", 2, {"enabled"}),
+        ("halted", 1, {"rollout_percentage", "enabled"}),
+    ],
+)
+def test_a_ramps_unscheduled_fields(state: str, current_stage: int, expected: set[str]) -> None:
+    assert unscheduled_fields(state, current_stage, STAGES) == expected
+
+
+def test_a_change_of_a_field_a_ramp_has_yet_to_schedule_warns_naming_the_ramp() -> None:
+    plan = FlagPlan({"enabled": False, "rollout_percentage": 0}, {})
+    ramp = RampInProgress(A, "active", 1, frozenset({"rollout_percentage"}))
+    at = NOW + timedelta(hours=1)
+    (notice,) = check_change(
+        plan,
+        scheduled_at=at,
+        fields={"rollout_percentage": 0, "enabled": True},
+        now=NOW,
+        max_lateness_seconds=DAY,
+        ramp=ramp,
+    )
+    assert notice.code == "ramp_overrides_later"
+    assert notice.detail.startswith(f"ramp {A} (active, at stage 1) sets rollout_percentage in")
+    assert (
+        check_change(
+            plan,
+            scheduled_at=at,
+            fields={"enabled": True},
+            now=NOW,
+            max_lateness_seconds=DAY,
+            ramp=ramp,
+        )
+        == []
+    )

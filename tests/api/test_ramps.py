@@ -358,3 +358,34 @@ def normalized(document: Any) -> Any:
         except ValueError:
             return document
     return document
+
+
+def _ramp_warnings(body: Any) -> list[str]:
+    return [w["detail"] for w in body["warnings"] if w["code"] == "ramp_overrides_later"]
+
+
+def test_a_plain_change_during_a_ramp_is_warned_of_the_stages_still_to_come() -> None:
+    flag()
+    ramp_id = create()["ramp"]["id"]  # 5, 25, 100 from T0+1h: only stage 0 is scheduled
+
+    def schedule(hours: int, **updates: Any) -> Any:
+        body = {"scheduled_at": iso(T0 + timedelta(hours=hours)), "updates": updates}
+        return answer("POST", "/flags/banner/schedules", 201, body=body)
+
+    changed = schedule(3, rollout_percentage=0)
+    (detail,) = _ramp_warnings(changed)
+    assert detail.startswith(
+        f"ramp {ramp_id} (active, at stage 0) sets rollout_percentage in stages not scheduled"
+        " yet: each is scheduled when the stage before it applies"
+    )
+    # Stage 0 itself is pending: the usual warning names it.
+    assert "overrides_earlier" in {w["code"] for w in changed["warnings"]}
+    assert _ramp_warnings(schedule(4, enabled=True)) == []  # a field the ramp never sets
+
+    answer("POST", f"/ramps/{ramp_id}/pause")
+    (detail,) = _ramp_warnings(schedule(5, rollout_percentage=10))
+    assert f"ramp {ramp_id} (paused, at stage 0)" in detail
+    assert "scheduled, once the ramp is resumed, when the stage before it applies" in detail
+
+    answer("POST", f"/ramps/{ramp_id}/abort")
+    assert _ramp_warnings(schedule(6, rollout_percentage=20)) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import zoneinfo
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -207,6 +208,27 @@ def check_time(scheduled_at: datetime, *, now: datetime, max_lateness_seconds: i
     ]
 
 
+@dataclass(frozen=True)
+class RampInProgress:
+    """A flag's unfinished ramp, as a new change of the flag must hear of it."""
+
+    id: UUID
+    state: str  # active, paused or halted
+    current_stage: int
+    #: The fields set by its stages that have no schedule yet (see unscheduled_fields).
+    unscheduled_fields: frozenset[str]
+
+
+def unscheduled_fields(
+    state: str, current_stage: int, stage_updates: Sequence[Mapping[str, object]]
+) -> frozenset[str]:
+    """The fields set by a ramp's stages (end state included) that have no schedule yet:
+    those after the live stage of an active ramp; from the current stage on of a paused or
+    halted one (resuming it schedules that stage anew)."""
+    first = current_stage + 1 if state == "active" else current_stage
+    return frozenset(name for updates in stage_updates[first:] for name in updates)
+
+
 def check_change(
     plan: FlagPlan,
     *,
@@ -215,21 +237,40 @@ def check_change(
     now: datetime,
     max_lateness_seconds: int,
     new_id: UUID = LAST_ID,
+    ramp: RampInProgress | None = None,
 ) -> list[Notice]:
-    """Refuse a clash with a pending change; warn about overlaps and a change that sets
-    nothing new. `new_id` places the change among others at the same instant (the largest
-    id by default: a new row's id is not known yet, and only ties depend on it).
+    """Refuse a clash with a pending change; warn about overlaps (with pending changes, and
+    with the stages `ramp` has yet to schedule) and a change that sets nothing new. `new_id`
+    places the change among others at the same instant (the largest id by default: a new
+    row's id is not known yet, and only ties depend on it).
 
     Raises:
         ScheduleClash: a pending change sets one of the same fields at the same instant.
     """
     _refuse_clash(plan, scheduled_at, fields)
     notices = [_overlap(other, scheduled_at, fields) for other in plan.pending]
+    if ramp is not None:
+        notices.append(_ramp_overlap(ramp, fields))
     new = PendingChange(new_id, scheduled_at, fields, scheduled_at, scheduled_at)
     steps = timeline(plan.with_change(new), now=now, max_lateness_seconds=max_lateness_seconds)
     step = next(s for s in steps if s.change.id == new_id)
     notices += _step_notices(step, fields)
     return [notice for notice in notices if notice is not None]
+
+
+def _ramp_overlap(ramp: RampInProgress, fields: dict[str, FieldValue]) -> Notice | None:
+    shared = sorted(ramp.unscheduled_fields & set(fields))
+    if not shared:
+        return None
+    names = ", ".join(shared)
+    waiting = "" if ramp.state == "active" else ", once the ramp is resumed,"
+    detail = (
+        f"ramp {ramp.id} ({ramp.state}, at stage {ramp.current_stage}) sets {names} in stages"
+        f" not scheduled yet: each is scheduled{waiting} when the stage before it applies,"
+        " so a stage that applies after this change overrides it (the later one wins, per"
+        " field)"
+    )
+    return Notice("ramp_overrides_later", detail)
 
 
 def _refuse_clash(plan: FlagPlan, scheduled_at: datetime, fields: dict[str, FieldValue]) -> None:

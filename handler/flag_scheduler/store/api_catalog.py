@@ -16,7 +16,13 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from flag_scheduler.engine.creation_checks import Notice, check_change, check_time
+from flag_scheduler.engine.creation_checks import (
+    Notice,
+    RampInProgress,
+    check_change,
+    check_time,
+    unscheduled_fields,
+)
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import ErrorClass, Outcome, by_value
 from flag_scheduler.engine.timeline import FlagPlan, PendingChange
@@ -227,6 +233,22 @@ class ApiCatalog(Catalog):
         current = {"enabled": flag.enabled, "rollout_percentage": flag.rollout_percentage}
         return FlagPlan(current=current, last_set=last_set, pending=pending)
 
+    def _ramp_in_progress(self, flag: FlagView) -> RampInProgress | None:
+        """The flag's unfinished ramp, if it has one."""
+        rows = self._read(sql.RAMP_IN_PROGRESS_OF_FLAG, {"flag_id": flag.id}, dict_row)
+        if not rows:
+            return None
+        row = rows[0]
+        stages = [stage["updates"] for stage in row["stages"]]
+        if row["end_updates"] is not None:
+            stages.append(row["end_updates"])
+        return RampInProgress(
+            id=row["id"],
+            state=row["state"],
+            current_stage=row["current_stage"],
+            unscheduled_fields=unscheduled_fields(row["state"], row["current_stage"], stages),
+        )
+
     def schedule_checked(
         self,
         new: NewSchedule,
@@ -273,6 +295,7 @@ class ApiCatalog(Catalog):
                 fields=new.updates.fields(),
                 now=now,
                 max_lateness_seconds=max_lateness_seconds,
+                ramp=self._ramp_in_progress(current),
             )
             schedule_id = self._insert(current, new)
             if idempotency is not None:

@@ -693,6 +693,12 @@ SELECT id, state FROM flag_ramps
 WHERE flag_id = %(flag_id)s AND state IN ('active', 'paused', 'halted')
 """
 
+# A flag's unfinished ramp (at most one), with what a new change must hear of it.
+RAMP_IN_PROGRESS_OF_FLAG = """
+SELECT id, state, current_stage, stages, end_updates FROM flag_ramps
+WHERE flag_id = %(flag_id)s AND state IN ('active', 'paused', 'halted')
+"""
+
 # Inserts one stage's schedule of a ramp (pending, the default retry limit).
 INSERT_RAMP_STAGE_SCHEDULE = """
 INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id, ramp_stage)

@@ -156,3 +156,53 @@ def test_body_that_is_not_utf8(seeded: str) -> None:
     response = call(event)
     assert response.status == 422
     assert response.body["errors"] == [{"field": "body", "message": "is not UTF-8 encoded JSON"}]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "hint"),
+    [
+        ("text/plain", False),
+        ("application/xml", False),
+        ("application/merge-patch+json", False),
+        ("application/x-www-form-urlencoded", True),  # what curl -d sends
+        ("multipart/form-data; boundary=x", False),
+    ],
+)
+def test_a_body_that_is_not_declared_json_is_a_415_naming_its_type(
+    seeded: str, content_type: str, hint: bool
+) -> None:
+    for method, path in (("POST", "/flags"), ("POST", "/flags/banner/ramps"), ("GET", "/flags")):
+        event = http_event(
+            method, path, raw_body='{"flag_key": "x"}', headers={"content-type": content_type}
+        )
+        response = call(event)
+        assert response.status == 415, (path, content_type, response.body)
+        assert response.body["type"] == "urn:flag-scheduler:problem:unsupported-media-type"
+        assert response.body["detail"].startswith(
+            f"the body must be JSON (Content-Type: application/json), not {content_type!r}"
+        )
+        assert ("curl -d sends a form" in response.body["detail"]) is hint
+
+
+def test_json_in_any_case_with_parameters_is_json(seeded: str) -> None:
+    for number, content_type in enumerate(("application/json; charset=utf-8", "Application/JSON")):
+        event = http_event(
+            "POST",
+            "/flags",
+            body={"flag_key": f"cased-{number}"},
+            headers={"content-type": content_type},
+        )
+        response = call(event)
+        assert response.status == 201, (content_type, response.body)
+
+
+def test_a_body_that_is_not_json_says_where_it_stops(seeded: str) -> None:
+    response = call(http_event("POST", "/flags", raw_body='{"flag_key": "x",}'))
+    assert response.status == 422
+    assert response.body["errors"] == [
+        {
+            "field": "body",
+            "message": "is not valid JSON: Expecting property name enclosed in"
+            " double quotes at character 17",
+        }
+    ]

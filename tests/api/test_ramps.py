@@ -389,3 +389,23 @@ def test_a_plain_change_during_a_ramp_is_warned_of_the_stages_still_to_come() ->
 
     answer("POST", f"/ramps/{ramp_id}/abort")
     assert _ramp_warnings(schedule(6, rollout_percentage=20)) == []
+
+
+def test_a_start_past_the_lateness_limit_is_refused_and_no_start_means_now() -> None:
+    flag()
+    lateness = runtime.settings().max_lateness_seconds
+    late = iso(T0 - timedelta(seconds=lateness + 1))
+    refused = create(status=422, starts_at=late)
+    assert refused["type"] == PROBLEM + "too-late"
+    assert refused["detail"] == (
+        f"starts_at {late} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS ({lateness} s)"
+        " in the past: stage 0 would expire and halt the ramp"
+    )
+    assert answer("GET", "/ramps")["items"] == []
+    # Within the limit a past start is accepted (stage 0 applies at the next run).
+    within = create(starts_at=iso(T0 - timedelta(seconds=lateness)))["ramp"]
+    answer("POST", f"/ramps/{within['id']}/abort")
+    body = {"rollout": [5, 25], "hold_seconds": 600}
+    response = call(http_event("POST", "/flags/banner/ramps", body=body))
+    assert response.status == 201, response.body
+    assert response.body["ramp"]["starts_at"] == iso(T0)

@@ -35,7 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 
 from flag_scheduler import __version__
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = logging.getLogger(__name__)
+
+JSON = problems.JSON_CONTENT_TYPE
 
 OPENAPI_TITLE = "flag-scheduler"
 # Paths any caller may read: the API's own description holds no data.
@@ -71,13 +76,33 @@ class ScopedResolver(APIGatewayHttpResolver):
                 "request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)}
             )
             return _raw_problem(exc, context)
+        declared = _content_type(event)
+        if event.get("body") and declared.split(";", 1)[0].strip() not in ("", JSON):
+            # Every operation takes JSON; the validator would read a form (what `curl -d`
+            # sends) as field names, and fail on any other type.
+            return _raw_response(problems.unsupported_media_type(declared))
+        if declared.startswith(JSON):
+            # Media types are case-insensitive; the validator only reads this spelling.
+            event = {**event, "headers": {**event["headers"], "content-type": declared}}
         return super().resolve(event, context)
+
+
+def _content_type(event: Mapping[str, Any]) -> str:
+    """The request's Content-Type, lower case ("" when it has none)."""
+    headers = event.get("headers") or {}
+    found = (str(value) for name, value in headers.items() if str(name).lower() == "content-type")
+    return next(found, "").strip().lower()
 
 
 def _raw_problem(exc: Exception, context: Any) -> dict[str, Any]:
     """A payload-v2 response for a request refused before the resolver saw it (the same
     problem document the resolver's error handlers send)."""
-    response = problems.from_error(exc, instance=getattr(context, "aws_request_id", None))
+    return _raw_response(
+        problems.from_error(exc, instance=getattr(context, "aws_request_id", None))
+    )
+
+
+def _raw_response(response: Response[str]) -> dict[str, Any]:
     return {
         "statusCode": response.status_code,
         "headers": {"Content-Type": problems.PROBLEM_CONTENT_TYPE, **response.headers},
@@ -114,6 +139,12 @@ def openapi_document() -> dict[str, Any]:
 @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
 def _invalid_request(exc: RequestValidationError) -> Response[str]:
     return problems.validation_problem(exc.errors())
+
+
+@app.exception_handler(RequestUnsupportedContentType)  # type: ignore[untyped-decorator]
+def _unsupported_content_type(exc: RequestUnsupportedContentType) -> Response[str]:
+    """A JSON type the validator does not take (its check is case-sensitive)."""
+    return problems.unsupported_media_type(app.current_event.headers.get("content-type", ""))
 
 
 @app.exception_handler(FlagSchedulerError)  # type: ignore[untyped-decorator]

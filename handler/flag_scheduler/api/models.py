@@ -380,6 +380,7 @@ _PROBLEM_TEXT = {
     403: "The token lacks the scope",
     404: "No such flag, schedule or ramp",
     409: "The flag, schedule or ramp is in a state that does not allow this",
+    415: "The body is not JSON (Content-Type: application/json)",
     422: "Invalid request (each bad field named) or a refused time",
     503: "The database is unavailable",
 }
@@ -389,11 +390,11 @@ def responses(
     model: type[BaseModel], *statuses: int, status: int = 200, description: str = "OK"
 ) -> dict[int, Any]:
     """OpenAPI responses of a route: its success (`model`) and the problems it can answer
-    with (401, 403, 422 and 503 always)."""
+    with (401, 403, 415, 422 and 503 always)."""
     documented: dict[int, Any] = {
         status: {"description": description, "content": {"application/json": {"model": model}}}
     }
-    for problem in sorted({401, 403, 422, 503, *statuses}):
+    for problem in sorted({401, 403, 415, 422, 503, *statuses}):
         documented[problem] = {
             "description": _PROBLEM_TEXT[problem],
             "content": {"application/problem+json": {"model": ProblemOut}},

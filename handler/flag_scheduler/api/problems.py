@@ -29,6 +29,7 @@ from flag_scheduler.errors import (
 )
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+JSON_CONTENT_TYPE = "application/json"
 # Problem types are URNs: stable names that resolve nowhere, so no host has to stay up.
 TYPE_PREFIX = "urn:flag-scheduler:problem:"
 
@@ -113,17 +114,32 @@ def from_error(exc: BaseException, instance: str | None = None) -> Response[str]
 
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> Response[str]:
     """422 naming each bad field (pydantic's error list, as the request validator reports it)."""
-    fields = [
-        {
-            "field": _location(error.get("loc", ())),
-            "message": str(error.get("msg", "invalid")).removeprefix("Value error, "),
-        }
-        for error in errors
-    ]
+    fields = [_field_error(error) for error in errors]
     detail = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
     return problem_response(
         422, "validation-failed", "Invalid request", detail or "invalid request", errors=fields
     )
+
+
+def _field_error(error: Mapping[str, Any]) -> dict[str, str]:
+    """One bad field and its message; a body that is not JSON says where it stops being JSON
+    (the validator reports the character position as if it were a field)."""
+    loc = error.get("loc", ())
+    if error.get("type") == "json_invalid":
+        position = loc[1] if len(loc) > 1 else "?"
+        reason = str((error.get("ctx") or {}).get("error", "invalid JSON"))
+        return {"field": "body", "message": f"is not valid JSON: {reason} at character {position}"}
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return {"field": _location(loc), "message": message}
+
+
+def unsupported_media_type(declared: str) -> Response[str]:
+    """415 for a request body that is not JSON, naming the type it was sent as."""
+    shown = declared if len(declared) <= 60 else f"{declared[:57]}..."
+    detail = f"the body must be JSON (Content-Type: {JSON_CONTENT_TYPE}), not {shown!r}"
+    if shown.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+        detail += "; curl -d sends a form unless given -H 'Content-Type: application/json'"
+    return problem_response(415, "unsupported-media-type", "Unsupported media type", detail)
 
 
 def invalid_ramp(mistakes: Sequence[str]) -> Response[str]:

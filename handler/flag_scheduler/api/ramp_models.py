@@ -36,9 +36,9 @@ class RampStageIn(_In):
 
 class RampIn(_In):
     """A ramp: `stages`, or `rollout` percentages with one `hold_seconds` for every stage
-    (`enable`: stage 0 also enables the flag), starting at `starts_at`."""
+    (`enable`: stage 0 also enables the flag), starting at `starts_at` (default: now)."""
 
-    starts_at: ScheduledAt
+    starts_at: ScheduledAt | None = None
     stages: Annotated[list[RampStageIn], Field(max_length=_MAX_LISTED)] | None = None
     rollout: Annotated[list[StrictInt], Field(max_length=_MAX_LISTED)] | None = None
     hold_seconds: StrictInt | None = None

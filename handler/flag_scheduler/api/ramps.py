@@ -22,6 +22,7 @@ from flag_scheduler.api.ramp_models import (
     RampOut,
     RampsOut,
 )
+from flag_scheduler.engine.creation_checks import refuse_late_start
 from flag_scheduler.engine.ramp_rules import InvalidRamp, check_ramp
 from flag_scheduler.engine.states import RampState
 from flag_scheduler.store.ramps import Ramps
@@ -76,7 +77,10 @@ def create_ramp(
 ) -> Response[RampCreatedOut]:
     caller = request.caller()
     flag = request.catalog().get_flag(flag_key, environment)
-    start = moment(ramp.starts_at, "body.starts_at")
+    now = runtime.now()
+    start = now if ramp.starts_at is None else moment(ramp.starts_at, "body.starts_at")
+    lateness = runtime.settings().max_lateness_seconds
+    refuse_late_start(start, now=now, max_lateness_seconds=lateness, name="starts_at")
     checked = check_ramp(
         stage_documents(ramp),
         flag={"enabled": flag.enabled, "rollout_percentage": flag.rollout_percentage},
@@ -91,7 +95,7 @@ def create_ramp(
         guard_alarms=ramp.guard_alarms,
         rollback_on_alarm=ramp.rollback_on_alarm,
         insufficient_data=ramp.insufficient_data,
-        now=runtime.now(),
+        now=now,
         actor=caller.actor,
     )
     body = RampCreatedOut(ramp=RampOut.of(created), warnings=list(checked.warnings))

@@ -208,6 +208,21 @@ def check_time(scheduled_at: datetime, *, now: datetime, max_lateness_seconds: i
     ]
 
 
+def refuse_late_start(
+    start: datetime, *, now: datetime, max_lateness_seconds: int, name: str
+) -> None:
+    """Refuse a ramp start already past the lateness limit (`name`: the option or field).
+
+    Raises:
+        TooLate: stage 0 would only expire, and halt the ramp.
+    """
+    if rules.is_too_late(start, now=now, max_lateness_seconds=max_lateness_seconds):
+        raise TooLate(
+            f"{name} {_utc_text(start)} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS"
+            f" ({max_lateness_seconds} s) in the past: stage 0 would expire and halt the ramp"
+        )
+
+
 @dataclass(frozen=True)
 class RampInProgress:
     """A flag's unfinished ramp, as a new change of the flag must hear of it."""

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -409,3 +410,33 @@ def test_a_start_past_the_lateness_limit_is_refused_and_no_start_means_now() -> 
     response = call(http_event("POST", "/flags/banner/ramps", body=body))
     assert response.status == 201, response.body
     assert response.body["ramp"]["starts_at"] == iso(T0)
+
+
+def _stopped_at(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
+def test_ramps_come_a_page_at_a_time_newest_first_and_pages_hold_while_ramps_are_added() -> None:
+    made = []
+    for number in range(5):
+        runtime.set_clock(_stopped_at(T0 + timedelta(seconds=number)))
+        flag(f"paged-{number}")
+        made.append(create(f"paged-{number}")["ramp"]["id"])
+    first = answer("GET", "/ramps", query={"limit": "2"})
+    assert [ramp["id"] for ramp in first["items"]] == made[::-1][:2]
+    runtime.set_clock(_stopped_at(T0 + timedelta(seconds=10)))
+    flag("paged-late")
+    late = create("paged-late")["ramp"]["id"]  # newer than every page: never in a later one
+    seen, cursor = [ramp["id"] for ramp in first["items"]], first["next_cursor"]
+    while cursor is not None:
+        page = answer("GET", "/ramps", query={"limit": "2", "cursor": cursor})
+        seen += [ramp["id"] for ramp in page["items"]]
+        cursor = page["next_cursor"]
+    assert seen == made[::-1]
+    everything = answer("GET", "/ramps")
+    assert [ramp["id"] for ramp in everything["items"]] == [late, *made[::-1]]
+    assert everything["next_cursor"] is None
+    bad = answer("GET", "/ramps", 422, query={"cursor": "abc"})
+    assert bad["errors"] == [
+        {"field": "query.cursor", "message": "is not a cursor this API issued"}
+    ]

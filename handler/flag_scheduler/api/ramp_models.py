@@ -87,6 +87,8 @@ class RampCreatedOut(_Out):
 
 class RampsOut(_Out):
     items: list[RampOut]
+    # Pass as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
 
 
 class RampScheduleOut(_Out):

@@ -22,6 +22,7 @@ from flag_scheduler.api.ramp_models import (
     RampOut,
     RampsOut,
 )
+from flag_scheduler.api.schedules import PageLimit
 from flag_scheduler.engine.creation_checks import refuse_late_start
 from flag_scheduler.engine.ramp_rules import InvalidRamp, check_ramp
 from flag_scheduler.engine.states import RampState
@@ -102,16 +103,28 @@ def create_ramp(
     return Response(201, body=body, content_type="application/json")
 
 
-@router.get("/ramps", summary="Ramps, newest first", responses=responses(RampsOut))
+@router.get(
+    "/ramps", summary="Ramps, newest first, a page at a time", responses=responses(RampsOut)
+)
 def list_ramps(
     state: RampStateFilter = None,
     flag_key: Annotated[FlagKey | None, Query()] = None,
     environment: Annotated[Environment | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: PageLimit = 100,
 ) -> RampsOut:
     found = ramps().list_ramps(
-        flag_key=flag_key, environment=environment, states=parse_states(state)
+        flag_key=flag_key,
+        environment=environment,
+        states=parse_states(state),
+        after=request.decode_cursor(cursor) if cursor else None,
+        limit=limit + 1,
     )
-    return RampsOut(items=[RampOut.of(ramp) for ramp in found])
+    shown = found[:limit]
+    # The extra row only says there is a next page.
+    more = len(found) > limit and shown
+    after = request.encode_cursor(shown[-1].created_at, shown[-1].id) if more else None
+    return RampsOut(items=[RampOut.of(ramp) for ramp in shown], next_cursor=after)
 
 
 @router.get(

@@ -209,8 +209,19 @@ class Ramps:
         flag_key: str | None = None,
         environment: str | None = None,
         states: list[str] | None = None,
+        after: tuple[datetime, UUID] | None = None,
+        limit: int | None = None,
     ) -> list[RampView]:
-        params = {"flag_key": flag_key, "environment": environment, "states": states}
+        """Ramps newest first: those after `after` (the created_at and id of the last one
+        shown), at most `limit` (None: all)."""
+        params = {
+            "flag_key": flag_key,
+            "environment": environment,
+            "states": states,
+            "after_created_at": after[0] if after else None,
+            "after_id": after[1] if after else None,
+            "limit": limit,
+        }
         return self._rows(sql.LIST_RAMPS, params, _RAMP_VIEW)
 
     def get(self, ramp_id: UUID) -> RampView:

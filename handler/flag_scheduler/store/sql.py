@@ -713,6 +713,7 @@ VALUES (%(ramp_id)s, %(at)s, %(action)s, %(stage)s, %(actor)s, %(detail)s)
 """
 
 # Ramps with their flag's identity (as ramps.RampView), newest first; NULL filters match all.
+# Keyset pages: the ramps after (created_at, id) of the last one shown; a NULL limit is all.
 LIST_RAMPS = """
 SELECT r.id, f.flag_key, f.environment, r.state, r.starts_at, r.stages, r.end_updates,
        r.current_stage, r.guard_alarms, r.rollback_on_alarm, r.insufficient_data,
@@ -723,7 +724,10 @@ JOIN feature_flags AS f ON f.id = r.flag_id
 WHERE (%(flag_key)s::text IS NULL OR f.flag_key = %(flag_key)s::text)
   AND (%(environment)s::text IS NULL OR f.environment = %(environment)s::text)
   AND (%(states)s::text[] IS NULL OR r.state = ANY(%(states)s::text[]))
-ORDER BY r.created_at DESC, r.id
+  AND (%(after_created_at)s::timestamptz IS NULL
+       OR (r.created_at, r.id) < (%(after_created_at)s::timestamptz, %(after_id)s::uuid))
+ORDER BY r.created_at DESC, r.id DESC
+LIMIT %(limit)s
 """
 
 # One ramp with its flag's identity (as ramps.RampView).

@@ -124,6 +124,11 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
         (2, ("--rollout", "5,half", "--hold", "5m"), "--rollout: expected whole percentages"),
         (2, ("--rollout", "5,50", "--hold", "soon"), "--hold: expected a duration such as 30m"),
         (2, ("--rollout", "5,50", "--hold", "5m,5m,5m"), "one per stage (2), got 3"),
+        (
+            2,
+            ("--rollout", "5,50", "--hold", "90"),
+            "flag-scheduler: error: --hold: '90' has no unit; write 90s, 90m, 90h or 90d",
+        ),
         # a start stage 0 could only expire at
         (2, ("--rollout", "5", "--hold", "5m", "--start", "2020-01-01T00:00:00Z"), "expire"),
         # the same guard alarm twice
@@ -227,7 +232,7 @@ def test_preview_of_a_plan_needs_no_database(cli: Cli) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30m", 1800), ("1h30m", 5400), ("2d", 172_800), ("90s", 90), ("45", 45), ("1H", 3600)],
+    [("30m", 1800), ("1h30m", 5400), ("2d", 172_800), ("90s", 90), ("1H", 3600)],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
@@ -237,6 +242,24 @@ def test_durations(text: str, seconds: int) -> None:
 def test_not_durations(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # seconds or minutes? A bare number is refused, naming the units to write.
+        ("90", "'90' has no unit; write 90s, 90m, 90h or 90d"),
+        ("120", "'120' has no unit; write 120s, 120m, 120h or 120d"),
+        # the last number lacks its unit: the next smaller one is suggested
+        ("1h30", "got '1h30'; did you mean 1h30m?"),
+        ("2d12", "got '2d12'; did you mean 2d12h?"),
+        ("1m30", "got '1m30'; did you mean 1m30s?"),
+    ],
+)
+def test_a_number_without_its_unit_is_refused_naming_the_units(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_duration(text)
+    assert str(raised.value).endswith(message)
 
 
 def test_an_end_state_is_one_more_stage_after_the_last_hold(

@@ -355,7 +355,7 @@ def _add_ramp_plan(parser: _Parser, *, required: bool) -> None:
         required=required,
         metavar="30m",
         help="how long each stage is observed once applied: one duration for every stage,"
-        " or one per stage (30m,1h,1h,1h); at least 1m",
+        " or one per stage (30m,1h,1h,1h), each number with its unit (s, m, h, d); at least 1m",
     )
     parser.add_argument("--enable", action="store_true", help="stage 0 also enables the flag")
     parser.add_argument(

@@ -46,19 +46,34 @@ def parse_time(text: str, now: datetime) -> datetime:
 
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# A number after the last unit written reads as the next smaller unit: 1h30 -> 1h30m.
+_UNIT_AFTER = {"d": "h", "h": "m", "m": "s"}
 
 
 def parse_duration(text: str) -> int:
-    """Whole seconds from `30m`, `1h30m`, `2d` or `90s` (a bare number is seconds).
+    """Whole seconds from `30m`, `1h30m`, `2d` or `90s`: every number has its unit.
 
     Raises:
-        ValueError: the text is not such a duration.
+        ValueError: the text is not such a duration; a bare number (is 90 seconds or
+            minutes?) and a trailing number (1h30) say which units to write.
     """
     value = text.strip().lower()
     if value.isdigit():
-        return int(value)
+        raise ValueError(f"{text!r} has no unit; write {value}s, {value}m, {value}h or {value}d")
     found = _DURATION.match(value)
     if not value or found is None:
-        raise ValueError(f"expected a duration such as 30m, 1h30m, 2d or 90s, got {text!r}")
+        raise ValueError(
+            f"expected a duration such as 30m, 1h30m, 2d or 90s, got {text!r}{_hint(value)}"
+        )
     days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _hint(value: str) -> str:
+    """A suggestion when `value` is a duration whose last number lacks its unit."""
+    stem = value.rstrip("0123456789")
+    if stem != value and stem[-1:] in _UNIT_AFTER:
+        suggested = value + _UNIT_AFTER[stem[-1]]
+        if _DURATION.match(suggested):
+            return f"; did you mean {suggested}?"
+    return ""

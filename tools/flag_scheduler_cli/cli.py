@@ -26,7 +26,12 @@ from flag_scheduler.aws.settings import (
 )
 from flag_scheduler.engine import limits
 from flag_scheduler.engine.backoff import BackoffPolicy
-from flag_scheduler.engine.creation_checks import LocalTime, resolve_local
+from flag_scheduler.engine.creation_checks import (
+    LocalTime,
+    resolve_local,
+    unknown_zone_text,
+    zone,
+)
 from flag_scheduler.engine.policy import is_too_late
 from flag_scheduler.engine.ramp_rules import InvalidRamp
 from flag_scheduler.engine.records import FlagUpdates
@@ -610,26 +615,34 @@ def _schedules_create(operation: _Operation) -> Result:
 
 
 def _schedule_time(operation: _Operation) -> datetime:
-    """--at as given, or as a wall-clock time in --time-zone (the API's local-time rules:
-    a time in a daylight-saving gap is refused, one in an overlap needs --fold)."""
+    return _zoned_time(operation, "--at", operation.args.at)
+
+
+def _zoned_time(operation: _Operation, option: str, text: str) -> datetime:
+    """`option`'s time as given, or as a wall-clock time in --time-zone (the API's local-time
+    rules: a time in a daylight-saving gap is refused, one in an overlap needs --fold)."""
     args = operation.args
     if args.time_zone is None:
         if args.fold is not None:
             raise UsageError("--fold needs --time-zone")
-        return operation.time("--at", args.at)
+        return operation.time(option, text)
     try:
-        local = datetime.fromisoformat(args.at)
+        zone(args.time_zone)
+    except UnknownTimeZone:
+        raise UsageError(f"--time-zone: {unknown_zone_text(args.time_zone)}") from None
+    try:
+        local = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
-            f"--at {args.at!r} with --time-zone must be a wall-clock time such as 2026-12-24T09:00"
+            f"{option} {text!r} with --time-zone must be a wall-clock time such as 2026-12-24T09:00"
         ) from None
     try:
         moment = resolve_local(LocalTime(local, args.time_zone, fold=args.fold))
-    except (InvalidScheduleTime, UnknownTimeZone, NonexistentLocalTime, AmbiguousLocalTime) as exc:
-        raise UsageError(f"--at: {exc}") from None
+    except (InvalidScheduleTime, NonexistentLocalTime, AmbiguousLocalTime) as exc:
+        raise UsageError(f"{option}: {exc}") from None
     problem = limits.time_problem(moment)
     if problem:
-        raise UsageError(f"--at: {problem}")
+        raise UsageError(f"{option}: {problem}")
     return moment
 
 

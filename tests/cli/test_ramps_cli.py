@@ -151,6 +151,31 @@ def test_bad_ramps_are_one_line_and_write_nothing(
 
 
 @pytest.mark.usefixtures("flag")
+def test_a_start_in_a_time_zone_is_checked_as_schedules_create_checks_it(cli: Cli) -> None:
+    plan = ("--flag", "checkout-v2", "--rollout", "5,50", "--hold", "30m")
+    base = ("ramps", "create", *plan, "--time-zone", "Europe/Berlin")
+    # without a zone, a time without offset names both ways to give one
+    assert cli.fails(2, "ramps", "create", *plan, "--start", "2030-12-24T09:00").endswith(
+        "--start: '2030-12-24T09:00' has no time zone offset; add one (Z or +01:00), or name"
+        " its zone with --time-zone, instead of letting flag-scheduler guess"
+    )
+    gap = cli.fails(2, *base, "--start", "2030-03-31T02:30")
+    assert "--start: 2030-03-31T02:30 does not exist in Europe/Berlin" in gap
+    overlap = cli.fails(2, *base, "--start", "2030-10-27T02:30")
+    assert "--start: 2030-10-27T02:30 happens twice in Europe/Berlin" in overlap
+    assert "say which with fold" in overlap
+    assert "--time-zone: 'Europe/Berlim' is not an IANA time zone name" in cli.fails(
+        2, *base[:-1], "Europe/Berlim", "--start", "2030-12-24T09:00"
+    )
+    assert "--fold needs --time-zone" in cli.fails(2, "ramps", "create", *plan, "--fold", "1")
+    zoned = ("--time-zone", "Europe/Berlin", "--start", "2030-12-24T09:00")
+    preview = cli.json("ramps", "preview", *plan[2:], *zoned)
+    assert preview["preview"][0]["earliest"] == "2030-12-24T08:00:00Z"  # CET
+    created = cli.json(*base, "--start", "2030-10-27T02:30", "--fold", "1")
+    assert created["ramp"]["starts_at"] == "2030-10-27T01:30:00Z"  # CET, the second 02:30
+
+
+@pytest.mark.usefixtures("flag")
 def test_a_falling_rollout_is_created_with_a_warning(cli: Cli) -> None:
     text = cli.ok("ramps", "create", "--flag", "checkout-v2", "--rollout", "50,20", "--hold", "5m")
     assert "warning: stage 1 lowers the rollout from 50 to 20" in text

@@ -229,18 +229,7 @@ def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
     create.add_argument(
         "--at", required=True, metavar="TIME", help="ISO 8601 with offset, 'now', or '+15m'"
     )
-    create.add_argument(
-        "--time-zone",
-        metavar="ZONE",
-        help="read --at as a wall-clock time in this IANA zone (e.g. 2026-12-24T09:00 and"
-        " Europe/Berlin), checked as the HTTP API checks it",
-    )
-    create.add_argument(
-        "--fold",
-        type=int,
-        choices=(0, 1),
-        help="with --time-zone, which of the two moments a time that happens twice means",
-    )
+    _add_time_zone(create, "--at", "2026-12-24T09:00")
     change = create.add_mutually_exclusive_group()
     change.add_argument("--enable", dest="enabled", action="store_true", default=None)
     change.add_argument("--disable", dest="enabled", action="store_false")
@@ -253,6 +242,22 @@ def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
         help="schedule a time already past the lateness limit (it will expire at once)",
     )
     create.set_defaults(func=_operator(_schedules_create))
+
+
+def _add_time_zone(parser: _Parser, option: str, example: str) -> None:
+    """--time-zone and --fold: `option` is a wall-clock time in a zone (see _zoned_time)."""
+    parser.add_argument(
+        "--time-zone",
+        metavar="ZONE",
+        help=f"read {option} as a wall-clock time in this IANA zone (e.g. {example} and"
+        " Europe/Berlin), checked as the HTTP API checks it",
+    )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        choices=(0, 1),
+        help="with --time-zone, which of the two moments a time that happens twice means",
+    )
 
 
 def _add_schedules_list(actions: _Commands, common: _Parser) -> None:
@@ -366,6 +371,7 @@ def _add_ramp_plan(parser: _Parser, *, required: bool) -> None:
     parser.add_argument(
         "--start", metavar="TIME", default="now", help="when stage 0 is due (default: now)"
     )
+    _add_time_zone(parser, "--start", "2026-12-24T09:00")
     parser.add_argument(
         "--end-rollout",
         type=int,
@@ -480,10 +486,11 @@ class _Operation:
     settings: SchedulerSettings
     now: datetime
 
-    def time(self, option: str, text: str) -> datetime:
-        """A time argument, or a UsageError naming the option."""
+    def time(self, option: str, text: str, *, zone_option: str | None = None) -> datetime:
+        """A time argument, or a UsageError naming the option (and `zone_option`, the
+        command's way to give a time without offset, when the time has none)."""
         try:
-            moment = parse_time(text, self.now)
+            moment = parse_time(text, self.now, zone_option=zone_option)
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
         problem = limits.time_problem(moment)
@@ -625,7 +632,7 @@ def _zoned_time(operation: _Operation, option: str, text: str) -> datetime:
     if args.time_zone is None:
         if args.fold is not None:
             raise UsageError("--fold needs --time-zone")
-        return operation.time(option, text)
+        return operation.time(option, text, zone_option="--time-zone")
     try:
         zone(args.time_zone)
     except UnknownTimeZone:
@@ -735,7 +742,7 @@ def _ramp_end(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _ramp_start(operation: _Operation) -> datetime:
     """--start, refused when stage 0 would expire before its first attempt."""
-    start = operation.time("--start", operation.args.start)
+    start = _zoned_time(operation, "--start", operation.args.start)
     lateness = operation.settings.max_lateness_seconds
     if is_too_late(start, now=operation.now, max_lateness_seconds=lateness):
         raise UsageError(
@@ -782,7 +789,7 @@ def _ramps_preview(operation: _Operation) -> Result:
             return ramp_commands.preview_ramp(ctx, args.id)
     if not (args.rollout and args.hold):
         raise UsageError("give a ramp id, or a plan: --rollout and --hold")
-    start = operation.time("--start", args.start)
+    start = _zoned_time(operation, "--start", args.start)
     stages = _ramp_stages(operation)
     return ramp_commands.preview_plan(operation.settings, stages, start, _ramp_end(args))
 

@@ -11,8 +11,9 @@ _RELATIVE = re.compile(r"^\+(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def parse_time(text: str, now: datetime) -> datetime:
-    """A timezone-aware moment from `text`, relative to `now` where it says so.
+def parse_time(text: str, now: datetime, *, zone_option: str | None = None) -> datetime:
+    """A timezone-aware moment from `text`, relative to `now` where it says so;
+    `zone_option` is the option naming a zone instead, if the command has one.
 
     Raises:
         ValueError: the text is not a time, has no offset (we never guess a zone), or is
@@ -38,8 +39,9 @@ def parse_time(text: str, now: datetime) -> datetime:
             f" '+15m' / '+2h' / '+1d', got {text!r}"
         ) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
+        zone = f", or name its zone with {zone_option}," if zone_option else ""
         raise ValueError(
-            f"{text!r} has no time zone offset; add one (Z or +01:00) instead of letting"
+            f"{text!r} has no time zone offset; add one (Z or +01:00){zone} instead of letting"
             " flag-scheduler guess"
         )
     return moment

@@ -64,7 +64,7 @@ def test_a_policy_preview_needs_no_database(
         "policy: max_retries 1, base 60 s, cap 600 s, jitter 5 s",
         "ATTEMPT  EARLIEST              LATEST                BACKOFF",
         "1        2026-01-01 00:00:00Z  2026-01-01 00:00:00Z",
-        "2        2026-01-01 00:01:00Z  2026-01-01 00:01:05Z  +1m00s",
+        "2        2026-01-01 00:01:00Z  2026-01-01 00:01:05Z  +1m",
         "if every attempt fails: permanently failed between 2026-01-01 00:01:00Z and"
         " 2026-01-01 00:01:05Z",
     ]

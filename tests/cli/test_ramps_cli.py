@@ -11,6 +11,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli import render
 from flag_scheduler_cli.timeparse import parse_duration
 from tests.support import (
     Cli,
@@ -261,6 +262,22 @@ def test_preview_of_a_plan_needs_no_database(cli: Cli) -> None:
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("seconds", [60, 90, 1800, 3630, 5400, 129_600, 172_800, 366 * 86_400])
+def test_a_shown_duration_reads_back_as_a_hold(seconds: int) -> None:
+    assert parse_duration(render.duration(seconds)) == seconds
+
+
+def test_holds_are_in_days_in_tables_and_messages_alike(cli: Cli) -> None:
+    plan = ("ramps", "preview", "--rollout", "5,50", "--start", "2026-12-24T09:00:00Z")
+    table = cli.ok(*plan, "--hold", "2d,1d12h")
+    assert "0      rollout_percentage=5   2d     2026-12-24 09:00:00Z" in table
+    assert "1      rollout_percentage=50  1d12h  2026-12-26 09:00:00Z" in table
+    assert cli.fails(2, *plan, "--hold", "367d").endswith(
+        "invalid ramp: stage 0: hold 367d is outside 1 minute..366 days (60..31622400 s);"
+        " stage 1: hold 367d is outside 1 minute..366 days (60..31622400 s)"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "m", "1x", "-5m", "30m1h", "1.5h"])

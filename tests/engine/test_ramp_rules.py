@@ -57,6 +57,14 @@ def test_a_plain_ramp_passes_without_warnings() -> None:
                 "stage 1: hold_seconds must be a whole number, got '30m'",
             ],
         ),
+        # holds beyond 366 days: in days; an absurd one only said to be too long
+        (
+            [*stages(5, hold=367 * 86_400), *stages(10, hold=99999999999999999999999)],
+            [
+                "stage 0: hold 367d is outside 1 minute..366 days (60..31622400 s)",
+                "stage 1: hold is far beyond 366 days (60..31622400 s)",
+            ],
+        ),
         # rollouts outside 0..100, each named
         (
             stages(5, 101, -1),

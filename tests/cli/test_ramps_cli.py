@@ -336,6 +336,18 @@ def test_an_end_state_is_one_more_stage_after_the_last_hold(
 
 
 @pytest.mark.usefixtures("flag")
+def test_a_halted_ramp_shows_its_error_class_once(cli: Cli, database_url: str) -> None:
+    ramp_id = cli.json(*RAMP, "--start", "2030-01-01T00:00:00Z")["ramp"]["id"]
+    # two days late, past the lateness limit (a day): stage 0 expires and halts the ramp
+    run_service(database_url, datetime.fromisoformat("2030-01-03T00:00:00+00:00"))
+    state = next(
+        line for line in cli.ok("ramps", "show", ramp_id).splitlines() if line.startswith("state:")
+    )
+    assert state.startswith("state:        halted, stage 0 of 0..3 (expired: not applied"), state
+    assert state.count("expired") == 1, state
+
+
+@pytest.mark.usefixtures("flag")
 def test_abort_says_the_rollback_it_scheduled(cli: Cli, conn: psycopg.Connection[Any]) -> None:
     ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
     conn.execute(

@@ -246,12 +246,20 @@ def show(ctx: Context, ramp_id: UUID) -> Result:
 def _state_text(ramp: RampView) -> str:
     text = f"{ramp.state}, stage {ramp.current_stage} of 0..{ramp.stage_count - 1}"
     if ramp.state == RampState.HALTED:
-        text += f" ({ramp.halt_error_class}: {ramp.halt_reason})"
+        text += f" ({_halt_text(ramp)})"
     if ramp.state == RampState.PAUSED:
         text += f" (hold left: {render.duration(ramp.paused_remaining_seconds)})"
     if ramp.finished_at:
         text += f", since {render.when(ramp.finished_at)}"
     return text
+
+
+def _halt_text(ramp: RampView) -> str:
+    """Why the ramp halted, its error class once: the reason is the failed attempt's
+    last_error, which already begins with the class."""
+    prefix = f"{ramp.halt_error_class}: "
+    reason = (ramp.halt_reason or "").removeprefix(prefix)
+    return f"{prefix}{reason}" if reason else str(ramp.halt_error_class)
 
 
 def _guard_text(ramp: RampView) -> str:

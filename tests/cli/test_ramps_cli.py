@@ -56,6 +56,10 @@ def test_create_list_show_and_preview(cli: Cli) -> None:
 
     listed = cli.json("ramps", "list", "--state", "active")
     assert [r["id"] for r in listed] == [ramp["id"]]
+    # the stage as show says it, in its column
+    header, row = cli.ok("ramps", "list").splitlines()
+    assert row.index("  0 of 0..3  ") + 2 == header.index("STAGE")
+    assert row.index(created["ramp"]["starts_at"][:10]) == header.index("STARTS")
     assert cli.json("ramps", "list", "--state", "paused") == []
 
     shown = cli.json("ramps", "show", ramp["id"])

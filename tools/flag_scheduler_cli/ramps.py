@@ -208,7 +208,7 @@ def list_ramps(
             ramp.flag_key,
             ramp.environment,
             ramp.state,
-            f"{ramp.current_stage}/{ramp.stage_count - 1}",
+            _stage_text(ramp),
             render.when(ramp.starts_at),
             ", ".join(ramp.guard_alarms) or None,
         )
@@ -244,7 +244,7 @@ def show(ctx: Context, ramp_id: UUID) -> Result:
 
 
 def _state_text(ramp: RampView) -> str:
-    text = f"{ramp.state}, stage {ramp.current_stage} of 0..{ramp.stage_count - 1}"
+    text = f"{ramp.state}, stage {_stage_text(ramp)}"
     if ramp.state == RampState.HALTED:
         text += f" ({_halt_text(ramp)})"
     if ramp.state == RampState.PAUSED:
@@ -252,6 +252,11 @@ def _state_text(ramp: RampView) -> str:
     if ramp.finished_at:
         text += f", since {render.when(ramp.finished_at)}"
     return text
+
+
+def _stage_text(ramp: RampView) -> str:
+    """The current stage among all (`1 of 0..3`: stages count from 0, the end state too)."""
+    return f"{ramp.current_stage} of 0..{ramp.stage_count - 1}"
 
 
 def _halt_text(ramp: RampView) -> str:

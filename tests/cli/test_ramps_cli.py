@@ -142,6 +142,12 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
             ("--rollout", "5", "--hold", "5m", "--guard-alarm", "x", "--guard-alarm", "x"),
             "invalid ramp: guard alarm named twice: x",
         ),
+        # a rollback on alarm without any guard alarm
+        (
+            2,
+            ("--rollout", "5", "--hold", "5m", "--rollback-on-alarm"),
+            "flag-scheduler: error: invalid ramp: rollback_on_alarm needs at least one guard alarm",
+        ),
         # no such flag
         (1, ("--rollout", "5", "--hold", "5m", "--env", "staging"), "no flag 'checkout-v2'"),
     ],

@@ -31,6 +31,13 @@ def problems(stage_documents: object, **options: Any) -> list[str]:
     return raised.value.problems
 
 
+def test_a_rollback_on_alarm_needs_a_guard_alarm() -> None:
+    assert problems(stages(5), rollback_on_alarm=True) == [
+        "rollback_on_alarm needs at least one guard alarm"
+    ]
+    check_ramp(stages(5), flag=FLAG, start=START, guard_alarms=["5xx"], rollback_on_alarm=True)
+
+
 def test_a_plain_ramp_passes_without_warnings() -> None:
     checked = check_ramp(stages(5, 25, 50, 100), flag=FLAG, start=START)
     assert [stage.updates for stage in checked.stages] == [

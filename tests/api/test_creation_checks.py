@@ -112,6 +112,31 @@ def test_unknown_zones_are_refused(zone: str) -> None:
         resolve_local(LocalTime(datetime(2026, 12, 24, 9), zone))
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        # a typo: two examples of a name
+        (
+            "Europe/Berlim",
+            "time_zone 'Europe/Berlim' is not an IANA time zone name (e.g. Europe/Berlin, UTC)",
+        ),
+        # only the case differs: the zone meant, in one line
+        (
+            "europe/berlin",
+            "time_zone 'europe/berlin' is not an IANA time zone name; did you mean"
+            " Europe/Berlin? (case matters)",
+        ),
+        ("utc", "time_zone 'utc' is not an IANA time zone name; did you mean UTC? (case matters)"),
+        # not a zone in any case
+        ("LOCALTIME", "time_zone 'LOCALTIME' is not an IANA time zone name (e.g. Europe/"),
+    ],
+)
+def test_an_unknown_zone_is_named_with_the_zone_meant(name: str, message: str) -> None:
+    with pytest.raises(UnknownTimeZone) as raised:
+        resolve_local(LocalTime(datetime(2026, 12, 24, 9), name))
+    assert str(raised.value).startswith(message)
+
+
 def test_local_with_its_own_offset_is_refused() -> None:
     with pytest.raises(InvalidScheduleTime, match="without an offset"):
         resolve_local(LocalTime(datetime(2026, 12, 24, 9, tzinfo=UTC), "Europe/Berlin"))

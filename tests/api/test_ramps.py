@@ -134,6 +134,12 @@ def test_invalid_ramp_names_each_problem() -> None:
         body = call(http_event("POST", "/flags/banner/ramps", body={"starts_at": iso(T0), **form}))
         assert (body.status, body.body["type"]) == (422, PROBLEM + "invalid-ramp")
         assert message in body.body["detail"]
+    # a rollback no alarm could trigger: refused by the same rules as the CLI's
+    lone = create(rollback_on_alarm=True, status=422)
+    assert lone["type"] == PROBLEM + "invalid-ramp"
+    assert [e["message"] for e in lone["errors"]] == [
+        "rollback_on_alarm needs at least one guard alarm"
+    ]
     many = create(rollout=list(range(21)), status=422)
     assert "1..20 stages" in many["detail"]
     nowhere = create(starts_at="2026-12-01 08:00", status=422)

@@ -349,8 +349,14 @@ def test_a_local_time_in_a_zone_is_checked_as_the_api_checks_it(cli: Cli) -> Non
     overlap = cli.fails(2, *base, "--at", "2030-10-27T02:30")
     assert "happens twice" in overlap
     assert "fold" in overlap
-    assert "not an IANA time zone" in cli.fails(
-        2, *base[:-1], "Mars/Olympus", "--at", "2030-01-01T09:00"
+    # the zone is named as the option that gave it, not as --at
+    assert cli.fails(2, *base[:-1], "Europe/Berlim", "--at", "2030-01-01T09:00") == (
+        "flag-scheduler: error: --time-zone: 'Europe/Berlim' is not an IANA time zone name"
+        " (e.g. Europe/Berlin, UTC)"
+    )
+    assert cli.fails(2, *base[:-1], "europe/berlin", "--at", "2030-01-01T09:00").endswith(
+        "--time-zone: 'europe/berlin' is not an IANA time zone name; did you mean"
+        " Europe/Berlin? (case matters)"
     )
     assert "--fold needs --time-zone" in cli.fails(
         2, "schedules", "create", "--flag", "banner", "--enable", "--at", "now", "--fold", "1"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flag_scheduler_cli.cli import EXIT_OK, _parser, main
+from flag_scheduler_cli.cli import EXIT_OK, _negative_lists_joined, _parser, main
 
 COMMANDS = {
     ("migrate",),
@@ -64,7 +64,7 @@ def test_a_policy_preview_needs_no_database(
         "policy: max_retries 1, base 60 s, cap 600 s, jitter 5 s",
         "ATTEMPT  EARLIEST              LATEST                BACKOFF",
         "1        2026-01-01 00:00:00Z  2026-01-01 00:00:00Z",
-        "2        2026-01-01 00:01:00Z  2026-01-01 00:01:05Z  +1m00s",
+        "2        2026-01-01 00:01:00Z  2026-01-01 00:01:05Z  +1m",
         "if every attempt fails: permanently failed between 2026-01-01 00:01:00Z and"
         " 2026-01-01 00:01:05Z",
     ]
@@ -87,3 +87,20 @@ def test_a_bad_number_or_id_is_a_usage_error_saying_what_it_must_be(
         main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_rollout_list_starting_with_a_minus_reaches_the_range_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # not argparse's "expected one argument": the rule the value breaks
+    assert main(["ramps", "preview", "--rollout", "-5,25", "--hold", "5m"]) == 2
+    assert capsys.readouterr().err == (
+        "flag-scheduler: error: invalid ramp: stage 0: rollout -5 is outside 0..100\n"
+    )
+    # after `--`, nothing is rewritten
+    assert _negative_lists_joined(["--rollout", "-5,25", "--", "--rollout", "-1"]) == [
+        "--rollout=-5,25",
+        "--",
+        "--rollout",
+        "-1",
+    ]

@@ -11,6 +11,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.store.catalog import Catalog
+from flag_scheduler_cli import render
 from flag_scheduler_cli.timeparse import parse_duration
 from tests.support import (
     Cli,
@@ -55,6 +56,10 @@ def test_create_list_show_and_preview(cli: Cli) -> None:
 
     listed = cli.json("ramps", "list", "--state", "active")
     assert [r["id"] for r in listed] == [ramp["id"]]
+    # the stage as show says it, in its column
+    header, row = cli.ok("ramps", "list").splitlines()
+    assert row.index("  0 of 0..3  ") + 2 == header.index("STAGE")
+    assert row.index(created["ramp"]["starts_at"][:10]) == header.index("STARTS")
     assert cli.json("ramps", "list", "--state", "paused") == []
 
     shown = cli.json("ramps", "show", ramp["id"])
@@ -124,6 +129,11 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
         (2, ("--rollout", "5,half", "--hold", "5m"), "--rollout: expected whole percentages"),
         (2, ("--rollout", "5,50", "--hold", "soon"), "--hold: expected a duration such as 30m"),
         (2, ("--rollout", "5,50", "--hold", "5m,5m,5m"), "one per stage (2), got 3"),
+        (
+            2,
+            ("--rollout", "5,50", "--hold", "90"),
+            "flag-scheduler: error: --hold: '90' has no unit; write 90s, 90m, 90h or 90d",
+        ),
         # a start stage 0 could only expire at
         (2, ("--rollout", "5", "--hold", "5m", "--start", "2020-01-01T00:00:00Z"), "expire"),
         # the same guard alarm twice
@@ -131,6 +141,18 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
             2,
             ("--rollout", "5", "--hold", "5m", "--guard-alarm", "x", "--guard-alarm", "x"),
             "invalid ramp: guard alarm named twice: x",
+        ),
+        # a rollout below 0, first: argparse took "-5,25" for an option
+        (
+            2,
+            ("--rollout", "-5,25", "--hold", "5m"),
+            "flag-scheduler: error: invalid ramp: stage 0: rollout -5 is outside 0..100",
+        ),
+        # a rollback on alarm without any guard alarm
+        (
+            2,
+            ("--rollout", "5", "--hold", "5m", "--rollback-on-alarm"),
+            "flag-scheduler: error: invalid ramp: rollback_on_alarm needs at least one guard alarm",
         ),
         # no such flag
         (1, ("--rollout", "5", "--hold", "5m", "--env", "staging"), "no flag 'checkout-v2'"),
@@ -143,6 +165,31 @@ def test_bad_ramps_are_one_line_and_write_nothing(
     line = cli.fails(code, "ramps", "create", "--flag", "checkout-v2", *args)
     assert expected in line
     assert ramp_rows(conn) == before
+
+
+@pytest.mark.usefixtures("flag")
+def test_a_start_in_a_time_zone_is_checked_as_schedules_create_checks_it(cli: Cli) -> None:
+    plan = ("--flag", "checkout-v2", "--rollout", "5,50", "--hold", "30m")
+    base = ("ramps", "create", *plan, "--time-zone", "Europe/Berlin")
+    # without a zone, a time without offset names both ways to give one
+    assert cli.fails(2, "ramps", "create", *plan, "--start", "2030-12-24T09:00").endswith(
+        "--start: '2030-12-24T09:00' has no time zone offset; add one (Z or +01:00), or name"
+        " its zone with --time-zone, instead of letting flag-scheduler guess"
+    )
+    gap = cli.fails(2, *base, "--start", "2030-03-31T02:30")
+    assert "--start: 2030-03-31T02:30 does not exist in Europe/Berlin" in gap
+    overlap = cli.fails(2, *base, "--start", "2030-10-27T02:30")
+    assert "--start: 2030-10-27T02:30 happens twice in Europe/Berlin" in overlap
+    assert "say which with fold" in overlap
+    assert "--time-zone: 'Europe/Berlim' is not an IANA time zone name" in cli.fails(
+        2, *base[:-1], "Europe/Berlim", "--start", "2030-12-24T09:00"
+    )
+    assert "--fold needs --time-zone" in cli.fails(2, "ramps", "create", *plan, "--fold", "1")
+    zoned = ("--time-zone", "Europe/Berlin", "--start", "2030-12-24T09:00")
+    preview = cli.json("ramps", "preview", *plan[2:], *zoned)
+    assert preview["preview"][0]["earliest"] == "2030-12-24T08:00:00Z"  # CET
+    created = cli.json(*base, "--start", "2030-10-27T02:30", "--fold", "1")
+    assert created["ramp"]["starts_at"] == "2030-10-27T01:30:00Z"  # CET, the second 02:30
 
 
 @pytest.mark.usefixtures("flag")
@@ -227,16 +274,50 @@ def test_preview_of_a_plan_needs_no_database(cli: Cli) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30m", 1800), ("1h30m", 5400), ("2d", 172_800), ("90s", 90), ("45", 45), ("1H", 3600)],
+    [("30m", 1800), ("1h30m", 5400), ("2d", 172_800), ("90s", 90), ("1H", 3600)],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("seconds", [60, 90, 1800, 3630, 5400, 129_600, 172_800, 366 * 86_400])
+def test_a_shown_duration_reads_back_as_a_hold(seconds: int) -> None:
+    assert parse_duration(render.duration(seconds)) == seconds
+
+
+def test_holds_are_in_days_in_tables_and_messages_alike(cli: Cli) -> None:
+    plan = ("ramps", "preview", "--rollout", "5,50", "--start", "2026-12-24T09:00:00Z")
+    table = cli.ok(*plan, "--hold", "2d,1d12h")
+    assert "0      rollout_percentage=5   2d     2026-12-24 09:00:00Z" in table
+    assert "1      rollout_percentage=50  1d12h  2026-12-26 09:00:00Z" in table
+    assert cli.fails(2, *plan, "--hold", "367d").endswith(
+        "invalid ramp: stage 0: hold 367d is outside 1 minute..366 days (60..31622400 s);"
+        " stage 1: hold 367d is outside 1 minute..366 days (60..31622400 s)"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "m", "1x", "-5m", "30m1h", "1.5h"])
 def test_not_durations(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # seconds or minutes? A bare number is refused, naming the units to write.
+        ("90", "'90' has no unit; write 90s, 90m, 90h or 90d"),
+        ("120", "'120' has no unit; write 120s, 120m, 120h or 120d"),
+        # the last number lacks its unit: the next smaller one is suggested
+        ("1h30", "got '1h30'; did you mean 1h30m?"),
+        ("2d12", "got '2d12'; did you mean 2d12h?"),
+        ("1m30", "got '1m30'; did you mean 1m30s?"),
+    ],
+)
+def test_a_number_without_its_unit_is_refused_naming_the_units(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_duration(text)
+    assert str(raised.value).endswith(message)
 
 
 def test_an_end_state_is_one_more_stage_after_the_last_hold(
@@ -268,6 +349,18 @@ def test_an_end_state_is_one_more_stage_after_the_last_hold(
     assert "end sets nothing" in cli.fails(
         2, "ramps", "preview", "--rollout", "10,100", "--hold", "5m", "--end-rollout", "100"
     )
+
+
+@pytest.mark.usefixtures("flag")
+def test_a_halted_ramp_shows_its_error_class_once(cli: Cli, database_url: str) -> None:
+    ramp_id = cli.json(*RAMP, "--start", "2030-01-01T00:00:00Z")["ramp"]["id"]
+    # two days late, past the lateness limit (a day): stage 0 expires and halts the ramp
+    run_service(database_url, datetime.fromisoformat("2030-01-03T00:00:00+00:00"))
+    state = next(
+        line for line in cli.ok("ramps", "show", ramp_id).splitlines() if line.startswith("state:")
+    )
+    assert state.startswith("state:        halted, stage 0 of 0..3 (expired: not applied"), state
+    assert state.count("expired") == 1, state
 
 
 @pytest.mark.usefixtures("flag")

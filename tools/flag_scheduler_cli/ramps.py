@@ -67,6 +67,7 @@ def create(ctx: Context, request: RampRequest) -> Result:
         start=request.start,
         end_updates=request.end_updates,
         guard_alarms=request.guard_alarms,
+        rollback_on_alarm=request.rollback_on_alarm,
     )
     ramp = ctx.ramps.create(
         flag,
@@ -208,7 +209,7 @@ def list_ramps(
             ramp.flag_key,
             ramp.environment,
             ramp.state,
-            f"{ramp.current_stage}/{ramp.stage_count - 1}",
+            _stage_text(ramp),
             render.when(ramp.starts_at),
             ", ".join(ramp.guard_alarms) or None,
         )
@@ -244,14 +245,27 @@ def show(ctx: Context, ramp_id: UUID) -> Result:
 
 
 def _state_text(ramp: RampView) -> str:
-    text = f"{ramp.state}, stage {ramp.current_stage} of 0..{ramp.stage_count - 1}"
+    text = f"{ramp.state}, stage {_stage_text(ramp)}"
     if ramp.state == RampState.HALTED:
-        text += f" ({ramp.halt_error_class}: {ramp.halt_reason})"
+        text += f" ({_halt_text(ramp)})"
     if ramp.state == RampState.PAUSED:
         text += f" (hold left: {render.duration(ramp.paused_remaining_seconds)})"
     if ramp.finished_at:
         text += f", since {render.when(ramp.finished_at)}"
     return text
+
+
+def _stage_text(ramp: RampView) -> str:
+    """The current stage among all (`1 of 0..3`: stages count from 0, the end state too)."""
+    return f"{ramp.current_stage} of 0..{ramp.stage_count - 1}"
+
+
+def _halt_text(ramp: RampView) -> str:
+    """Why the ramp halted, its error class once: the reason is the failed attempt's
+    last_error, which already begins with the class."""
+    prefix = f"{ramp.halt_error_class}: "
+    reason = (ramp.halt_reason or "").removeprefix(prefix)
+    return f"{prefix}{reason}" if reason else str(ramp.halt_error_class)
 
 
 def _guard_text(ramp: RampView) -> str:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from flag_scheduler.engine.durations import duration_text
+
 
 def to_jsonable(value: Any) -> Any:
     """Dataclasses, datetimes and UUIDs as plain JSON values (times in UTC, ISO 8601)."""
@@ -39,19 +41,10 @@ def when(moment: datetime | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """A duration as 1h02m03s, 4m05s or 6s."""
+    """A duration to the second, as the engine's messages write one (2d, 1h30m, 4m05s)."""
     if seconds is None:
         return "-"
-    total = round(seconds)
-    sign = "-" if total < 0 else ""
-    total = abs(total)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{sign}{hours}h{minutes:02d}m{secs:02d}s"
-    if minutes:
-        return f"{sign}{minutes}m{secs:02d}s"
-    return f"{sign}{secs}s"
+    return duration_text(round(seconds))
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:

@@ -88,6 +88,7 @@ def create_ramp(
         start=start,
         end_updates=ramp.end_updates,
         guard_alarms=ramp.guard_alarms,
+        rollback_on_alarm=ramp.rollback_on_alarm,
     )
     created = ramps().create(
         flag,

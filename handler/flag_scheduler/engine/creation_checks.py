@@ -58,19 +58,24 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone called `name`.
 
     Raises:
-        UnknownTimeZone: naming what was given.
+        UnknownTimeZone: naming what was given (see unknown_zone_text).
     """
-    shown = name if len(name) <= 40 else f"{name[:37]}..."
     if not _ZONE_NAME.fullmatch(name) or name not in _iana_names():
-        raise UnknownTimeZone(
-            f"time_zone {shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
-        )
+        raise UnknownTimeZone(f"time_zone {unknown_zone_text(name)}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise UnknownTimeZone(
-            f"time_zone {shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
-        ) from None
+        raise UnknownTimeZone(f"time_zone {unknown_zone_text(name)}") from None
+
+
+def unknown_zone_text(name: str) -> str:
+    """Why `name` is no zone, for a caller to prefix with its own name of the field: the
+    zone meant when only the letters' case differs (`europe/berlin`), else two examples."""
+    shown = name if len(name) <= 40 else f"{name[:37]}..."
+    meant = _names_by_lower_case().get(name.lower())
+    if meant is not None:
+        return f"{shown!r} is not an IANA time zone name; did you mean {meant}? (case matters)"
+    return f"{shown!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
 
 
 @functools.cache
@@ -78,6 +83,11 @@ def _iana_names() -> frozenset[str]:
     """The zone database's names, less those that are files rather than zones: `localtime`
     is whatever zone the host runs in, `posixrules` and `Factory` are no place."""
     return frozenset(zoneinfo.available_timezones() - {"localtime", "posixrules", "Factory"})
+
+
+@functools.cache
+def _names_by_lower_case() -> dict[str, str]:
+    return {name.lower(): name for name in _iana_names()}
 
 
 def _offset_text(offset: timedelta | None) -> str:

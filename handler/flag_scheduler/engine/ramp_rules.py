@@ -10,6 +10,7 @@ from uuid import UUID
 
 from flag_scheduler.engine import policy as rules
 from flag_scheduler.engine.backoff import BackoffPolicy, retry_timeline
+from flag_scheduler.engine.durations import duration_text
 from flag_scheduler.engine.limits import END_OF_TIME, TIME_RANGE_TEXT
 from flag_scheduler.engine.records import FlagUpdates
 from flag_scheduler.engine.states import MAX_RAMP_STAGES
@@ -22,6 +23,8 @@ MAX_ALARM_NAME_LENGTH = 255
 MAX_GUARD_ALARMS = 20
 # A hold longer than a year is a forgotten ramp, and 20 of them still fit any start time.
 MAX_HOLD_SECONDS = 366 * 86_400
+# A refused hold is written out up to 10,000 days; a longer one is only said to be too long.
+_SHOWN_UP_TO = 10_000 * 86_400
 
 Fields = dict[str, bool | int]
 
@@ -59,6 +62,7 @@ def check_ramp(
     start: datetime,
     end_updates: object = None,
     guard_alarms: Sequence[str] = (),
+    rollback_on_alarm: bool = False,
 ) -> CheckedRamp:
     """Validate decoded stage documents ({"updates": {...}, "hold_seconds": N} each) and an
     optional end state against the flag's current fields (`flag`). Stages are numbered from
@@ -67,7 +71,7 @@ def check_ramp(
     Raises:
         InvalidRamp: one line per mistake (a count, a hold, a rollout, a stage that would
             set nothing, a ramp ending after the last time a schedule can hold, a guard
-            alarm name).
+            alarm name, a rollback on alarm without any guard alarm).
     """
     if not isinstance(stages, list) or not 1 <= len(stages) <= MAX_STAGES:
         count = len(stages) if isinstance(stages, list) else type(stages).__name__
@@ -77,6 +81,9 @@ def check_ramp(
     end = _end(end_updates, problems)
     warnings = _compare_steps(planned, end, dict(flag), problems)
     _check_alarms(guard_alarms, problems)
+    if rollback_on_alarm and not guard_alarms:
+        # No alarm could ever trigger it: the caller surely forgot the alarm.
+        problems.append("rollback_on_alarm needs at least one guard alarm")
     if not problems:
         _check_fits(start, planned, problems)
     if problems:
@@ -100,11 +107,18 @@ def _stage(number: int, document: object, problems: list[str]) -> StagePlan | No
         return None
     if not MIN_HOLD_SECONDS <= hold <= MAX_HOLD_SECONDS:
         problems.append(
-            f"stage {number}: hold {_duration(hold)} is outside 1 minute..366 days"
-            f" ({MIN_HOLD_SECONDS}..{MAX_HOLD_SECONDS} s)"
+            f"stage {number}: {_hold_problem(hold)} ({MIN_HOLD_SECONDS}..{MAX_HOLD_SECONDS} s)"
         )
         return None
     return None if updates is None else StagePlan(updates=updates, hold_seconds=hold)
+
+
+def _hold_problem(hold: int) -> str:
+    """A hold outside the range, written out unless a count of centuries (an API caller's
+    10**22 s) would bury the rule."""
+    if abs(hold) < _SHOWN_UP_TO:
+        return f"hold {duration_text(hold)} is outside 1 minute..366 days"
+    return "hold is far beyond 366 days" if hold > 0 else "hold is negative"
 
 
 def _end(document: object, problems: list[str]) -> Fields | None:
@@ -162,7 +176,7 @@ def _check_fits(start: datetime, stages: list[StagePlan | None], problems: list[
     holds = sum(stage.hold_seconds for stage in stages if stage is not None)
     if END_OF_TIME - start <= timedelta(seconds=holds):
         problems.append(
-            f"the stages' holds ({_duration(holds)}) from {start.isoformat()} end after the"
+            f"the stages' holds ({duration_text(holds)}) from {start.isoformat()} end after the"
             f" last time a schedule can hold ({TIME_RANGE_TEXT})"
         )
 
@@ -183,11 +197,6 @@ def _check_alarms(names: Sequence[str], problems: list[str]) -> None:
 
 def _fields_text(fields: Fields) -> str:
     return ", ".join(f"{key}={str(value).lower()}" for key, value in fields.items())
-
-
-def _duration(seconds: int) -> str:
-    minutes, secs = divmod(seconds, 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # --- preview ---

@@ -29,6 +29,7 @@ from flag_scheduler.engine import limits
 from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.engine.creation_checks import (
     LocalTime,
+    refuse_late_start,
     resolve_local,
     unknown_zone_text,
     zone,
@@ -51,6 +52,7 @@ from flag_scheduler.errors import (
     InvalidUpdates,
     NonexistentLocalTime,
     PermanentDatabaseError,
+    TooLate,
     TransientDatabaseError,
     UnknownTimeZone,
 )
@@ -745,11 +747,10 @@ def _ramp_start(operation: _Operation) -> datetime:
     """--start, refused when stage 0 would expire before its first attempt."""
     start = _zoned_time(operation, "--start", operation.args.start)
     lateness = operation.settings.max_lateness_seconds
-    if is_too_late(start, now=operation.now, max_lateness_seconds=lateness):
-        raise UsageError(
-            f"--start {start.isoformat()} is more than FLAG_SCHEDULE_MAX_LATENESS_SECONDS"
-            f" ({lateness} s) in the past: stage 0 would expire and halt the ramp"
-        )
+    try:  # the API's check, so the two refuse the same starts in the same words
+        refuse_late_start(start, now=operation.now, max_lateness_seconds=lateness, name="--start")
+    except TooLate as refused:
+        raise UsageError(str(refused)) from None
     return start
 
 

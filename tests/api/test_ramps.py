@@ -123,6 +123,18 @@ def test_invalid_ramp_names_each_problem() -> None:
     assert "at least one" in messages[1]
     assert "stage 1" in messages[2]
     assert "hold" in messages[2]
+    fields = [error["field"] for error in body["errors"]]
+    assert fields == ["body.stages.0", "body.stages.1", "body.stages.1"]
+    # The same mistakes given as rollout percentages: named where they are in that form.
+    flat = create(rollout=[5, 150, 150], hold_seconds=10, guard_alarms=["a", "a"], status=422)
+    assert [error["field"] for error in flat["errors"]] == [
+        "body.hold_seconds",
+        "body.rollout.1",
+        "body.hold_seconds",
+        "body.rollout.2",
+        "body.hold_seconds",
+        "body.guard_alarms",
+    ], flat["errors"]
     good = [{"updates": {"rollout_percentage": 10}, "hold_seconds": 60}]
     forms = [
         ({}, "give stages, or rollout with hold_seconds"),
@@ -137,8 +149,11 @@ def test_invalid_ramp_names_each_problem() -> None:
     # a rollback no alarm could trigger: refused by the same rules as the CLI's
     lone = create(rollback_on_alarm=True, status=422)
     assert lone["type"] == PROBLEM + "invalid-ramp"
-    assert [e["message"] for e in lone["errors"]] == [
-        "rollback_on_alarm needs at least one guard alarm"
+    assert lone["errors"] == [
+        {
+            "field": "body.rollback_on_alarm",
+            "message": "rollback_on_alarm needs at least one guard alarm",
+        }
     ]
     many = create(rollout=list(range(21)), status=422)
     assert "1..20 stages" in many["detail"]

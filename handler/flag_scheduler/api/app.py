@@ -152,7 +152,7 @@ def _our_error(exc: FlagSchedulerError) -> Response[str]:
     if isinstance(exc, request.BadParameter):
         return problems.validation_problem([{"loc": exc.field.split("."), "msg": exc.message}])
     if isinstance(exc, InvalidRamp):
-        return problems.invalid_ramp(exc.problems)
+        return problems.invalid_ramp(exc.problems, exc.fields)
     response = problems.from_error(exc, instance=_lambda_request_id())
     if response.status_code >= 500:
         logger.error("request_failed", extra={"error_class": type(exc).__name__, "error": str(exc)})

@@ -142,10 +142,14 @@ def unsupported_media_type(declared: str) -> Response[str]:
     return problem_response(415, "unsupported-media-type", "Unsupported media type", detail)
 
 
-def invalid_ramp(mistakes: Sequence[str]) -> Response[str]:
-    """422 naming each mistake of a ramp the ramp rules refused (`field`: the body)."""
-    fields = [{"field": "body", "message": mistake} for mistake in mistakes]
-    return problem_response(422, "invalid-ramp", "Invalid ramp", "; ".join(mistakes), errors=fields)
+def invalid_ramp(mistakes: Sequence[str], fields: Sequence[str]) -> Response[str]:
+    """422 naming each mistake of a ramp the ramp rules refused, and where in the body it is
+    (`body.stages.1`, `body.rollout.1`, `body.guard_alarms`, ...)."""
+    errors = [
+        {"field": f"body.{field}", "message": mistake}
+        for field, mistake in zip(fields, mistakes, strict=True)
+    ]
+    return problem_response(422, "invalid-ramp", "Invalid ramp", "; ".join(mistakes), errors=errors)
 
 
 def _location(loc: Sequence[Any]) -> str:

@@ -67,6 +67,17 @@ def stage_documents(ramp: RampIn) -> list[Any]:
     return documents
 
 
+def rollout_fields(refused: InvalidRamp) -> list[str]:
+    """Where each mistake lies in a ramp given as `rollout` with one `hold_seconds` (the
+    rules, which see one stage per rollout, say `stages.N`)."""
+    found: list[str] = []
+    for field, problem in zip(refused.fields, refused.problems, strict=True):
+        if field.startswith("stages"):
+            field = "hold_seconds" if " hold" in problem else field.replace("stages", "rollout")
+        found.append(field)
+    return found
+
+
 @router.post(
     "/flags/<flag_key>/ramps",
     summary="Start a gradual rollout of a flag: stages, each held before the next",
@@ -82,14 +93,19 @@ def create_ramp(
     start = now if ramp.starts_at is None else moment(ramp.starts_at, "body.starts_at")
     lateness = runtime.settings().max_lateness_seconds
     refuse_late_start(start, now=now, max_lateness_seconds=lateness, name="starts_at")
-    checked = check_ramp(
-        stage_documents(ramp),
-        flag={"enabled": flag.enabled, "rollout_percentage": flag.rollout_percentage},
-        start=start,
-        end_updates=ramp.end_updates,
-        guard_alarms=ramp.guard_alarms,
-        rollback_on_alarm=ramp.rollback_on_alarm,
-    )
+    try:
+        checked = check_ramp(
+            stage_documents(ramp),
+            flag={"enabled": flag.enabled, "rollout_percentage": flag.rollout_percentage},
+            start=start,
+            end_updates=ramp.end_updates,
+            guard_alarms=ramp.guard_alarms,
+            rollback_on_alarm=ramp.rollback_on_alarm,
+        )
+    except InvalidRamp as refused:
+        if ramp.stages is not None:
+            raise
+        raise InvalidRamp(refused.problems, rollout_fields(refused)) from None
     created = ramps().create(
         flag,
         checked,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,10 +33,33 @@ Fields = dict[str, bool | int]
 class InvalidRamp(FlagSchedulerError):
     """The ramp is invalid."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    def __init__(self, problems: Sequence[str], fields: Sequence[str] | None = None) -> None:
         super().__init__("invalid ramp: " + "; ".join(problems))
         #: One line per mistake, for an API's error list.
         self.problems = list(problems)
+        #: Where each mistake lies in the ramp's document (by default, see field_of).
+        self.fields = list(fields) if fields is not None else [field_of(p) for p in problems]
+
+
+_STAGE_PROBLEM = re.compile(r"stage (\d+)\b")
+
+
+def field_of(problem: str) -> str:
+    """The part of a ramp a mistake is about: `stages.N`, `stages`, `end_updates`,
+    `guard_alarms`, `rollback_on_alarm` or `starts_at` (each message below names it first)."""
+    stage = _STAGE_PROBLEM.match(problem)
+    if stage:
+        return f"stages.{stage.group(1)}"
+    for prefix, field in (
+        ("end", "end_updates"),
+        ("guard alarm", "guard_alarms"),
+        ("a ramp has at most", "guard_alarms"),
+        ("rollback_on_alarm", "rollback_on_alarm"),
+        ("the stages' holds", "starts_at"),
+    ):
+        if problem.startswith(prefix):
+            return field
+    return "stages"
 
 
 @dataclass(frozen=True, slots=True)

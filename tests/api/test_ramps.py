@@ -187,14 +187,21 @@ def test_pause_resume_abort_with_actor_and_wrong_states() -> None:
     ramp_id = create()["ramp"]["id"]
     assert answer("POST", f"/ramps/{ramp_id}/resume", 409)["type"] == PROBLEM + "wrong-state"
     paused = answer("POST", f"/ramps/{ramp_id}/pause", claims={"sub": "svc-1"})
-    assert (paused["state"], paused["paused_remaining_seconds"]) == ("paused", 3600.0)
+    assert (paused["ramp"]["state"], paused["ramp"]["paused_remaining_seconds"]) == (
+        "paused",
+        3600.0,
+    )
     assert answer("POST", f"/ramps/{ramp_id}/pause", 409)["type"] == PROBLEM + "wrong-state"
     runtime.set_clock(lambda: T0 + timedelta(hours=2))
     resumed = answer("POST", f"/ramps/{ramp_id}/resume")
-    assert resumed["state"] == "active"
+    assert resumed["ramp"]["state"] == "active"
+    # the answer says when the stage is due: the hour of hold it had left, from the resume
+    assert (resumed["stage"], resumed["due_at"]) == (0, iso(T0 + timedelta(hours=3)))
     shown = answer("GET", f"/ramps/{ramp_id}")
     live = [s for s in shown["schedules"] if s["state"] == "pending"]
-    assert [s["scheduled_at"] for s in live] == [iso(T0 + timedelta(hours=3))]
+    assert [(s["schedule_id"], s["scheduled_at"]) for s in live] == [
+        (resumed["schedule_id"], resumed["due_at"])
+    ]
     aborted = answer("POST", f"/ramps/{ramp_id}/abort", body={"rollback": True})
     assert (aborted["ramp"]["state"], aborted["rollback_schedule_id"]) == ("aborted", None)
     assert answer("POST", f"/ramps/{ramp_id}/abort", 409)["type"] == PROBLEM + "wrong-state"
@@ -248,7 +255,7 @@ def test_a_ramp_a_run_holds_is_a_503_busy_after_the_configured_lock_timeout(
         waited = time.monotonic() - started
     assert (response.status, response.body["type"]) == (503, PROBLEM + "busy")
     assert waited < 5  # the default lock timeout (5 s) would have held it longer
-    assert answer("POST", f"/ramps/{ramp_id}/pause")["state"] == "paused"
+    assert answer("POST", f"/ramps/{ramp_id}/pause")["ramp"]["state"] == "paused"
 
 
 def _refused_as_a_stage(method: str, path: str, ramp_id: str, stage: int) -> None:
@@ -283,7 +290,8 @@ def test_a_stage_is_neither_cancelled_nor_retried_as_a_plain_schedule(
     _refused_as_a_stage("POST", f"/schedules/{stage['schedule_id']}/retry", ramp_id, 0)
     _refused_as_a_stage("POST", f"/schedules/{stage['schedule_id']}/cancel", ramp_id, 0)
     assert answer("GET", f"/ramps/{ramp_id}") == shown
-    assert answer("POST", f"/ramps/{ramp_id}/resume")["state"] == "active"
+    resumed = answer("POST", f"/ramps/{ramp_id}/resume")
+    assert (resumed["ramp"]["state"], resumed["schedule_id"]) == ("active", stage["schedule_id"])
     assert answer("GET", f"/schedules/{stage['schedule_id']}")["state"] == "pending"
 
 

@@ -69,6 +69,12 @@ def test_schedules_create_list_show_and_preview(cli: Cli) -> None:
         created["id"]
     ]
     assert cli.json("schedules", "list", "--due") == []
+    *_, cut = cli.ok("schedules", "list", "--limit", "1").splitlines()
+    assert not cut.startswith("(the first")  # one schedule: the limit cut nothing
+    cli.json("schedules", "create", "--flag", "banner", "--at", "2030-01-02T09:00:00Z", "--enable")
+    _, first, cut = cli.ok("schedules", "list", "--limit", "1").splitlines()
+    assert first.startswith(created["id"])  # the earliest first
+    assert cut == "(the first 1 shown; more match: --limit N shows more, or narrow the filter)"
     assert cli.json("schedules", "list", "--flag", "other") == []
 
     shown = cli.json("schedules", "show", created["id"])

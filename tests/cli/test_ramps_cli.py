@@ -75,6 +75,20 @@ def test_create_list_show_and_preview(cli: Cli) -> None:
     assert [w["name"] for w in previewed["preview"]] == ["0", "1", "2", "3"]
 
 
+@pytest.mark.usefixtures("flag")
+def test_list_says_when_its_limit_cut_it(cli: Cli, catalog: Catalog) -> None:
+    catalog.create_flag("search-v3", enabled=True)
+    older = cli.json(*RAMP)["ramp"]["id"]
+    newer = cli.json("ramps", "create", "--flag", "search-v3", "--rollout", "50", "--hold", "1h")
+    assert [r["id"] for r in cli.json("ramps", "list", "--limit", "1")] == [newer["ramp"]["id"]]
+    _, row, more = cli.ok("ramps", "list", "--limit", "1").splitlines()
+    assert row.startswith(newer["ramp"]["id"])
+    assert more == "(the first 1 shown; more match: --limit N shows more, or narrow the filter)"
+    # two ramps, a limit of two: nothing more to say
+    assert len(cli.ok("ramps", "list", "--limit", "2").splitlines()) == 3
+    assert older in cli.ok("ramps", "list", "--limit", "2")
+
+
 def _seconds(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -82,12 +96,15 @@ def _seconds(iso: str) -> float:
 @pytest.mark.usefixtures("flag")
 def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any]) -> None:
     ramp_id = cli.json(*RAMP, "--start", "+10m")["ramp"]["id"]
-    paused = cli.json("ramps", "pause", ramp_id)
+    paused = cli.json("ramps", "pause", ramp_id)["ramp"]
     assert paused["state"] == "paused"
     # the ten minutes to stage 0 were kept (less the seconds the commands took)
     assert 590 < paused["paused_remaining_seconds"] <= 600
     assert "is paused; cannot pause" in cli.fails(1, "ramps", "pause", ramp_id)
-    assert cli.json("ramps", "resume", ramp_id)["state"] == "active"
+    resumed = cli.json("ramps", "resume", ramp_id)
+    assert (resumed["ramp"]["state"], resumed["stage"]) == ("active", 0)
+    shown = cli.json("ramps", "show", ramp_id)["schedules"]
+    assert resumed["schedule_id"] in [s["schedule_id"] for s in shown if s["state"] == "pending"]
     assert "is active; cannot resume" in cli.fails(1, "ramps", "resume", ramp_id)
     # as if stage 0 had applied: the engine took the value before the ramp
     before = {"enabled": True, "rollout_percentage": 0}

@@ -1,5 +1,6 @@
-"""`ramps resume` in-process, with a run writing to the ramp's history between the resume's
-commit and the command's read of the due time (the seam a subprocess does not offer)."""
+"""`ramps resume` in-process, with a run applying the resumed stage and writing to the ramp's
+history as soon as the resume commits (the seam a subprocess does not offer): the command
+still says the due time its own resume set."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flag_scheduler.engine.ramp_rules import CheckedRamp, StagePlan
 from flag_scheduler.engine.states import InsufficientData, RampAction
 from flag_scheduler.store.api_catalog import ApiCatalog
 from flag_scheduler.store.catalog import Catalog
-from flag_scheduler.store.ramps import Ramps, RampView
+from flag_scheduler.store.ramps import Ramps, ResumedRamp
 from flag_scheduler_cli import ramps as ramp_commands
 from flag_scheduler_cli.commands import Context
 from tests.support import T0, run_service
@@ -31,7 +32,7 @@ class _RunAfterResume(Ramps):
         self._database_url = database_url
         self._at = at
 
-    def resume(self, ramp_id: UUID, *, now: datetime, actor: str) -> RampView:
+    def resume(self, ramp_id: UUID, *, now: datetime, actor: str) -> ResumedRamp:
         resumed = super().resume(ramp_id, now=now, actor=actor)
         run_service(self._database_url, self._at)
         return resumed

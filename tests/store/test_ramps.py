@@ -141,7 +141,8 @@ def test_resume_makes_the_stage_due_after_the_rest_of_its_hold(
     # an hour later the clock resumes where it stopped: 90 s to go
     resumed_at = T0 + timedelta(hours=1)
     resumed = ramps.resume(ramp.id, now=resumed_at, actor="cli:bob")
-    assert (resumed.state, resumed.paused_remaining_seconds) == (RampState.ACTIVE, None)
+    assert (resumed.ramp.state, resumed.ramp.paused_remaining_seconds) == (RampState.ACTIVE, None)
+    assert (resumed.stage, resumed.due_at) == (0, resumed_at + timedelta(seconds=90))
     assert live(conn, ramp.id) == [
         (0, "cancelled", T0),
         (0, "pending", resumed_at + timedelta(seconds=90)),
@@ -191,12 +192,14 @@ def test_resume_of_a_halted_ramp_requeues_its_failed_stage(
         ramps.pause(ramp.id, now=T0, actor=ACTOR)
     now = T0 + timedelta(hours=2)
     resumed = ramps.resume(ramp.id, now=now, actor=ACTOR)
-    assert (resumed.state, resumed.halt_error_class, resumed.finished_at) == (
+    assert (resumed.stage, resumed.due_at) == (0, now)
+    assert (resumed.ramp.state, resumed.ramp.halt_error_class, resumed.ramp.finished_at) == (
         RampState.ACTIVE,
         None,
         None,
     )
     [schedule] = ramps.show(ramp.id).schedules
+    assert resumed.schedule_id == schedule.schedule_id  # the failed one, requeued
     view = catalog.get_schedule(schedule.schedule_id)
     assert (view.state, view.retry_count, view.requeued_at) == (State.PENDING, 0, now)
     assert ramps.show(ramp.id).events[-1].detail["from"] == "halted"

@@ -266,8 +266,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             None,
         )
         if action == "resume":
-            store.resume(ramp.id, now=self.now, actor="model")
+            resumed = store.resume(ramp.id, now=self.now, actor="model")
             due = self.now + timedelta(seconds=ramp.paused_remaining)
+            assert (resumed.stage, resumed.due_at) == (ramp.current, due)
             updates = json.dumps({"rollout_percentage": ramp.rollouts[ramp.current]})
             self.new_stages.add((ramp.id, ramp.current, due, updates))
             self._absorb_new_stages()

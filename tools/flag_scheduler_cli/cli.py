@@ -352,6 +352,7 @@ def _add_ramps_list(actions: _Commands, common: _Parser) -> None:
         metavar="STATE",
         help=f"only ramps in this state (repeatable): {', '.join(RAMP_STATES)}",
     )
+    listing.add_argument("--limit", type=int_in(1, 100_000), default=1000)
     listing.set_defaults(func=_operator(_ramps_list))
 
 
@@ -773,7 +774,7 @@ def _ramps_create(operation: _Operation) -> Result:
 def _ramps_list(operation: _Operation) -> Result:
     args = operation.args
     with operation.context() as ctx:
-        return ramp_commands.list_ramps(ctx, args.flag, args.env, args.state)
+        return ramp_commands.list_ramps(ctx, args.flag, args.env, args.state, args.limit)
 
 
 def _ramps_abort(operation: _Operation) -> Result:

@@ -141,9 +141,17 @@ def schedules_list(
         flag_key=flag_key,
         environment=environment,
         due_at=ctx.now if due else None,
-        limit=limit,
+        limit=limit + 1,
     )
-    return Result(_schedules_table(schedules), schedules)
+    shown = schedules[:limit]
+    return Result(_schedules_table(shown) + more_line(len(schedules), limit), shown)
+
+
+def more_line(found: int, limit: int) -> str:
+    """For a list cut at `limit` (`found`: up to limit + 1 read), the line that says so."""
+    if found <= limit:
+        return ""
+    return f"\n(the first {limit} shown; more match: --limit N shows more, or narrow the filter)"
 
 
 def _schedules_table(schedules: list[ScheduleView]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
@@ -84,7 +85,14 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
     propagate, library_logger.propagate = library_logger.propagate, False
     try:
         data_folder.parent.mkdir(parents=True, exist_ok=True)
-        return server_module.get_server(data_folder, cleanup_mode="delete" if throwaway else "stop")
+        # One start at a time per user: run as root, the first start on a machine creates the
+        # server's system user with useradd, and two processes starting at once (pytest's
+        # workers) would both try, the second failing because the user now exists.
+        with (Path(os.environ["XDG_RUNTIME_DIR"]) / "flag-scheduler-start.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return server_module.get_server(
+                data_folder, cleanup_mode="delete" if throwaway else "stop"
+            )
     except subprocess.CalledProcessError as exc:
         program = Path(str(exc.cmd[0])).name if exc.cmd else "PostgreSQL"
         problem = failures.error_line() or f"{program} exited with status {exc.returncode}"

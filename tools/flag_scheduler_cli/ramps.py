@@ -17,10 +17,10 @@ from flag_scheduler.engine.ramp_rules import (
     preview,
 )
 from flag_scheduler.engine.ramps import rollback_updates
-from flag_scheduler.engine.states import InsufficientData, RampAction, RampState, State
+from flag_scheduler.engine.states import InsufficientData, RampState, State
 from flag_scheduler.store.ramps import RampDetail, RampView, StageSchedule
 from flag_scheduler_cli import render
-from flag_scheduler_cli.commands import Context, Result
+from flag_scheduler_cli.commands import Context, Result, more_line
 
 
 @dataclass(frozen=True)
@@ -200,9 +200,16 @@ def _windows_table(windows: list[StageWindow]) -> str:
 
 
 def list_ramps(
-    ctx: Context, flag_key: str | None, environment: str | None, states: list[str] | None
+    ctx: Context,
+    flag_key: str | None,
+    environment: str | None,
+    states: list[str] | None,
+    limit: int,
 ) -> Result:
-    ramps = ctx.ramps.list_ramps(flag_key=flag_key, environment=environment, states=states)
+    found = ctx.ramps.list_ramps(
+        flag_key=flag_key, environment=environment, states=states, limit=limit + 1
+    )
+    ramps = found[:limit]
     rows = [
         (
             ramp.id,
@@ -216,7 +223,7 @@ def list_ramps(
         for ramp in ramps
     ]
     headers = ("ID", "FLAG", "ENV", "STATE", "STAGE", "STARTS", "GUARD ALARMS")
-    return Result(render.table(rows, headers), ramps)
+    return Result(render.table(rows, headers) + more_line(len(found), limit), ramps)
 
 
 def show(ctx: Context, ramp_id: UUID) -> Result:
@@ -326,20 +333,22 @@ def pause(ctx: Context, ramp_id: UUID) -> Result:
     return Result(
         f"paused ramp {ramp.id} ({ramp.flag_key}, {ramp.environment}) at stage"
         f" {ramp.current_stage}: hold left {render.duration(ramp.paused_remaining_seconds)}",
-        ramp,
+        {"ramp": ramp},
     )
 
 
 def resume(ctx: Context, ramp_id: UUID) -> Result:
-    ramp = ctx.ramps.resume(ramp_id, now=ctx.now, actor=ctx.actor)
-    # The resume's own history row: a run may have added rows since it committed.
-    events = ctx.ramps.show(ramp_id).events
-    resumed = next(e for e in reversed(events) if e.action == RampAction.RESUMED)
-    due = datetime.fromisoformat(resumed.detail["due_at"])
+    resumed = ctx.ramps.resume(ramp_id, now=ctx.now, actor=ctx.actor)
+    ramp = resumed.ramp
     return Result(
         f"resumed ramp {ramp.id} ({ramp.flag_key}, {ramp.environment}): stage"
-        f" {ramp.current_stage} due at {render.when(due)}",
-        ramp,
+        f" {resumed.stage} due at {render.when(resumed.due_at)}",
+        {
+            "ramp": ramp,
+            "stage": resumed.stage,
+            "schedule_id": resumed.schedule_id,
+            "due_at": resumed.due_at,
+        },
     )
 
 

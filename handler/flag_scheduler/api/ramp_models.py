@@ -140,6 +140,21 @@ class RampDetailOut(_Out):
         )
 
 
+class PausedOut(_Out):
+    """The paused ramp (`paused_remaining_seconds`: the hold its stage still has)."""
+
+    ramp: RampOut
+
+
+class ResumedOut(_Out):
+    """The resumed ramp and its stage's schedule: when that stage is due."""
+
+    ramp: RampOut
+    stage: int
+    schedule_id: UUID
+    due_at: datetime
+
+
 class AbortIn(_In):
     rollback: StrictBool = False
 

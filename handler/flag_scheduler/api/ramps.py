@@ -16,11 +16,13 @@ from flag_scheduler.api.models import Environment, FlagKey, responses
 from flag_scheduler.api.ramp_models import (
     AbortedOut,
     AbortIn,
+    PausedOut,
     RampCreatedOut,
     RampDetailOut,
     RampIn,
     RampOut,
     RampsOut,
+    ResumedOut,
 )
 from flag_scheduler.api.schedules import PageLimit
 from flag_scheduler.engine.creation_checks import refuse_late_start
@@ -156,19 +158,26 @@ def get_ramp(ramp_id: UUID) -> RampDetailOut:
 @router.post(
     "/ramps/<ramp_id>/pause",
     summary="Pause an active ramp: its pending stage does not run, its hold clock stops",
-    responses=responses(RampOut, 404, 409),
+    responses=responses(PausedOut, 404, 409),
 )
-def pause_ramp(ramp_id: UUID) -> RampOut:
-    return RampOut.of(ramps().pause(ramp_id, now=runtime.now(), actor=request.caller().actor))
+def pause_ramp(ramp_id: UUID) -> PausedOut:
+    ramp = ramps().pause(ramp_id, now=runtime.now(), actor=request.caller().actor)
+    return PausedOut(ramp=RampOut.of(ramp))
 
 
 @router.post(
     "/ramps/<ramp_id>/resume",
     summary="Resume a paused ramp (the rest of its hold) or a halted one (its stage requeued)",
-    responses=responses(RampOut, 404, 409),
+    responses=responses(ResumedOut, 404, 409),
 )
-def resume_ramp(ramp_id: UUID) -> RampOut:
-    return RampOut.of(ramps().resume(ramp_id, now=runtime.now(), actor=request.caller().actor))
+def resume_ramp(ramp_id: UUID) -> ResumedOut:
+    resumed = ramps().resume(ramp_id, now=runtime.now(), actor=request.caller().actor)
+    return ResumedOut(
+        ramp=RampOut.of(resumed.ramp),
+        stage=resumed.stage,
+        schedule_id=resumed.schedule_id,
+        due_at=resumed.due_at,
+    )
 
 
 @router.post(

@@ -121,6 +121,16 @@ class RampDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumedRamp:
+    """A resumed ramp and its stage's live schedule: when that stage is due."""
+
+    ramp: RampView
+    stage: int
+    schedule_id: UUID
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class LockedRamp:
     """What an operator action reads from the ramp row it locked."""
 
@@ -358,11 +368,15 @@ class Ramps:
             if live is not None:
                 detail["cancelled_schedule_id"] = str(live.id)
             self._event(ramp_id, RampAction.PAUSED, ramp.current_stage, now, actor, detail)
-        return self.get(ramp_id)
+            paused = self.get(ramp_id)
+        return paused
 
-    def resume(self, ramp_id: UUID, *, now: datetime, actor: str) -> RampView:
+    def resume(self, ramp_id: UUID, *, now: datetime, actor: str) -> ResumedRamp:
         """Start a paused ramp again (its stage due after the rest of its hold), or give a
         halted ramp's failed stage a new start (requeued: due now, retries afresh).
+
+        Returns the ramp and its stage's live schedule, read in the resume's transaction (a
+        run may apply that stage as soon as it commits).
 
         Raises:
             NotFound: no such ramp.
@@ -382,7 +396,8 @@ class Ramps:
             self._set_state(ramp_id, RampState.ACTIVE, now)
             detail = {"from": ramp.state.value, "schedule_id": str(schedule_id), "due_at": due}
             self._event(ramp_id, RampAction.RESUMED, stage, now, actor, _jsonable(detail))
-        return self.get(ramp_id)
+            resumed = ResumedRamp(self.get(ramp_id), stage, schedule_id, due)
+        return resumed
 
     def _new_stage(self, ramp: LockedRamp, stage: int, due: datetime) -> UUID:
         return self._insert_stage(ramp.id, ramp.flag_id, stage, ramp.stage_updates(stage), due)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -304,6 +305,28 @@ def test_cancel_racing_a_run_either_cancels_first_or_reports_the_application(
     cli.ok("schedules", "cancel", str(later))
     assert run_service(database_url, datetime.now(UTC)).claimed == 0
     assert catalog.get_flag("banner").enabled is True
+
+
+def test_a_write_waits_for_a_held_schedule_no_longer_than_the_lock_timeout(
+    cli: Cli, catalog: Catalog, database_url: str
+) -> None:
+    flag = catalog.create_flag("banner")
+    schedule = catalog.create_schedule(
+        flag, datetime.now(UTC) + timedelta(hours=1), {"enabled": True}
+    )
+    cli.env["FLAG_SCHEDULE_LOCK_TIMEOUT_MS"] = "200"
+    with psycopg.connect(database_url) as run, run.transaction():
+        # As a run applying the schedule holds its row until it commits.
+        run.execute("SELECT 1 FROM feature_flag_schedules WHERE id = %s FOR UPDATE", (schedule,))
+        started = time.monotonic()
+        line = cli.fails(1, "schedules", "cancel", str(schedule))
+        waited = time.monotonic() - started
+    assert line == (
+        "flag-scheduler: error: database: canceling statement due to lock timeout"
+        " (a scheduler run or another operator holds these rows; try again in a moment)"
+    )
+    assert waited < 5  # the default lock timeout alone (5 s) would be longer
+    cli.ok("schedules", "cancel", str(schedule))  # once the run has committed
 
 
 def test_status_list_and_show_print_an_unloadable_moment_instead_of_failing(

@@ -503,7 +503,8 @@ class _Operation:
         return moment
 
     def write_timeouts(self) -> WriteTimeouts:
-        """The configured lock and statement timeouts (as the API's), bounding ramp actions."""
+        """The configured lock and statement timeouts (as the API's), bounding every write: an
+        operator waits at most that long for a row a scheduler run holds."""
         return WriteTimeouts(
             lock_timeout_ms=self.settings.lock_timeout_ms,
             statement_timeout_ms=self.settings.statement_timeout_ms,
@@ -516,7 +517,7 @@ class _Operation:
             conn = connection.connect(url, application_name="flag-scheduler-cli")
             try:
                 yield Context(
-                    catalog=ApiCatalog(conn),
+                    catalog=ApiCatalog(conn, timeouts=self.write_timeouts()),
                     now=self.now,
                     settings=self.settings,
                     actor=_actor(),

@@ -1,0 +1,130 @@
+"""Every operation of the OpenAPI document answered with real data over real HTTP by `serve`
+(the events tests in tests/api cover each in depth; this shows serve carries each one)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.cli.serving import HttpResponse, Served, request, serving
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _documented_operations() -> set[tuple[str, str]]:
+    document = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    return {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
+
+
+class Walk:
+    """Requests through serve, remembering which documented operation each one was."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+        self.walked: set[tuple[str, str]] = set()
+
+    def __call__(
+        self, method: str, template: str, expected: int, body: Any = None, **values: str
+    ) -> Any:
+        path = re.sub(r"\{(\w+)\}", lambda m: values.pop(m.group(1)), template)
+        if values:
+            path += "?" + "&".join(f"{k}={v}" for k, v in values.items())
+        response: HttpResponse = request(self.served, method, path, body=body)
+        assert response.status == expected, (method, path, response.body)
+        self.walked.add((method, template))
+        return response.body
+
+
+def _fail_for_good(database_url: str, schedule_id: str) -> None:
+    """As a run would leave a schedule that failed permanently with a lock timeout."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE feature_flag_schedules SET status = 'failed', retry_count = 0,"
+            " last_error = 'lock_timeout: lock timeout', last_error_class = 'lock_timeout'"
+            " WHERE id = %s",
+            (schedule_id,),
+        )
+
+
+@pytest.mark.slow
+def test_serve_answers_every_documented_operation_with_real_data(database_url: str) -> None:
+    soon = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    with serving(database_url) as served:
+        api = Walk(served)
+        assert api("GET", "/status", 200)["due_now"] == 0
+        api("POST", "/flags", 201, {"flag_key": "walked", "description": "over HTTP"})
+        assert [f["flag_key"] for f in api("GET", "/flags", 200)["items"]] == ["walked"]
+
+        created = api(
+            "POST",
+            "/flags/{flag_key}/schedules",
+            201,
+            {"scheduled_at": soon.isoformat(), "updates": {"rollout_percentage": 40}},
+            flag_key="walked",
+        )
+        schedule = created["id"]
+        flag = api("GET", "/flags/{flag_key}", 200, flag_key="walked")
+        assert [s["id"] for s in flag["pending"]] == [schedule]
+        listed = api("GET", "/flags/{flag_key}/schedules", 200, flag_key="walked")
+        assert [s["id"] for s in listed["items"]] == [schedule]
+        everything = api("GET", "/schedules", 200, flag_key="walked", status="pending")
+        assert [s["id"] for s in everything["items"]] == [schedule]
+        timeline = api(
+            "GET",
+            "/flags/{flag_key}/timeline",
+            200,
+            flag_key="walked",
+            until=(soon + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+        )
+        assert timeline["value_at_until"] == {"enabled": False, "rollout_percentage": 40}
+        shown = api("GET", "/schedules/{schedule_id}", 200, schedule_id=schedule)
+        assert shown["state"] == "pending"
+        preview = api("GET", "/schedules/{schedule_id}/preview", 200, schedule_id=schedule)
+        assert preview["upcoming"], preview
+        assert api("POST", "/schedules/{schedule_id}/cancel", 200, schedule_id=schedule)[
+            "state"
+        ] == ("cancelled")
+
+        failed = api(
+            "POST",
+            "/flags/{flag_key}/schedules",
+            201,
+            {"scheduled_at": soon.isoformat(), "updates": {"enabled": True}},
+            flag_key="walked",
+        )["id"]
+        _fail_for_good(database_url, failed)
+        retried = api("POST", "/schedules/{schedule_id}/retry", 200, schedule_id=failed)
+        assert retried["state"] == "pending"
+        _fail_for_good(database_url, failed)
+        bulk = api(
+            "POST",
+            "/schedules/retry",
+            200,
+            {"filter": {"state": "failed_permanently", "error_class": "lock_timeout"}},
+        )
+        assert (bulk["count"], [s["id"] for s in bulk["items"]]) == (1, [failed])
+
+        api("POST", "/flags", 201, {"flag_key": "ramped"})
+        ramp = api(
+            "POST",
+            "/flags/{flag_key}/ramps",
+            201,
+            {"starts_at": soon.isoformat(), "rollout": [10, 50, 100], "hold_seconds": 600},
+            flag_key="ramped",
+        )["ramp"]["id"]
+        assert [r["id"] for r in api("GET", "/ramps", 200)["items"]] == [ramp]
+        assert api("GET", "/ramps/{ramp_id}", 200, ramp_id=ramp)["ramp"]["state"] == "active"
+        paused = api("POST", "/ramps/{ramp_id}/pause", 200, ramp_id=ramp)
+        assert paused["ramp"]["state"] == "paused"
+        resumed = api("POST", "/ramps/{ramp_id}/resume", 200, ramp_id=ramp)
+        assert (resumed["ramp"]["state"], resumed["stage"]) == ("active", 0)
+        aborted = api("POST", "/ramps/{ramp_id}/abort", 200, {"rollback": False}, ramp_id=ramp)
+        assert aborted["ramp"]["state"] == "aborted"
+
+    assert api.walked == _documented_operations()

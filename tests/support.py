@@ -20,10 +20,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.backoff import BackoffPolicy
-from flag_scheduler.engine.notifier import NullNotifier
+from flag_scheduler.engine.notifier import Notifier, NullNotifier, SendReport
 from flag_scheduler.engine.ramps import AlarmReader
-from flag_scheduler.engine.records import RunSummary
+from flag_scheduler.engine.records import ClaimedMessage, RunSummary
 from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
+from flag_scheduler.engine.states import MessageKind
 from flag_scheduler.store.repository import ScheduleRepository
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -48,6 +49,16 @@ def database_url_for(server_url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+class QueueOnly:
+    """A notifier for `kinds` that the run queues messages for (a run never sends)."""
+
+    def __init__(self, kinds: frozenset[MessageKind]) -> None:
+        self.kinds = kinds
+
+    def send(self, messages: Sequence[ClaimedMessage], *, deadline: float) -> SendReport:
+        raise AssertionError("the run itself never sends")
+
+
 def run_service(
     database_url: str,
     now: datetime,
@@ -60,8 +71,10 @@ def run_service(
     outage_threshold: int = 5,
     alarms: AlarmReader | None = None,
     max_lateness_seconds: int = 86_400,
+    queue: frozenset[MessageKind] = frozenset(),
 ) -> RunSummary:
-    """One scheduler run on its own connection, with the clock stopped at `now`."""
+    """One scheduler run on its own connection, with the clock stopped at `now`; messages of
+    the kinds in `queue` are written to the outbox (none by default)."""
     policy = RunPolicy(
         max_retries=max_retries,
         batch_size=batch_size,
@@ -72,10 +85,11 @@ def run_service(
         statement_timeout_ms=10_000,
         max_lateness_seconds=max_lateness_seconds,
     )
+    notifier: Notifier = QueueOnly(queue) if queue else NullNotifier()
     with psycopg.connect(database_url, autocommit=True) as conn:
         return process_due_schedules(
             ScheduleRepository(conn),
-            NullNotifier(),
+            notifier,
             clock=lambda: now,
             remaining_ms=remaining_ms or (lambda: 60_000),
             policy=policy,
@@ -338,3 +352,13 @@ def ramp_action_timeouts(conn: psycopg.Connection[Any]) -> list[tuple[str, str, 
         "SELECT action, lock_timeout, statement_timeout FROM ramp_action_timeouts ORDER BY id"
     ).fetchall()
     return [(row[0], row[1], row[2]) for row in rows]
+
+
+def alerts(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """The payloads of the alerts waiting in the outbox, oldest first."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT payload FROM notification_outbox WHERE kind = 'alert' ORDER BY id"
+        )
+    ]

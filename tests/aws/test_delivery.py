@@ -41,7 +41,7 @@ from tests.aws.conftest import (
     outbox_rows,
     sent_notifications,
 )
-from tests.support import schedule_row
+from tests.support import insert_ramp, schedule_row
 
 EVENT = {"id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,21 +221,34 @@ def test_a_mass_failure_sends_one_digest(
     # A mass failure: 26 schedules fail permanently in one run.
     failing = [due_now(catalog, f"broken-{n:02d}", {"enabled": "yes"}) for n in range(20)]
     failing += [due_now(catalog, f"odd-{n}", {"rollout_percentage": -1}) for n in range(6)]
+    # And two ramps whose first stage expires (an outage longer than the lateness limit).
+    late = datetime.now(UTC) - timedelta(days=2)
+    ramps = [insert_ramp(conn, catalog.create_flag(f"ramp-{n}"), late, [5, 50]) for n in (0, 1)]
 
     result = scheduler.lambda_handler(EVENT, FakeLambdaContext())
 
-    assert result["failed_permanently"] == 26
+    assert result["failed_permanently"] == 28  # the expired stages counted among them
     (digest,) = sent_notifications(topic)
     body = json.loads(digest["message"])
-    assert digest["subject"] == "flag-scheduler: 26 schedules failed permanently"
-    assert body["failures"] == 26
-    assert body["by_error_class"] == {"invalid_updates": 26}
-    assert body["by_environment"] == {"production": 26}
+    assert digest["subject"] == "flag-scheduler: 28 schedules failed permanently"
+    assert body["failures"] == 28
+    assert body["by_error_class"] == {"invalid_updates": 26, "expired": 2}
+    assert body["by_environment"] == {"production": 28}
     assert len(body["schedule_ids"]) == DIGEST_LISTED_SCHEDULES
-    assert set(body["schedule_ids"]) <= {str(s) for s in failing}
-    assert body["more_schedules"] == 26 - DIGEST_LISTED_SCHEDULES
+    assert body["more_schedules"] == 28 - DIGEST_LISTED_SCHEDULES
+    # Folded, a halted ramp is still named, with its stage.
+    stages = dict(
+        conn.execute(
+            "SELECT ramp_id::text, id::text FROM feature_flag_schedules WHERE ramp_id IS NOT NULL"
+        ).fetchall()
+    )
+    assert sorted(body["halted_ramps"], key=lambda r: r["ramp_id"]) == [
+        {"ramp_id": str(r), "stage": 0, "schedule_id": stages[str(r)], "error_class": "expired"}
+        for r in sorted(ramps, key=str)
+    ]
+    assert body["more_halted_ramps"] == 0
     assert body["message_id"].startswith("digest:")
-    assert result["alerts_folded"] == 26
+    assert result["alerts_folded"] == 28
     assert outbox_rows(conn) == []
     assert emf_record(capsys)["NotificationsDelivered"] == [1.0]
 

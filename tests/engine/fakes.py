@@ -340,9 +340,7 @@ class FakeStore:
                 raise self.failing_outcomes[outcome.schedule.id]
             self._record(outcome, now)
         self._statement("insert_attempts")
-        if messages:
-            self._statement("enqueue_messages")
-            self.state.outbox.extend(messages)
+        self.enqueue_messages(messages, now=now)
 
     def _record(self, outcome: ScheduleOutcome, now: datetime) -> None:
         row = self.schedules[outcome.schedule.id]
@@ -366,6 +364,11 @@ class FakeStore:
         for schedule_id in schedule_ids:
             row = self.schedules[schedule_id]
             row.status, row.next_retry_at = Status.CANCELLED, None
+
+    def enqueue_messages(self, messages: Sequence[OutboxMessage], *, now: datetime) -> None:
+        if messages:
+            self._statement("enqueue_messages")
+            self.state.outbox.extend(messages)
 
     def write_ramp_steps(self, steps: Sequence[RampStep], *, now: datetime) -> None:
         if not steps:

@@ -74,6 +74,7 @@ def test_a_digest_counts_by_class_and_environment_and_lists_the_first_schedules(
     assert sum(digest.payload["by_environment"].values()) == 25
     assert digest.payload["schedule_ids"] == [f"s{n}" for n in range(DIGEST_LISTED_SCHEDULES)]
     assert digest.payload["more_schedules"] == 25 - DIGEST_LISTED_SCHEDULES
+    assert (digest.payload["halted_ramps"], digest.payload["more_halted_ramps"]) == ([], 0)
     # The same alerts, in any order, give the same id; one alert more gives another.
     assert digest_message(list(reversed(alerts))).message_id == digest.message_id
     assert digest_message(alerts[:-1]).message_id != digest.message_id
@@ -85,3 +86,18 @@ def _fields(schedule: DueSchedule) -> dict[str, object]:
 
 def _outcome(status: Status, outcome: Outcome, **fields: Any) -> ScheduleOutcome:
     return ScheduleOutcome(SCHEDULE, status=status, outcome=outcome, attempt=3, **fields)
+
+
+def test_a_digest_names_every_ramp_its_alerts_halted_up_to_the_listed_number() -> None:
+    alerts = [
+        PendingAlert(n, f"alert:s{n}:1", f"s{n}", "production", ErrorClass.EXPIRED, f"r{n}", 1)
+        for n in range(DIGEST_LISTED_SCHEDULES + 3)
+    ]
+    alerts.insert(0, PendingAlert(99, "alert:plain:1", "plain", "production", "lock_timeout"))
+    digest = digest_message(alerts)
+    assert digest.payload["halted_ramps"][:2] == [
+        {"ramp_id": "r0", "stage": 1, "schedule_id": "s0", "error_class": "expired"},
+        {"ramp_id": "r1", "stage": 1, "schedule_id": "s1", "error_class": "expired"},
+    ]
+    assert len(digest.payload["halted_ramps"]) == DIGEST_LISTED_SCHEDULES
+    assert digest.payload["more_halted_ramps"] == 3

@@ -14,12 +14,14 @@ import psycopg
 from flag_scheduler.engine.backoff import BackoffPolicy
 from flag_scheduler.engine.notifier import NullNotifier
 from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
+from flag_scheduler.engine.states import MessageKind
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler.store.repository import ScheduleRepository
 from flag_scheduler_cli import fault_injection
 from tests.support import (
     T0,
     ReadingsClock,
+    alerts,
     flag_fields,
     insert_ramp,
     ramp_stages,
@@ -28,6 +30,7 @@ from tests.support import (
 )
 
 HOLD = timedelta(minutes=10)
+ALERTS = frozenset({MessageKind.ALERT})
 
 
 def test_each_stage_is_due_its_hold_after_the_previous_one_was_applied(
@@ -131,13 +134,16 @@ def test_a_stage_that_fails_for_good_halts_the_ramp_with_one_alert(
     run_service(database_url, T0)
     # A stage whose flag update the database refuses as bad data: permanent at once.
     fault_injection.set_fault(conn, flag, "22003", "numeric value out of range")
-    run_service(database_url, T0 + HOLD)
+    run_service(database_url, T0 + HOLD, queue=ALERTS)
     state, current, error_class, _ = ramp_state(conn, ramp)
     assert (state, current, error_class) == ("halted", 1, "data_error")
     assert [row[:2] for row in ramp_stages(conn, ramp)] == [(0, "applied"), (1, "failed")]
     fault_injection.clear_fault(conn, flag)
-    run_service(database_url, T0 + HOLD * 5)
+    run_service(database_url, T0 + HOLD * 5, queue=ALERTS)
     assert len(ramp_stages(conn, ramp)) == 2  # no later stage, ever
+    (alert,) = alerts(conn)
+    assert (alert["ramp_id"], alert["stage"], alert["error_class"]) == (str(ramp), 1, "data_error")
+    assert "numeric value out of range" in alert["last_error"]
 
 
 def test_an_expired_stage_halts_the_ramp(
@@ -145,6 +151,8 @@ def test_an_expired_stage_halts_the_ramp(
 ) -> None:
     flag = catalog.create_flag("checkout")
     ramp = insert_ramp(conn, flag, T0, [5, 25])
-    run_service(database_url, T0 + timedelta(hours=2), max_lateness_seconds=3600)
+    run_service(database_url, T0 + timedelta(hours=2), max_lateness_seconds=3600, queue=ALERTS)
     assert ramp_state(conn, ramp)[:3] == ("halted", 0, "expired")
+    (alert,) = alerts(conn)
+    assert (alert["ramp_id"], alert["stage"], alert["error_class"]) == (str(ramp), 0, "expired")
     assert flag_fields(conn, flag)["rollout_percentage"] == 0

@@ -11,10 +11,12 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from flag_scheduler.engine.states import MessageKind
 from flag_scheduler.store.catalog import Catalog, UnloadableMoment
 from flag_scheduler_cli import render
 from tests.support import (
     T0,
+    alerts,
     history,
     insert_ramp,
     ramp_stages,
@@ -265,8 +267,15 @@ def test_a_ramp_stage_the_claim_finds_unrepresentable_is_parked_and_halts_its_ra
         conn.execute(
             "UPDATE feature_flag_schedules SET retry_count = %s WHERE id = %s", (INT_MAX, stage)
         )
-    summary = run_service(database_url, T0)
+    summary = run_service(database_url, T0, queue=frozenset({MessageKind.ALERT}))
     assert summary.unrecordable == 1
     _assert_parked(conn, stage, f"retry_count {INT_MAX} is outside")
     assert ramp_state(conn, ramp)[:3] == ("halted", 0, "unrecordable")
+    (alert,) = alerts(conn)  # the halt's one alert, as for a stage failing for good
+    assert (alert["ramp_id"], alert["stage"], alert["error_class"]) == (
+        str(ramp),
+        0,
+        "unrecordable",
+    )
+    assert f"retry_count {INT_MAX} is outside" in alert["last_error"]
     assert [row[:2] for row in ramp_stages(conn, ramp)] == [(0, "failed")]  # no stage 1

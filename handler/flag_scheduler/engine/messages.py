@@ -96,6 +96,8 @@ class PendingAlert:
     schedule_id: str
     environment: str
     error_class: str
+    ramp_id: str | None = None  # the alert of a ramp's stage: the ramp it halted
+    stage: int | None = None
 
 
 def digest_message(alerts: Sequence[PendingAlert]) -> OutboxMessage:
@@ -106,6 +108,17 @@ def digest_message(alerts: Sequence[PendingAlert]) -> OutboxMessage:
         digest.update(alert.message_id.encode())
         digest.update(b"\n")
     listed = [alert.schedule_id for alert in alerts[:DIGEST_LISTED_SCHEDULES]]
+    # A halted ramp waits for an operator, so each is named even when its alert is folded.
+    halted = [
+        {
+            "ramp_id": alert.ramp_id,
+            "stage": alert.stage,
+            "schedule_id": alert.schedule_id,
+            "error_class": alert.error_class,
+        }
+        for alert in alerts
+        if alert.ramp_id is not None
+    ]
     return OutboxMessage(
         message_id=f"{MessageKind.DIGEST}:{digest.hexdigest()}",
         kind=MessageKind.DIGEST,
@@ -115,5 +128,7 @@ def digest_message(alerts: Sequence[PendingAlert]) -> OutboxMessage:
             "by_environment": dict(Counter(alert.environment for alert in alerts).most_common()),
             "schedule_ids": listed,
             "more_schedules": len(alerts) - len(listed),
+            "halted_ramps": halted[:DIGEST_LISTED_SCHEDULES],
+            "more_halted_ramps": max(0, len(halted) - DIGEST_LISTED_SCHEDULES),
         },
     )

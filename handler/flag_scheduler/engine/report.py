@@ -135,6 +135,15 @@ def ramps_unreadable(failure: ScheduleFailure) -> None:
     )
 
 
+def halt_alert_unqueued(failure: ScheduleFailure) -> None:
+    """Log that a ramp halted by a parked stage could not have its alert queued (the halt
+    stands; the log line and SchedulesUnrecordable still say it)."""
+    logger.error(
+        "ramp_halt_alert_unqueued",
+        extra={"error_class": failure.error_class, "error": str(failure)[:MAX_ERROR_LENGTH]},
+    )
+
+
 def stages_unstamped(failure: ScheduleFailure) -> None:
     """Log that the next stages' holds could not be counted from the batch's commit."""
     logger.error(

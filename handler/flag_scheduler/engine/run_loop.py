@@ -101,6 +101,8 @@ class ScheduleStore(Protocol):
         messages: Sequence[OutboxMessage] = (),
     ) -> None: ...
 
+    def enqueue_messages(self, messages: Sequence[OutboxMessage], *, now: datetime) -> None: ...
+
     def save_run_state(
         self,
         *,
@@ -754,6 +756,17 @@ def _halt_parked_stages(
         report.park_failed(failure)  # the ramp stays active; an operator can abort it
         return
     run.ramp_steps.update((step.schedule_id, step) for step in found)
+    # The halt's alert, as a stage failing for good sends; in a savepoint of its own, since
+    # what could not be written may be that stage's message.
+    halted = {step.schedule_id for step in found}
+    alerts = outbox_messages([o for o in parked if o.schedule.id in halted], run.kinds)
+    try:
+        with run.repository.savepoint():
+            run.repository.enqueue_messages(alerts, now=now)
+    except DatabaseUnavailable:
+        raise
+    except ScheduleFailure as failure:
+        report.halt_alert_unqueued(failure)
 
 
 def _park_defective(run: _Run, claimed: list[DueSchedule], now: datetime) -> list[DueSchedule]:

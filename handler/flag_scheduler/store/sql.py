@@ -316,7 +316,10 @@ RETURNING kind
 LOCK_WAITING_ALERTS = """
 SELECT id, message_id, coalesce(payload->>'schedule_id', '') AS schedule_id,
        coalesce(payload->>'environment', '') AS environment,
-       coalesce(nullif(payload->>'error_class', ''), 'unknown') AS error_class
+       coalesce(nullif(payload->>'error_class', ''), 'unknown') AS error_class,
+       payload->>'ramp_id' AS ramp_id,
+       CASE WHEN jsonb_typeof(payload->'stage') = 'number' AND payload->>'stage' ~ '^[0-9]{1,2}$'
+            THEN (payload->>'stage')::int END AS stage
 FROM notification_outbox
 WHERE kind = 'alert'
 ORDER BY id

@@ -73,6 +73,15 @@ def test_reads_agree(cli: Cli) -> None:
         body={"scheduled_at": "2030-01-02T09:00:00+01:00", "updates": {"rollout_percentage": 5}},
     )
 
+    # Ties on scheduled_at, created in reverse key order: the lists order them alike.
+    for key in ("tie-e", "tie-d", "tie-c", "tie-b", "tie-a"):
+        _api("POST", "/flags", body={"flag_key": key})
+        _api(
+            "POST",
+            f"/flags/{key}/schedules",
+            body={"scheduled_at": "2030-01-03T00:00:00Z", "updates": {"enabled": True}},
+        )
+
     assert cli.json("flags", "list") == _api("GET", "/flags")["items"]
     cli_list = cli.json("schedules", "list")
     api_list = _api("GET", "/schedules")["items"]

@@ -113,6 +113,58 @@ def test_clash_and_overlap_warnings() -> None:
     assert "no_change" in [w["code"] for w in noop["warnings"]]
 
 
+def _fail(conn: psycopg.Connection[Any], schedule_id: str, error_class: str, retry_at: Any) -> None:
+    """As a run leaves a failed schedule: waiting for a retry at `retry_at`, or (None) for good."""
+    conn.execute(
+        "UPDATE feature_flag_schedules SET status = 'failed', retry_count = 1,"
+        " next_retry_at = %s, last_error = %s, last_error_class = %s WHERE id = %s",
+        (retry_at, f"{error_class}: test", error_class, schedule_id),
+    )
+
+
+def _ids(query: dict[str, str], path: str = "/schedules") -> list[str]:
+    response = call(http_event("GET", path, query=query))
+    assert response.status == 200, response.body
+    return [s["id"] for s in response.body["items"]]
+
+
+def test_each_filter_selects_what_it_names(api: str) -> None:
+    flag()
+    flag("other", environment="staging")
+    at = [T0 + timedelta(minutes=n) for n in range(-1, 6)]
+    due = schedule(scheduled_at=iso(at[0]))["id"]  # a minute late: due now
+    staged = call(
+        http_event(
+            "POST",
+            "/flags/other/schedules",
+            query={"environment": "staging"},
+            body={"scheduled_at": iso(at[1]), "updates": {"enabled": True}},
+        )
+    ).body["id"]
+    waiting, failed, expired, pending = (
+        schedule(scheduled_at=iso(moment), updates={"rollout_percentage": n})["id"]
+        for n, moment in enumerate(at[2:6])
+    )
+    with psycopg.connect(api, autocommit=True) as conn:
+        _fail(conn, waiting, "lock_timeout", T0 + timedelta(hours=1))
+        _fail(conn, failed, "lock_timeout", None)
+        _fail(conn, expired, "expired", None)
+
+    assert _ids({"flag_key": "other"}) == [staged]
+    assert _ids({"environment": "staging"}) == [staged]
+    assert _ids({"flag_key": "other", "environment": "production"}) == []
+    assert _ids({"flag_key": "banner"}) == [due, waiting, failed, expired, pending]
+    assert _ids({"status": "waiting_for_retry"}) == [waiting]
+    assert _ids({"status": "failed_permanently"}) == [failed]
+    assert _ids({"status": "expired"}) == [expired]
+    assert _ids({"status": "failed"}) == [waiting, failed, expired]
+    assert _ids({"status": "pending,expired"}) == [due, staged, expired, pending]
+    assert _ids({"due": "true"}) == [due, staged]  # due by T0; the retry is due in an hour
+    # A flag's page lists what is still to come: pending, and waiting for a retry.
+    shown = call(http_event("GET", "/flags/banner")).body
+    assert [s["id"] for s in shown["pending"]] == [due, waiting, pending]
+
+
 def test_list_filters_and_pages(api: str) -> None:
     flag()
     flag("other", environment="staging")

@@ -1,66 +1,77 @@
-"""A scheduler process for the ramp tests (`python -m tests.system.ramp_worker URL MODE`):
-runs the engine with the real clock until no ramp is active (or a deadline), then prints
-its totals as JSON. MODE `crash` stops for good inside the transaction that applied a
+"""A scheduler process for the ramp tests (`python -m tests.system.ramp_worker URL MODE S`):
+invokes the Lambda entry point (`flag_scheduler.aws.scheduler.lambda_handler`, configured
+from the environment as in AWS) again and again, as the every-minute rule would but without
+the minute's wait, until no ramp is active (or S seconds), then prints its totals as JSON.
+MODE `once` invokes it once; `crash` stops for good inside the transaction that applied a
 stage, right after its ramp step is written, and says so on stdout: the test kills it."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from flag_scheduler.engine.backoff import BackoffPolicy
-from flag_scheduler.engine.notifier import NullNotifier
-from flag_scheduler.engine.ramps import RampStep
-from flag_scheduler.engine.run_loop import RunPolicy, process_due_schedules
-from flag_scheduler.store import connection
-from flag_scheduler.store.repository import ScheduleRepository
+import psycopg
 
-# Short retries, enough of them that random transient faults never exhaust a stage, and no
-# outage stop: the faults are meant to be survived.
-POLICY = RunPolicy(
-    max_retries=10,
-    batch_size=25,
-    time_margin_ms=1_000,
-    backoff=BackoffPolicy(base_seconds=0.2, cap_seconds=0.5, jitter_seconds=0.2),
-    lock_timeout_ms=2_000,
-    statement_timeout_ms=10_000,
-    outage_threshold=0,
-)
+# The handler reads its settings once per container: short retries, enough of them that
+# random transient faults never exhaust a stage, and no outage stop (the faults are meant
+# to be survived).
+SETTINGS = {
+    "FLAG_SCHEDULE_MAX_RETRIES": "10",
+    "FLAG_SCHEDULE_BATCH_SIZE": "25",
+    "FLAG_SCHEDULE_BACKOFF_BASE_SECONDS": "1",
+    "FLAG_SCHEDULE_BACKOFF_CAP_SECONDS": "1",
+    "FLAG_SCHEDULE_BACKOFF_JITTER_SECONDS": "1",
+    "FLAG_SCHEDULE_LOCK_TIMEOUT_MS": "2000",
+    "FLAG_SCHEDULE_STATEMENT_TIMEOUT_MS": "10000",
+    "FLAG_SCHEDULE_TIME_MARGIN_SECONDS": "1",
+    "FLAG_SCHEDULE_OUTAGE_THRESHOLD": "0",
+}
 ACTIVE_RAMPS = "SELECT count(*) FROM flag_ramps WHERE state = 'active'"
+EVENT = {"detail-type": "Scheduled Event", "source": "aws.events"}
 
 
-class _StopAfterRampStep(ScheduleRepository):
-    def write_ramp_steps(self, steps: Sequence[RampStep], *, now: datetime) -> None:
-        super().write_ramp_steps(steps, now=now)
+def _stop_after_ramp_step() -> None:
+    from flag_scheduler.engine.ramps import RampStep
+    from flag_scheduler.store.repository import ScheduleRepository
+
+    write = ScheduleRepository.write_ramp_steps
+
+    def write_then_stop(
+        self: ScheduleRepository, steps: Sequence[RampStep], *, now: datetime
+    ) -> None:
+        write(self, steps, now=now)
         print("ramp step written, not committed", flush=True)
         time.sleep(600)
 
+    ScheduleRepository.write_ramp_steps = write_then_stop  # type: ignore[method-assign]
+
 
 def main(url: str, mode: str, seconds: float) -> dict[str, Any]:
+    os.environ.update(SETTINGS)
+    os.environ["DATABASE_URL"] = url
+    from flag_scheduler.aws import scheduler
+    from flag_scheduler_cli.local import FakeLambdaContext
+
+    if mode == "crash":
+        _stop_after_ramp_step()
     totals: Counter[str] = Counter()
     deadline = time.monotonic() + seconds
-    with connection.connect(url) as conn:
-        repository = (_StopAfterRampStep if mode == "crash" else ScheduleRepository)(conn)
+    with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            summary = process_due_schedules(
-                repository,
-                NullNotifier(),
-                clock=lambda: datetime.now(UTC),
-                remaining_ms=lambda: 60_000,
-                policy=POLICY,
-            )
-            totals.update({k: v for k, v in summary.as_dict().items() if isinstance(v, int)})
+            result = scheduler.lambda_handler(EVENT, FakeLambdaContext(timeout_seconds=60))
+            totals.update({k: v for k, v in result.items() if isinstance(v, int)})
             totals["runs"] += 1
             row = conn.execute(ACTIVE_RAMPS).fetchone()
             if mode == "once" or (row is not None and row[0] == 0):
                 break
-            if summary.claimed == 0:
-                time.sleep(0.05)  # polling for the next due stage, as the cron would
+            if result["claimed"] == 0:
+                time.sleep(0.05)  # polling for the next due stage, as the rule would
     return dict(totals)
 
 

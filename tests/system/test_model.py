@@ -152,9 +152,9 @@ class Ramp:
 
 
 UNFINISHED = ("active", "paused", "halted")
-# Operator actions and the ramp states that allow them (resuming a halted ramp, which
-# requeues its failed stage, is left to tests/system's operator tests).
-STEERING = {"pause": ("active",), "resume": ("paused",), "abort": UNFINISHED}
+# Operator actions and the ramp states that allow them (abort with rollback is left to
+# tests/system/test_ramps.py and tests/store/test_ramps.py).
+STEERING = {"pause": ("active",), "resume": ("paused", "halted"), "abort": UNFINISHED}
 
 # (flag, rollouts, hold in minutes): two to four stages.
 NEW_RAMP = st.tuples(
@@ -265,6 +265,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             ),
             None,
         )
+        if action == "resume" and ramp.state == "halted":
+            self._resume_halted(store, ramp)
+            return
         if action == "resume":
             resumed = store.resume(ramp.id, now=self.now, actor="model")
             due = self.now + timedelta(seconds=ramp.paused_remaining)
@@ -284,6 +287,31 @@ class SchedulerMachine(RuleBasedStateMachine):
             if live is not None:
                 live.status, live.next_retry_at = "cancelled", None
         COVERAGE[f"ramp_{action}"] += 1
+
+    @precondition(lambda self: any(r.state == "halted" for r in self.ramps.values()))
+    @rule(index=st.integers(0, 1000))
+    def resume_a_halted_ramp(self, index: int) -> None:
+        halted = [r for r in self.ramps.values() if r.state == "halted"]
+        self._steer(halted[index % len(halted)], "resume")
+
+    def _resume_halted(self, store: Ramps, ramp: Ramp) -> None:
+        """Resume a halted ramp: its failed stage is requeued, due now, its retries afresh."""
+        (failed,) = (
+            s
+            for s in self.schedules.values()
+            if s.ramp == ramp.id and s.stage == ramp.current and s.status == "failed"
+        )
+        assert failed.next_retry_at is None  # it failed for good: that halted the ramp
+        resumed = store.resume(ramp.id, now=self.now, actor="model")
+        assert (resumed.stage, resumed.schedule_id, resumed.due_at) == (
+            ramp.current,
+            failed.id,
+            self.now,
+        )
+        failed.status, failed.scheduled_at, failed.retry_count = "pending", self.now, 0
+        failed.failed_at = failed.last_error_class = None
+        ramp.state = "active"
+        COVERAGE["ramp_resume_halted"] += 1
 
     @rule(index=st.integers(0, 1000), seconds=st.integers(0, 1800))
     def pause_and_resume_later(self, index: int, seconds: int) -> None:
@@ -644,7 +672,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert flags == expected
 
 
-def _machine_test(database_url: str, examples: int, steps: int) -> None:
+def _machine_test(database_url: str, examples: int, steps: int, *, derandomize: bool) -> None:
     with (
         psycopg.connect(database_url, autocommit=True) as conn,
         psycopg.connect(database_url, autocommit=True) as first,
@@ -660,23 +688,27 @@ def _machine_test(database_url: str, examples: int, steps: int) -> None:
                 max_examples=examples,
                 stateful_step_count=steps,
                 deadline=None,
+                derandomize=derandomize,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
     print(f"model test coverage: {dict(COVERAGE)}")
     every_case = (
         *("outage", "applied", "retried", "superseded", "failed", "expired", "concurrent"),
-        # (How far ramps get varies with the draws: completions, halts, pauses, resumes and
-        # aborts are printed above; tests/system/test_ramps*.py cover each for certain.)
-        "ramps",
+        # Ramps, paused and resumed. (Hypothesis switches rules off at random per example,
+        # so whether a ramp completes, halts, is aborted or is resumed from a halt varies
+        # with the draws, printed above; tests/system/test_ramps*.py cover each for certain.)
+        *("ramps", "ramp_pause", "ramp_resume"),
     )
     assert all(COVERAGE[case] for case in every_case), COVERAGE
 
 
 def test_the_scheduler_matches_the_model(database_url: str) -> None:
-    _machine_test(database_url, examples=30, steps=40)
+    # One fixed sequence of draws, so the coverage required above is met on every run (with
+    # random draws it failed about one run in six); the run at length explores new ones.
+    _machine_test(database_url, examples=30, steps=40, derandomize=True)
 
 
 @pytest.mark.soak
 def test_the_scheduler_matches_the_model_at_length(database_url: str) -> None:
-    _machine_test(database_url, examples=400, steps=80)
+    _machine_test(database_url, examples=400, steps=80, derandomize=False)

@@ -42,6 +42,11 @@ each stage at most once among rows that are not cancelled (two partial unique in
 crash or a race can neither skip nor duplicate a stage.
 
 Also adds the error class `guard_alarm` to the schedule and history CHECK lists.
+
+Downgrade drops the ramps. Their live stages (pending, or waiting for a retry) are cancelled
+first, with a `cancelled` history row by actor `migration`: without its ramp such a stage
+would apply as a lone plain change, leaving the flag at that stage's value with no
+successor. A `guard_alarm` error class becomes `unknown`, a permanent failure still.
 """
 
 from __future__ import annotations
@@ -294,6 +299,20 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(
+        """
+        WITH cancelled AS (
+            UPDATE feature_flag_schedules
+            SET status = 'cancelled', next_retry_at = NULL, updated_at = now()
+            WHERE ramp_id IS NOT NULL
+              AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
+            RETURNING id
+        )
+        INSERT INTO feature_flag_schedule_attempts
+            (schedule_id, attempt, started_at, finished_at, outcome, actor)
+        SELECT id, NULL, now(), now(), 'cancelled', 'migration' FROM cancelled
+        """
+    )
     op.drop_index(op.f(f"ix_{SCHEDULES}_ramp_id_ramp_stage"), table_name=SCHEDULES)
     op.drop_index(op.f(f"uq_{SCHEDULES}_ramp_id_ramp_stage"), table_name=SCHEDULES)
     op.drop_index(op.f(f"uq_{SCHEDULES}_ramp_id_live"), table_name=SCHEDULES)

@@ -405,9 +405,7 @@ WHERE (%(statuses)s::text[] IS NULL OR s.status = ANY(%(statuses)s::text[])
 """
 
 LIST_SCHEDULES = (
-    _SCHEDULE_VIEW
-    + _SCHEDULE_FILTERS
-    + "ORDER BY s.scheduled_at, s.id\nLIMIT %(limit)s\n"
+    _SCHEDULE_VIEW + _SCHEDULE_FILTERS + "ORDER BY s.scheduled_at, s.id\nLIMIT %(limit)s\n"
 )
 
 # One schedule with its flag's identity (as catalog.ScheduleView).

@@ -16,7 +16,7 @@ from flag_scheduler.errors import ConfigurationError, SystemicFailure
 from flag_scheduler.store.catalog import Catalog
 from flag_scheduler_cli import fault_injection
 from flag_scheduler_cli.local import FakeLambdaContext
-from tests.support import backend_pid, schedule_row
+from tests.support import backend_pid, insert_ramp, schedule_row
 
 EVENTS = sorted((Path(__file__).resolve().parents[2] / "events").glob("*.json"))
 METRICS = {
@@ -94,6 +94,37 @@ def test_every_event_file_runs_the_job(
     assert emf[0]["SchedulesApplied"] == [1.0]
     assert emf[0]["SchedulesFailedPermanently"] == [0.0]  # zeros are reported too
     assert emf[0]["RampsHalted"] == [0.0]
+
+
+def test_ramp_outcomes_are_logged_and_counted(
+    env: pytest.MonkeyPatch, conn: psycopg.Connection[Any], catalog: Catalog, output: Output
+) -> None:
+    now = datetime.now(UTC)
+    one_stage = insert_ramp(conn, catalog.create_flag("short"), now - timedelta(minutes=1), [50])
+    two_stages = insert_ramp(conn, catalog.create_flag("long"), now - timedelta(minutes=1), [5, 9])
+    expiring = insert_ramp(conn, catalog.create_flag("late"), now - timedelta(days=2), [5, 50])
+
+    result = scheduler.lambda_handler({}, FakeLambdaContext())
+
+    assert (result["ramp_stages_applied"], result["ramps_completed"]) == (2, 1)
+    assert result["ramps_halted"] == 1
+    lines = output.lines()
+    by_ramp: dict[tuple[str, str], dict[str, Any]] = {
+        (line["message"], line["ramp_id"]): line for line in lines if "ramp_id" in line
+    }
+    applied = by_ramp[("ramp_stage_applied", str(two_stages))]
+    assert (applied["stage"], applied["level"]) == (0, "INFO")
+    assert datetime.fromisoformat(applied["next_stage_due_at"]) >= now + timedelta(seconds=600)
+    # The last stage: no next one (Powertools leaves out a field that is None).
+    assert by_ramp[("ramp_stage_applied", str(one_stage))].get("next_stage_due_at") is None
+    assert by_ramp[("ramp_completed", str(one_stage))]["stage"] == 0
+    halted = by_ramp[("ramp_halted", str(expiring))]
+    assert (halted["level"], halted["stage"], halted["error_class"]) == ("ERROR", 0, "expired")
+    assert halted["rolled_back"] is False
+    assert ("ramp_completed", str(two_stages)) not in by_ramp
+    (emf,) = [line for line in lines if "_aws" in line and "ColdStart" not in line]
+    counted = (emf["RampStagesApplied"], emf["RampsCompleted"], emf["RampsHalted"])
+    assert counted == ([2.0], [1.0], [1.0])
 
 
 def test_log_events_carry_the_stable_keys(

@@ -50,6 +50,7 @@ def test_create_list_show_and_preview(cli: Cli) -> None:
         0,
         ["checkout-5xx", "latency"],
     )
+    assert (ramp["insufficient_data"], ramp["rollback_on_alarm"]) == ("wait", False)
     assert [w["name"] for w in created["preview"]] == ["0", "1", "2", "3"]
     first, second = created["preview"][:2]
     assert _seconds(second["earliest"]) - _seconds(first["earliest"]) == 1800
@@ -115,8 +116,18 @@ def test_pause_resume_abort_with_rollback(cli: Cli, conn: psycopg.Connection[Any
     # only the field the stages set is rolled back
     assert (rollback["status"], rollback["updates"]) == ("pending", {"rollout_percentage": 0})
     assert "is aborted; cannot abort" in cli.fails(1, "ramps", "abort", ramp_id)
-    actions = [e["action"] for e in cli.json("ramps", "show", ramp_id)["events"]]
-    assert actions == ["created", "paused", "resumed", "aborted", "rolled_back"]
+    events = cli.json("ramps", "show", ramp_id)["events"]
+    assert [e["action"] for e in events] == [
+        "created",
+        "paused",
+        "resumed",
+        "aborted",
+        "rolled_back",
+    ]
+    # every operator action names its operator (the CLI's actor: cli:<user>)
+    actors = {e["actor"] for e in events if e["action"] != "rolled_back"}
+    assert len(actors) == 1
+    assert actors.pop().startswith("cli:")
 
 
 @pytest.mark.usefixtures("flag")
@@ -390,3 +401,39 @@ def test_abort_says_the_rollback_it_scheduled(cli: Cli, conn: psycopg.Connection
     said = cli.ok("ramps", "abort", ramp_id, "--rollback")
     # the stages set only the rollout: enabled is neither rolled back nor said to be
     assert said.rstrip().endswith("scheduled now: rollout_percentage=0"), said
+
+
+def test_insufficient_data_halt_and_rollback_on_alarm_are_kept(cli: Cli, catalog: Catalog) -> None:
+    catalog.create_flag("guarded")
+    ramp = cli.json(
+        "ramps",
+        "create",
+        "--flag",
+        "guarded",
+        "--rollout",
+        "10,100",
+        "--hold",
+        "5m",
+        "--guard-alarm",
+        "errors",
+        "--insufficient-data",
+        "halt",
+        "--rollback-on-alarm",
+    )["ramp"]
+    assert (ramp["insufficient_data"], ramp["rollback_on_alarm"]) == ("halt", True)
+    assert "INSUFFICIENT_DATA: halt" in cli.ok("ramps", "show", ramp["id"])
+    assert "invalid choice: 'stop'" in cli.fails(
+        2,
+        "ramps",
+        "create",
+        "--flag",
+        "guarded",
+        "--rollout",
+        "10",
+        "--hold",
+        "5m",
+        "--guard-alarm",
+        "errors",
+        "--insufficient-data",
+        "stop",
+    )

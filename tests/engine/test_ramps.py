@@ -368,8 +368,10 @@ def test_a_batch_without_stages_sends_no_ramp_statement() -> None:
     store = FakeStore()
     flag = store.add_flag()
     store.add_schedule(flag, T0, {"enabled": True})
-    _run(store, T0, alarms=_Alarms())
+    alarms = _Alarms()
+    _run(store, T0, alarms=alarms)
     assert not {"lock_ramps", "advance_ramps"} & set(store.calls)
+    assert alarms.calls == []  # and no DescribeAlarms call
 
 
 def test_a_ramp_an_operator_holds_leaves_its_stage_due() -> None:

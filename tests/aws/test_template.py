@@ -323,8 +323,12 @@ def test_dashboard_body_is_json_with_the_promised_widgets() -> None:
         "HTTP API requests",
         "HTTP API latency",
         "Ramps per",
+        "Ramp events",
     ):
         assert words in titles
+    (log,) = [w for w in rendered["widgets"] if w["type"] == "log"]
+    for message in ("ramp_stage_applied", "ramp_halted", "ramp_completed"):
+        assert f"'{message}'" in log["properties"]["query"]
     text = json.dumps(rendered)
     for metric in (
         "SchedulesApplied",

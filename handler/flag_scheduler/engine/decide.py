@@ -24,8 +24,7 @@ from flag_scheduler.engine.records import (
 from flag_scheduler.engine.states import Outcome, Status
 from flag_scheduler.errors import FlagMissing, InvalidUpdates, ScheduleExpired, ScheduleFailure
 
-#: A change's place among its flag's changes: (scheduled_at, id); the id breaks ties.
-Order = tuple[datetime, UUID]
+Order = rules.Order
 #: Per flag, per field: the Order of the latest applied change that set the field.
 Marks = Mapping[UUID, Mapping[str, Order]]
 
@@ -117,11 +116,7 @@ def decide_one(
         if state is None:
             raise FlagMissing(f"flag {schedule.flag_id} does not exist")
         order = (schedule.scheduled_at, schedule.id)
-        fields = {
-            name: value
-            for name, value in updates.fields().items()
-            if name not in flag_marks or flag_marks[name] < order
-        }
+        fields = rules.fields_to_set(updates.fields(), flag_marks, order)
         if not fields:
             # Nothing left to set, however late: superseded, not an expiry alert.
             return ScheduleOutcome(

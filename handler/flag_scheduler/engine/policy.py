@@ -1,12 +1,20 @@
-"""The knobs of a run and the two rules they set: how many retries a schedule gets, and when
-it is too late to apply it (the engine, the CLI's previews and its checks all ask here)."""
+"""The knobs of a run and the rules the engine applies by: how many retries a schedule gets,
+when it is too late to apply it, and which of its fields a change may still set (the engine,
+the timeline, the CLI's previews and the creation checks all ask here)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
+from uuid import UUID
 
 from flag_scheduler.engine.backoff import BackoffPolicy
+
+#: A change's place among its flag's changes: (scheduled_at, id); the id breaks ties.
+Order = tuple[datetime, UUID]
+Value = TypeVar("Value")
 
 
 @dataclass(frozen=True)
@@ -45,3 +53,14 @@ def is_too_late(since: datetime, *, now: datetime, max_lateness_seconds: int) ->
 def expires_at(since: datetime, *, max_lateness_seconds: int) -> datetime | None:
     """The last moment a change due since `since` may still be applied; None: no limit."""
     return since + timedelta(seconds=max_lateness_seconds) if max_lateness_seconds else None
+
+
+def fields_to_set(
+    fields: Mapping[str, Value], marks: Mapping[str, Order], order: Order
+) -> dict[str, Value]:
+    """Of the fields a change at `order` sets, those it may still set: per field the latest
+    scheduled wins, so not one that an applied change ordered after it (`marks`: per field,
+    the order of the latest applied change that set it) has set."""
+    return {
+        name: value for name, value in fields.items() if name not in marks or marks[name] < order
+    }

@@ -1,8 +1,9 @@
 """What a flag will be after each of its pending changes, by the engine's per-field rule.
 
-The rule (DESIGN.md, Order): for each field the flag ends with the value of the
-latest-scheduled applied change that set it; a change applied late never overwrites a field
-that a change scheduled after it has already set. Pure: the caller gives the flag, what its
+The rule (DESIGN.md, Order; engine.policy.fields_to_set, which the engine's decisions use
+too): for each field the flag ends with the value of the latest-scheduled applied change
+that set it; a change applied late never overwrites a field that a change scheduled after it
+has already set. Pure: the caller gives the flag, what its
 applied schedules last set, its pending changes and the clock.
 """
 
@@ -17,7 +18,7 @@ from flag_scheduler.engine import policy as rules
 
 FieldValue = bool | int
 # Where a change stands in scheduled order: (scheduled_at, id), as the engine compares them.
-Position = tuple[datetime, UUID]
+Position = rules.Order
 
 
 @dataclass(frozen=True)
@@ -87,19 +88,18 @@ def timeline(
         if until is not None and at > until:
             break
         before = dict(values)
-        expires = rules.is_too_late(
+        # The engine's order of questions: nothing left to set is superseded, however late;
+        # only a change with something left to set can expire.
+        sets = rules.fields_to_set(change.fields, last_set, change.position)
+        stale = tuple(name for name in change.fields if name not in sets)
+        expires = bool(sets) and rules.is_too_late(
             change.lateness_from, now=at, max_lateness_seconds=max_lateness_seconds
         )
-        sets: dict[str, FieldValue] = {}
-        stale = []
-        for name, value in change.fields.items():
-            if name in last_set and last_set[name] > change.position:
-                stale.append(name)
-            elif not expires:
-                sets[name] = value
-                last_set[name] = change.position
+        if expires:
+            sets = {}
+        last_set.update(dict.fromkeys(sets, change.position))
         values.update(sets)
-        steps.append(TimelineStep(change, at, sets, tuple(stale), expires, before, dict(values)))
+        steps.append(TimelineStep(change, at, sets, stale, expires, before, dict(values)))
     return steps
 
 

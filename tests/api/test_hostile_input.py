@@ -50,9 +50,18 @@ def _counts(url: str) -> tuple[Any, ...]:
     return tuple(row)
 
 
+RAMP_BODY: dict[str, Any] = {"rollout": [5, 50], "hold_seconds": 600}
+SOME_ID = "00000000-0000-4000-8000-000000000000"
+
+
 @pytest.fixture
 def seeded(api: str) -> str:
+    """The flag `banner`, and `ramped` with an active ramp (so a ramp body that passes
+    validation is refused with 409, and nothing is written either way)."""
     assert call(http_event("POST", "/flags", body={"flag_key": "banner"})).status == 201
+    assert call(http_event("POST", "/flags", body={"flag_key": "ramped"})).status == 201
+    ramp = call(http_event("POST", "/flags/ramped/ramps", body=RAMP_BODY))
+    assert ramp.status == 201, ramp.body
     return api
 
 
@@ -77,7 +86,23 @@ def test_hostile_path_and_query_values(seeded: str, text: str) -> None:
         ("GET", "/schedules", {"limit": raw}),
         ("GET", "/schedules", {"due": raw}),
         ("GET", "/flags/banner/timeline", {"until": raw}),
+        ("GET", "/flags/banner/timeline", {"environment": raw}),
         ("GET", "/flags/banner/schedules", {"cursor": raw, "status": raw}),
+        ("GET", "/flags/banner/schedules", {"environment": raw}),
+        ("GET", f"/flags/{quote(raw, safe='')}/schedules", {}),
+        ("POST", f"/flags/{quote(raw, safe='')}/schedules", {}),
+        ("POST", "/flags/banner/schedules", {"environment": raw}),
+        ("POST", f"/schedules/{raw}/retry", {}),
+        ("GET", f"/schedules/{raw}/preview", {}),
+        ("POST", f"/flags/{quote(raw, safe='')}/ramps", {}),
+        ("POST", "/flags/banner/ramps", {"environment": raw}),
+        ("GET", "/ramps", {"state": raw}),
+        ("GET", "/ramps", {"flag_key": raw, "environment": raw}),
+        ("GET", "/ramps", {"cursor": raw, "limit": raw}),
+        ("GET", f"/ramps/{raw}", {}),
+        ("POST", f"/ramps/{raw}/pause", {}),
+        ("POST", f"/ramps/{raw}/resume", {}),
+        ("POST", f"/ramps/{raw}/abort", {}),
     ]:
         _ok(call(http_event(method, path, query=query)))
     assert _counts(seeded) == before
@@ -112,6 +137,24 @@ def test_hostile_body_fields(seeded: str, text: str) -> None:
         ("/schedules/retry", {"filter": {"flag_key": text}}),
         ("/schedules/retry", {"filter": {"error_class": text, "failed_since": text}}),
         ("/schedules/retry", {"dry_run": text}),
+        ("/schedules/retry", {"filter": {"state": text, "environment": text}}),
+        ("/schedules/retry", {"filter": {"failed_before": text, "limit": text}}),
+        ("/flags/banner/schedules", {**SCHEDULE_BODY, "updates": {"rollout_percentage": text}}),
+        (
+            "/flags/banner/schedules",
+            {**SCHEDULE_BODY, "scheduled_at": {"local": text, "time_zone": text, "fold": text}},
+        ),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "starts_at": text}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "rollout": text}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "rollout": [text]}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "hold_seconds": text}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "guard_alarms": [text]}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "insufficient_data": text}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "rollback_on_alarm": text, "enable": text}),
+        ("/flags/ramped/ramps", {"stages": [{"updates": {text: 1}, "hold_seconds": 600}]}),
+        ("/flags/ramped/ramps", {"stages": [{"updates": {"enabled": text}, "hold_seconds": 60}]}),
+        ("/flags/ramped/ramps", {**RAMP_BODY, "end_updates": {"enabled": text}}),
+        (f"/ramps/{SOME_ID}/abort", {"rollback": text}),
     ]:
         response = call(http_event("POST", path, body=body))
         _ok(response)
@@ -127,7 +170,20 @@ def test_hostile_headers_and_claims(seeded: str, text: str) -> None:
     event = http_event(
         "POST", "/flags/banner/schedules", body=SCHEDULE_BODY, headers={"idempotency-key": raw}
     )
-    _ok(call(event))
+    response = call(event)
+    _ok(response)
+    with psycopg.connect(seeded) as conn:
+        stored = [
+            row[0] for row in conn.execute("SELECT idempotency_key FROM api_idempotency_keys")
+        ]
+    if response.status == 201:  # a key the API accepts is kept exactly as sent
+        assert stored == [raw]
+    else:
+        assert (response.status, response.body["errors"][0]["field"]) == (
+            422,
+            "header.idempotency-key",
+        )
+        assert stored == []
     claims = http_event("GET", "/flags", claims={"sub": raw, "email": raw})
     _ok(call(claims))
     writer = http_event("POST", "/flags", body={"flag_key": "by-hostile"}, claims={"sub": raw})

@@ -148,6 +148,12 @@ def test_replay_and_reuse_in_sequence() -> None:
         422,
         "urn:flag-scheduler:problem:idempotency-key-reused",
     )
+    # A replay after a cancel: the same schedule, as it is now, with its first warnings.
+    assert call(http_event("POST", f"/schedules/{first.body['id']}/cancel")).status == 200
+    late = call(_schedule_event("banner", "k"))
+    assert (late.status, late.headers.get("Idempotent-Replayed")) == (201, "true")
+    assert (late.body["id"], late.body["state"]) == (first.body["id"], "cancelled")
+    assert late.body["warnings"] == first.body["warnings"]
     # Another caller's key of the same name is another key.
     mine = _schedule_event("banner", "k", updates={"rollout_percentage": 1})
     mine["requestContext"]["authorizer"]["jwt"]["claims"] = {"sub": "someone-else"}

@@ -45,6 +45,15 @@ def test_invoke_runs_the_handler_with_an_event_file(
     assert _summary(result.stdout)["applied"] == 1
     assert '"correlation_id":"53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa"' in result.stderr
     assert schedule_row(conn, schedule).status == "applied"
+    # POWERTOOLS_METRICS_DISABLED (cli_env sets it) silences every metric, ColdStart too.
+    assert '"_aws"' not in result.stderr
+    metered = _cli(
+        "invoke",
+        env=_env(DATABASE_URL=database_url, POWERTOOLS_METRICS_DISABLED="false"),
+    )
+    assert metered.returncode == 0, metered.stderr
+    assert '"ColdStart":[1.0]' in metered.stderr
+    assert '"SchedulesApplied":[0.0]' in metered.stderr
 
 
 def test_invoke_without_database_url_uses_a_migrated_embedded_server(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from flag_scheduler.aws.alarms import CloudWatchAlarms
 from flag_scheduler.aws.notifier import AwsNotifier
@@ -261,8 +262,9 @@ def _outage_evidence(exc: SystemicFailure | DatabaseUnavailable) -> dict[str, An
 
 
 # The cold-start metric (ColdStart, by function_name and service) is its own EMF line, written
-# before the run by the first invocation of each container.
-@metrics.log_metrics(capture_cold_start_metric=True)
+# before the run by the first invocation of each container. Powertools writes it even with
+# POWERTOOLS_METRICS_DISABLED, so it is asked for only when metrics are on.
+@metrics.log_metrics(capture_cold_start_metric=not is_metrics_disabled())
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
 def lambda_handler(
     event: Any, context: LambdaContext, *, progress: Progress | None = None

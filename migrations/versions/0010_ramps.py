@@ -43,10 +43,12 @@ crash or a race can neither skip nor duplicate a stage.
 
 Also adds the error class `guard_alarm` to the schedule and history CHECK lists.
 
-Downgrade drops the ramps. Their live stages (pending, or waiting for a retry) are cancelled
-first, with a `cancelled` history row by actor `migration`: without its ramp such a stage
-would apply as a lone plain change, leaving the flag at that stage's value with no
-successor. A `guard_alarm` error class becomes `unknown`, a permanent failure still.
+Downgrade drops the ramps, and refuses while any is unfinished (active, paused or halted):
+below this revision its stage would become a lone plain change — applied, or requeued by a
+bulk retry, with no successor ever — so the operator aborts those ramps first (with or
+without rollback: the choice of the flag's value is theirs). A finished ramp has no live
+stage, so every schedule stays as it is, unlinked. A `guard_alarm` error class becomes
+`unknown`, a permanent failure still.
 """
 
 from __future__ import annotations
@@ -298,21 +300,26 @@ def upgrade() -> None:
     _link_schedules()
 
 
+# In SQL, so `alembic downgrade --sql` carries the check too.
+REFUSE_UNFINISHED_RAMPS = """
+DO $$
+DECLARE
+    unfinished bigint;
+BEGIN
+    SELECT count(*) INTO unfinished FROM flag_ramps WHERE state IN ('active', 'paused', 'halted');
+    IF unfinished > 0 THEN
+        RAISE EXCEPTION USING
+            MESSAGE = unfinished || ' ramp(s) unfinished (active, paused or halted); below'
+                || ' revision 0010 their stages would apply alone, with no next stage',
+            HINT = 'abort them first: flag-scheduler ramps list --state active --state paused'
+                || ' --state halted, then flag-scheduler ramps abort ID [--rollback]';
+    END IF;
+END $$
+"""
+
+
 def downgrade() -> None:
-    op.execute(
-        """
-        WITH cancelled AS (
-            UPDATE feature_flag_schedules
-            SET status = 'cancelled', next_retry_at = NULL, updated_at = now()
-            WHERE ramp_id IS NOT NULL
-              AND (status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL))
-            RETURNING id
-        )
-        INSERT INTO feature_flag_schedule_attempts
-            (schedule_id, attempt, started_at, finished_at, outcome, actor)
-        SELECT id, NULL, now(), now(), 'cancelled', 'migration' FROM cancelled
-        """
-    )
+    op.execute(REFUSE_UNFINISHED_RAMPS)
     op.drop_index(op.f(f"ix_{SCHEDULES}_ramp_id_ramp_stage"), table_name=SCHEDULES)
     op.drop_index(op.f(f"uq_{SCHEDULES}_ramp_id_ramp_stage"), table_name=SCHEDULES)
     op.drop_index(op.f(f"uq_{SCHEDULES}_ramp_id_live"), table_name=SCHEDULES)

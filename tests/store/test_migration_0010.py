@@ -1,4 +1,5 @@
-"""Migration 0010 (ramps): up, down and up again with rows, its named constraints enforced."""
+"""Migration 0010 (ramps): up, down (refused while a ramp is unfinished) and up again with
+rows, its named constraints enforced."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC)
 
 
-def _alembic(url: str, *args: str) -> None:
+def _alembic(url: str, *args: str, expect: int = 0) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "alembic", *args],
         cwd=ROOT,
@@ -26,7 +27,8 @@ def _alembic(url: str, *args: str) -> None:
         text=True,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == expect, result.stderr
+    return result.stderr
 
 
 def _refused_by(conn: psycopg.Connection[Any], statement: str, *params: Any) -> str:
@@ -74,7 +76,7 @@ def _ramp(conn: psycopg.Connection[Any], flag: Any, state: str = "active") -> An
     return found[0]
 
 
-def test_up_down_up_with_ramps_cancels_their_live_stages_and_keeps_every_schedule(
+def test_up_down_up_with_ramps_refuses_while_one_is_unfinished_and_keeps_every_schedule(
     empty_database: str,
 ) -> None:
     _alembic(empty_database, "upgrade", "0009")
@@ -123,15 +125,21 @@ def test_up_down_up_with_ramps_cancels_their_live_stages_and_keeps_every_schedul
             (alarmed,),
         )
         # Named constraints: one live stage per ramp, each stage once, states, stage numbers.
+        insert_stage = (
+            "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id,"
+            " ramp_stage, status) VALUES (%s, now(), '{}', %s, %s, %s)"
+        )
         assert (
-            _refused_by(
-                conn,
-                "INSERT INTO feature_flag_schedules (flag_id, scheduled_at, updates, ramp_id,"
-                " ramp_stage) VALUES (%s, now(), '{}', %s, 1)",
-                flags[0],
-                live,
-            )
+            _refused_by(conn, insert_stage, flags[0], live, 1, "pending")
             == "uq_feature_flag_schedules_ramp_id_live"
+        )
+        assert (
+            _refused_by(conn, insert_stage, flags[0], live, 0, "superseded")
+            == "uq_feature_flag_schedules_ramp_id_ramp_stage"
+        )
+        assert (
+            _refused_by(conn, insert_stage, flags[0], live, 21, "cancelled")
+            == "ck_feature_flag_schedules_ramp_stage_iff_ramp_id"
         )
         assert (
             _refused_by(conn, "UPDATE flag_ramps SET state = 'bogus' WHERE id = %s", live)
@@ -144,17 +152,24 @@ def test_up_down_up_with_ramps_cancels_their_live_stages_and_keeps_every_schedul
             == "ck_feature_flag_schedules_ramp_stage_iff_ramp_id"
         )
 
+    refused = _alembic(empty_database, "downgrade", "0009", expect=1)
+    assert "3 ramp(s) unfinished (active, paused or halted)" in refused
+    assert "flag-scheduler ramps abort ID" in refused
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM flag_ramps").fetchone() == (3,)  # untouched
+        # As `ramps abort` leaves them: the live stages cancelled, the ramps aborted.
+        conn.execute(
+            "UPDATE feature_flag_schedules SET status = 'cancelled', next_retry_at = NULL"
+            " WHERE id = ANY(%s)",
+            ([pending, waiting],),
+        )
+        conn.execute("UPDATE flag_ramps SET state = 'aborted', finished_at = now()")
     _alembic(empty_database, "downgrade", "0009")
     with psycopg.connect(empty_database, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('flag_ramps')").fetchone() == (None,)
         rows = dict(conn.execute("SELECT id, status FROM feature_flag_schedules").fetchall())
         assert len(rows) == 4  # every schedule kept
         assert (rows[pending], rows[waiting], rows[alarmed]) == ("cancelled", "cancelled", "failed")
-        cancelled = conn.execute(
-            "SELECT schedule_id, actor FROM feature_flag_schedule_attempts"
-            " WHERE outcome = 'cancelled' ORDER BY schedule_id"
-        ).fetchall()
-        assert cancelled == sorted([(pending, "migration"), (waiting, "migration")])
         assert conn.execute(
             "SELECT last_error_class FROM feature_flag_schedules WHERE id = %s", (alarmed,)
         ).fetchone() == ("unknown",)

@@ -243,7 +243,14 @@ def test_a_mass_failure_sends_one_digest(
         ).fetchall()
     )
     assert sorted(body["halted_ramps"], key=lambda r: r["ramp_id"]) == [
-        {"ramp_id": str(r), "stage": 0, "schedule_id": stages[str(r)], "error_class": "expired"}
+        {
+            "ramp_id": str(r),
+            "flag_key": f"ramp-{ramps.index(r)}",
+            "environment": "production",
+            "stage": 0,
+            "schedule_id": stages[str(r)],
+            "error_class": "expired",
+        }
         for r in sorted(ramps, key=str)
     ]
     assert body["more_halted_ramps"] == 0

@@ -88,16 +88,35 @@ def _outcome(status: Status, outcome: Outcome, **fields: Any) -> ScheduleOutcome
     return ScheduleOutcome(SCHEDULE, status=status, outcome=outcome, attempt=3, **fields)
 
 
-def test_a_digest_names_every_ramp_its_alerts_halted_up_to_the_listed_number() -> None:
+def test_a_digest_names_every_ramp_its_alerts_halted_once_up_to_the_listed_number() -> None:
     alerts = [
-        PendingAlert(n, f"alert:s{n}:1", f"s{n}", "production", ErrorClass.EXPIRED, f"r{n}", 1)
+        PendingAlert(n, f"alert:s{n}:1", f"s{n}", "staging", "expired", f"r{n}", 1, f"f{n}")
         for n in range(DIGEST_LISTED_SCHEDULES + 3)
     ]
     alerts.insert(0, PendingAlert(99, "alert:plain:1", "plain", "production", "lock_timeout"))
+    # r0 resumed and halted again at stage 2: named once, by its latest alert.
+    alerts.append(PendingAlert(100, "alert:s0b:1", "s0b", "staging", "guard_alarm", "r0", 2, "f0"))
     digest = digest_message(alerts)
     assert digest.payload["halted_ramps"][:2] == [
-        {"ramp_id": "r0", "stage": 1, "schedule_id": "s0", "error_class": "expired"},
-        {"ramp_id": "r1", "stage": 1, "schedule_id": "s1", "error_class": "expired"},
+        {
+            "ramp_id": "r1",
+            "flag_key": "f1",
+            "environment": "staging",
+            "stage": 1,
+            "schedule_id": "s1",
+            "error_class": "expired",
+        },
+        {
+            "ramp_id": "r2",
+            "flag_key": "f2",
+            "environment": "staging",
+            "stage": 1,
+            "schedule_id": "s2",
+            "error_class": "expired",
+        },
     ]
-    assert len(digest.payload["halted_ramps"]) == DIGEST_LISTED_SCHEDULES
-    assert digest.payload["more_halted_ramps"] == 3
+    named = [r["ramp_id"] for r in digest.payload["halted_ramps"]]
+    assert len(named) == DIGEST_LISTED_SCHEDULES
+    assert digest.payload["more_halted_ramps"] == 3  # 23 ramps in all, r0 once
+    last = digest_message(alerts[-3:]).payload["halted_ramps"]
+    assert [(r["ramp_id"], r["stage"]) for r in last] == [("r21", 1), ("r22", 1), ("r0", 2)]

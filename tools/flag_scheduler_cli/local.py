@@ -85,10 +85,7 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
     propagate, library_logger.propagate = library_logger.propagate, False
     try:
         data_folder.parent.mkdir(parents=True, exist_ok=True)
-        # One start at a time per user: run as root, the first start on a machine creates the
-        # server's system user with useradd, and two processes starting at once (pytest's
-        # workers) would both try, the second failing because the user now exists.
-        with (Path(os.environ["XDG_RUNTIME_DIR"]) / "flag-scheduler-start.lock").open("a") as lock:
+        with _start_lock().open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return server_module.get_server(
                 data_folder, cleanup_mode="delete" if throwaway else "stop"
@@ -102,6 +99,19 @@ def start_embedded_server(data_folder: Path, *, throwaway: bool) -> Any:
         library_logger.removeHandler(failures)
         library_logger.propagate = propagate
     raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {data_folder}: {problem}")
+
+
+def _start_lock() -> Path:
+    """The file whose lock makes embedded-server starts take turns.
+
+    Run as root, the first start on a machine creates the server's system user with useradd:
+    two processes starting at once (pytest's workers) would both try, the second failing
+    because the user now exists. That user is machine-wide, so root's lock is too (root may
+    open the file whoever made it); any other user only needs its own starts to take turns.
+    """
+    if os.geteuid() == 0:
+        return Path("/tmp/flag-scheduler-embedded-start.lock")  # noqa: S108 (machine-wide on purpose)
+    return Path(os.environ["XDG_RUNTIME_DIR"]) / "flag-scheduler-start.lock"
 
 
 def _embedded_postgres() -> Any:

@@ -96,8 +96,10 @@ class PendingAlert:
     schedule_id: str
     environment: str
     error_class: str
-    ramp_id: str | None = None  # the alert of a ramp's stage: the ramp it halted
+    # A stage's alert: its ramp halted, and the digest must still say which one.
+    ramp_id: str | None = None
     stage: int | None = None
+    flag_key: str = ""
 
 
 def digest_message(alerts: Sequence[PendingAlert]) -> OutboxMessage:
@@ -108,16 +110,19 @@ def digest_message(alerts: Sequence[PendingAlert]) -> OutboxMessage:
         digest.update(alert.message_id.encode())
         digest.update(b"\n")
     listed = [alert.schedule_id for alert in alerts[:DIGEST_LISTED_SCHEDULES]]
-    # A halted ramp waits for an operator, so each is named even when its alert is folded.
+    # A halted ramp waits for an operator, so each is named even when its alert is folded;
+    # once, by its latest alert (a ramp resumed and halted again has two).
+    latest = {alert.ramp_id: alert for alert in sorted(alerts, key=lambda a: a.id) if alert.ramp_id}
     halted = [
         {
             "ramp_id": alert.ramp_id,
+            "flag_key": alert.flag_key,
+            "environment": alert.environment,
             "stage": alert.stage,
             "schedule_id": alert.schedule_id,
             "error_class": alert.error_class,
         }
-        for alert in alerts
-        if alert.ramp_id is not None
+        for alert in sorted(latest.values(), key=lambda a: a.id)
     ]
     return OutboxMessage(
         message_id=f"{MessageKind.DIGEST}:{digest.hexdigest()}",

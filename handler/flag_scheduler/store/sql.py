@@ -318,8 +318,11 @@ SELECT id, message_id, coalesce(payload->>'schedule_id', '') AS schedule_id,
        coalesce(payload->>'environment', '') AS environment,
        coalesce(nullif(payload->>'error_class', ''), 'unknown') AS error_class,
        payload->>'ramp_id' AS ramp_id,
+       -- A stage is 0..20 (states.MAX_RAMP_STAGES); the digits guard keeps a hand-edited
+       -- payload from failing the cast, and the whole delivery with it.
        CASE WHEN jsonb_typeof(payload->'stage') = 'number' AND payload->>'stage' ~ '^[0-9]{1,2}$'
-            THEN (payload->>'stage')::int END AS stage
+            THEN (payload->>'stage')::int END AS stage,
+       coalesce(payload->>'flag_key', '') AS flag_key
 FROM notification_outbox
 WHERE kind = 'alert'
 ORDER BY id

@@ -144,14 +144,7 @@ def schedules_list(
         limit=limit + 1,
     )
     shown = schedules[:limit]
-    return Result(_schedules_table(shown) + more_line(len(schedules), limit), shown)
-
-
-def more_line(found: int, limit: int) -> str:
-    """For a list cut at `limit` (`found`: up to limit + 1 read), the line that says so."""
-    if found <= limit:
-        return ""
-    return f"\n(the first {limit} shown; more match: --limit N shows more, or narrow the filter)"
+    return Result(_schedules_table(shown) + render.more_line(len(schedules), limit), shown)
 
 
 def _schedules_table(schedules: list[ScheduleView]) -> str:

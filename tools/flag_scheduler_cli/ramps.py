@@ -20,7 +20,7 @@ from flag_scheduler.engine.ramps import rollback_updates
 from flag_scheduler.engine.states import InsufficientData, RampState, State
 from flag_scheduler.store.ramps import RampDetail, RampView, StageSchedule
 from flag_scheduler_cli import render
-from flag_scheduler_cli.commands import Context, Result, more_line
+from flag_scheduler_cli.commands import Context, Result
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ def list_ramps(
         for ramp in ramps
     ]
     headers = ("ID", "FLAG", "ENV", "STATE", "STAGE", "STARTS", "GUARD ALARMS")
-    return Result(render.table(rows, headers) + more_line(len(found), limit), ramps)
+    return Result(render.table(rows, headers) + render.more_line(len(found), limit), ramps)
 
 
 def show(ctx: Context, ramp_id: UUID) -> Result:

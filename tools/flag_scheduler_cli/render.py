@@ -63,3 +63,10 @@ def updates_text(updates: object) -> str:
     if isinstance(updates, Mapping):
         return ", ".join(f"{k}={json.dumps(v)}" for k, v in updates.items()) or "{}"
     return json.dumps(updates)
+
+
+def more_line(found: int, limit: int) -> str:
+    """For a list cut at `limit` (`found`: up to limit + 1 read), the line that says so."""
+    if found <= limit:
+        return ""
+    return f"\n(the first {limit} shown; more match: --limit N shows more, or narrow the filter)"

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from flag_scheduler.engine.backoff import BackoffPolicy
@@ -334,7 +337,9 @@ def record_ramp_action_timeouts(conn: psycopg.Connection[Any]) -> None:
         " (id bigserial PRIMARY KEY, action text, lock_timeout text, statement_timeout text)"
     )
     conn.execute(
-        "CREATE FUNCTION record_ramp_action_timeouts() RETURNS trigger LANGUAGE plpgsql AS $$"
+        # SECURITY DEFINER: the audit writes as its owner, whichever role the action runs as.
+        "CREATE FUNCTION record_ramp_action_timeouts() RETURNS trigger LANGUAGE plpgsql"
+        " SECURITY DEFINER AS $$"
         " BEGIN INSERT INTO ramp_action_timeouts (action, lock_timeout, statement_timeout)"
         " VALUES (NEW.action, current_setting('lock_timeout'),"
         " current_setting('statement_timeout')); RETURN NEW; END $$"
@@ -362,3 +367,25 @@ def alerts(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             "SELECT payload FROM notification_outbox WHERE kind = 'alert' ORDER BY id"
         )
     ]
+
+
+API_ROLE = "flag_scheduler_api"
+
+
+@contextmanager
+def as_api_role(database_url: str) -> Iterator[str]:
+    """The database as a role with exactly docs/api-role.sql's grants (a name of its own:
+    roles are the server's, shared by parallel tests); yields its URL."""
+    name = f"fs_api_{secrets.token_hex(5)}"
+    password = secrets.token_hex(16)
+    grants = (ROOT / "docs" / "api-role.sql").read_text().replace(API_ROLE, name)
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute(grants.encode())
+        owner.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), sql.Literal(password))
+        )
+        parts = urlsplit(database_url)
+        host = parts.netloc.rpartition("@")[2]
+        yield urlunsplit(parts._replace(netloc=f"{name}:{quote(password)}@{host}"))
+        owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        owner.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

@@ -66,6 +66,34 @@ def test_a_bug_is_a_500_problem_that_leaks_nothing(monkeypatch: pytest.MonkeyPat
     assert "secret" not in response.body["detail"]
 
 
+def test_a_database_error_of_no_known_class_is_a_500_not_busy(api: str) -> None:
+    # As a missing grant answers (SQLSTATE 42501): retrying cannot help, so no Retry-After.
+    assert call(http_event("POST", "/flags", body={"flag_key": "banner"})).status == 201
+    with psycopg.connect(api, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'permission denied for table flag_ramps'"
+            " USING ERRCODE = '42501'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON flag_ramps"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    ramp = {"rollout": [5, 50], "hold_seconds": 600}
+    for path, body in (("/flags/banner/ramps", ramp), ("/flags/banner/schedules", None)):
+        if body is None:  # the same refusal on the schedules' table
+            with psycopg.connect(api, autocommit=True) as conn:
+                conn.execute(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON feature_flag_schedules"
+                    " FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+            body = {"scheduled_at": "2030-01-01T09:00:00Z", "updates": {"enabled": True}}
+        response = call(http_event("POST", path, body=body))
+        assert (response.status, response.body["type"]) == (500, PROBLEM + "internal"), path
+        assert "Retry-After" not in response.headers
+        assert "permission" not in response.body["detail"]
+
+
 def test_a_row_a_run_holds_is_a_503_busy_after_the_lock_timeout(
     api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -426,7 +426,10 @@ def test_api_function_runs_the_resolver_within_api_gateways_timeout() -> None:
 def test_api_function_may_read_its_secret_and_write_its_logs_and_nothing_else() -> None:
     by_sid = {s["Sid"]: s for s in _statements("ApiRole")}
     assert set(by_sid) == {"WriteOwnLogs", "ReadDatabaseSecret", "DecryptDatabaseSecret", "JoinVpc"}
-    assert by_sid["ReadDatabaseSecret"]["Resource"] == {"Ref": "DbSecretArn"}
+    # Its own role's secret when given (docs/api-role.sql), else the scheduler's: one secret.
+    its_secret = {"Fn::If": ["HasApiDbSecret", {"Ref": "ApiDbSecretArn"}, {"Ref": "DbSecretArn"}]}
+    assert by_sid["ReadDatabaseSecret"]["Resource"] == its_secret
+    assert API_ENV["DB_SECRET_ARN"] == its_secret
     assert _actions(by_sid["ReadDatabaseSecret"]) == ["secretsmanager:GetSecretValue"]
     assert by_sid["DecryptDatabaseSecret"]["Resource"] == {"Ref": "DbSecretKmsKeyArn"}
     assert by_sid["WriteOwnLogs"]["Resource"] == {"Fn::GetAtt": ["ApiLogGroup", "Arn"]}
@@ -437,8 +440,13 @@ def test_api_function_may_read_its_secret_and_write_its_logs_and_nothing_else() 
 
 
 def test_api_function_runs_with_the_schedulers_database_and_settings() -> None:
-    """The API's lateness check and retry previews must be the ones the scheduler applies."""
-    shared = {k: v for k, v in SCHEDULER_ENV.items() if k.startswith(("FLAG_SCHEDULE_", "DB_"))}
+    """The API's lateness check and retry previews must be the ones the scheduler applies, on
+    the same database (its secret may be its own role's: checked above)."""
+    shared = {
+        k: v
+        for k, v in SCHEDULER_ENV.items()
+        if k.startswith(("FLAG_SCHEDULE_", "DB_")) and k != "DB_SECRET_ARN"
+    }
     assert shared
     assert {k: API_ENV.get(k) for k in shared} == shared
     assert API_ENV["DATABASE_URL"] == ""

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from tests.cli.serving import HttpResponse, Served, request, serving
+from tests.support import as_api_role
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,13 +31,19 @@ class Walk:
         self.walked: set[tuple[str, str]] = set()
 
     def __call__(
-        self, method: str, template: str, expected: int, body: Any = None, **values: str
+        self,
+        method: str,
+        template: str,
+        expected: int,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        **values: str,
     ) -> Any:
         path = re.sub(r"\{(\w+)\}", lambda m: values.pop(m.group(1)), template)
         if values:
             path += "?" + "&".join(f"{k}={v}" for k, v in values.items())
-        response: HttpResponse = request(self.served, method, path, body=body)
-        assert response.status == expected, (method, path, response.body)
+        response: HttpResponse = request(self.served, method, path, body=body, headers=headers)
+        assert response.status == expected, (method, path, response.body, self.served.stderr[-5:])
         self.walked.add((method, template))
         return response.body
 
@@ -54,8 +61,32 @@ def _fail_for_good(database_url: str, schedule_id: str) -> None:
 
 @pytest.mark.slow
 def test_serve_answers_every_documented_operation_with_real_data(database_url: str) -> None:
+    _walk(database_url, database_url)
+
+
+@pytest.mark.slow
+def test_every_operation_works_as_the_api_role_of_docs_api_role_sql(database_url: str) -> None:
+    with as_api_role(database_url) as api_url:
+        _walk(api_url, database_url)
+        with psycopg.connect(api_url) as api:
+            # What the role must not do: delete, change a flag's value, touch the run state.
+            for statement in (
+                "DELETE FROM feature_flag_schedules",
+                "UPDATE feature_flags SET enabled = true",
+                "UPDATE scheduler_run_state SET last_run_finished_at = now()",
+                "DELETE FROM feature_flag_schedule_attempts",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    api.execute(statement)
+                api.rollback()
+
+
+def _walk(api_url: str, owner_url: str) -> None:
+    """Every documented operation through serve on `api_url` (`owner_url` plays the
+    scheduler, failing a schedule as a run would)."""
     soon = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
-    with serving(database_url) as served:
+    later = soon + timedelta(hours=1)
+    with serving(api_url) as served:
         api = Walk(served)
         assert api("GET", "/status", 200)["due_now"] == 0
         api("POST", "/flags", 201, {"flag_key": "walked", "description": "over HTTP"})
@@ -98,10 +129,10 @@ def test_serve_answers_every_documented_operation_with_real_data(database_url: s
             {"scheduled_at": soon.isoformat(), "updates": {"enabled": True}},
             flag_key="walked",
         )["id"]
-        _fail_for_good(database_url, failed)
+        _fail_for_good(owner_url, failed)
         retried = api("POST", "/schedules/{schedule_id}/retry", 200, schedule_id=failed)
         assert retried["state"] == "pending"
-        _fail_for_good(database_url, failed)
+        _fail_for_good(owner_url, failed)
         bulk = api(
             "POST",
             "/schedules/retry",
@@ -110,6 +141,24 @@ def test_serve_answers_every_documented_operation_with_real_data(database_url: s
         )
         assert (bulk["count"], [s["id"] for s in bulk["items"]]) == (1, [failed])
 
+        replayed = api(
+            "POST",
+            "/flags/{flag_key}/schedules",
+            201,
+            {"scheduled_at": later.isoformat(), "updates": {"enabled": True}},
+            headers={"Idempotency-Key": "walk-1"},
+            flag_key="walked",
+        )
+        again = api(
+            "POST",
+            "/flags/{flag_key}/schedules",
+            201,
+            {"scheduled_at": later.isoformat(), "updates": {"enabled": True}},
+            headers={"Idempotency-Key": "walk-1"},
+            flag_key="walked",
+        )
+        assert again["id"] == replayed["id"]
+        api("POST", "/schedules/{schedule_id}/cancel", 200, schedule_id=replayed["id"])
         api("POST", "/flags", 201, {"flag_key": "ramped"})
         ramp = api(
             "POST",

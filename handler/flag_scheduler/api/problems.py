@@ -9,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 
 from flag_scheduler.api.auth import Forbidden, Unauthenticated
+from flag_scheduler.engine.states import ErrorClass
 from flag_scheduler.errors import (
     AmbiguousLocalTime,
     ConfigurationError,
@@ -92,6 +93,10 @@ def problem_response(
 
 def classify(exc: BaseException) -> tuple[int, str, str] | None:
     """(status, slug, title) for a known error, by its nearest listed class."""
+    if isinstance(exc, TransientDatabaseError) and exc.error_class == ErrorClass.UNKNOWN:
+        # A database error of no class we know (a missing grant, a bug): the engine retries
+        # such an error, but a caller told "busy, retry" would retry it forever.
+        return None
     for cls in type(exc).__mro__:
         if cls in _BY_CLASS:
             return _BY_CLASS[cls]

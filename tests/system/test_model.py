@@ -288,11 +288,13 @@ class SchedulerMachine(RuleBasedStateMachine):
                 live.status, live.next_retry_at = "cancelled", None
         COVERAGE[f"ramp_{action}"] += 1
 
-    @precondition(lambda self: any(r.state == "halted" for r in self.ramps.values()))
     @rule(index=st.integers(0, 1000))
     def resume_a_halted_ramp(self, index: int) -> None:
+        # No precondition: whether a ramp halted can depend on how two concurrent runs
+        # interleaved, and a rule enabled by it would make the draws differ between replays.
         halted = [r for r in self.ramps.values() if r.state == "halted"]
-        self._steer(halted[index % len(halted)], "resume")
+        if halted:
+            self._steer(halted[index % len(halted)], "resume")
 
     def _resume_halted(self, store: Ramps, ramp: Ramp) -> None:
         """Resume a halted ramp: its failed stage is requeued, due now, its retries afresh."""

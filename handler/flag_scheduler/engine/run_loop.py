@@ -298,17 +298,9 @@ def _stamp_next_stages(run: _Run) -> None:
         schedule_id: step.held_from(at) if step.next_due_at is not None else step
         for schedule_id, step in run.ramp_steps.items()
     }
-    try:
-        with run.repository.savepoint():
-            run.repository.stamp_next_stages(
-                [step for step in stamped.values() if step.next_due_at is not None]
-            )
-    except DatabaseUnavailable:
-        raise
-    except ScheduleFailure as failure:
-        report.stages_unstamped(failure)
-        return
-    run.ramp_steps = stamped
+    due_later = [step for step in stamped.values() if step.next_due_at is not None]
+    if _written(run, lambda: run.repository.stamp_next_stages(due_later), report.stages_unstamped):
+        run.ramp_steps = stamped
 
 
 def _gate_ramps(
@@ -354,16 +346,12 @@ def _cancel_ended(run: _Run, ended: list[DueSchedule], now: datetime) -> None:
     if not ended:
         return
     ids = [schedule.id for schedule in ended]
-    try:
-        with run.repository.savepoint():
-            run.repository.cancel_stages(ids, now=now, request_id=run.request_id)
-    except DatabaseUnavailable:
-        raise
-    except ScheduleFailure as failure:
-        report.park_failed(failure)
-        run.held.update(ids)
-        return
-    run.held.update(ids)  # not claimed again by this run
+    _written(
+        run,
+        lambda: run.repository.cancel_stages(ids, now=now, request_id=run.request_id),
+        report.park_failed,
+    )
+    run.held.update(ids)  # not claimed again by this run, cancelled or not
     logger.warning("ended_ramp_stages_cancelled", extra={"schedule_ids": [str(i) for i in ids]})
 
 
@@ -745,28 +733,19 @@ def _halt_parked_stages(
         and ramp.state == RampState.ACTIVE
     ]
     found = ramps.steps(parked, run.batch_ramps, applied_at=now)
-    if not found:
-        return
-    try:
-        with run.repository.savepoint():
-            run.repository.write_ramp_steps(found, now=now)
-    except DatabaseUnavailable:
-        raise
-    except ScheduleFailure as failure:
-        report.park_failed(failure)  # the ramp stays active; an operator can abort it
+    # If the halt cannot be written the ramp stays active; an operator can abort it.
+    if not found or not _written(
+        run, lambda: run.repository.write_ramp_steps(found, now=now), report.park_failed
+    ):
         return
     run.ramp_steps.update((step.schedule_id, step) for step in found)
     # The halt's alert, as a stage failing for good sends; in a savepoint of its own, since
     # what could not be written may be that stage's message.
     halted = {step.schedule_id for step in found}
     alerts = outbox_messages([o for o in parked if o.schedule.id in halted], run.kinds)
-    try:
-        with run.repository.savepoint():
-            run.repository.enqueue_messages(alerts, now=now)
-    except DatabaseUnavailable:
-        raise
-    except ScheduleFailure as failure:
-        report.halt_alert_unqueued(failure)
+    _written(
+        run, lambda: run.repository.enqueue_messages(alerts, now=now), report.halt_alert_unqueued
+    )
 
 
 def _park_defective(run: _Run, claimed: list[DueSchedule], now: datetime) -> list[DueSchedule]:
@@ -797,14 +776,26 @@ def _park(run: _Run, reasons: dict[UUID, str], schedules: list[DueSchedule], now
     """
     run.unrecordable.update(reasons)
     run.summary.unrecordable += len(schedules)
-    parked = True
+    parked = _written(
+        run,
+        lambda: run.repository.park_unrecordable(reasons, now=now, request_id=run.request_id),
+        report.park_failed,
+    )
+    report.unrecordable(schedules, reasons, parked=parked)
+    return parked
+
+
+def _written(
+    run: _Run, write: Callable[[], object], failed: Callable[[ScheduleFailure], None]
+) -> bool:
+    """Run `write` in a savepoint; if the rows refuse it, roll back to the savepoint, tell
+    `failed` and return False (a lost connection is not the rows' doing: it propagates)."""
     try:
         with run.repository.savepoint():
-            run.repository.park_unrecordable(reasons, now=now, request_id=run.request_id)
+            write()
     except DatabaseUnavailable:
         raise
     except ScheduleFailure as failure:
-        parked = False
-        report.park_failed(failure)
-    report.unrecordable(schedules, reasons, parked=parked)
-    return parked
+        failed(failure)
+        return False
+    return True

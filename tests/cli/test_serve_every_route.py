@@ -141,21 +141,16 @@ def _walk(api_url: str, owner_url: str) -> None:
         )
         assert (bulk["count"], [s["id"] for s in bulk["items"]]) == (1, [failed])
 
-        replayed = api(
-            "POST",
-            "/flags/{flag_key}/schedules",
-            201,
-            {"scheduled_at": later.isoformat(), "updates": {"enabled": True}},
-            headers={"Idempotency-Key": "walk-1"},
-            flag_key="walked",
-        )
-        again = api(
-            "POST",
-            "/flags/{flag_key}/schedules",
-            201,
-            {"scheduled_at": later.isoformat(), "updates": {"enabled": True}},
-            headers={"Idempotency-Key": "walk-1"},
-            flag_key="walked",
+        replayed, again = (
+            api(
+                "POST",
+                "/flags/{flag_key}/schedules",
+                201,
+                {"scheduled_at": later.isoformat(), "updates": {"enabled": True}},
+                headers={"Idempotency-Key": "walk-1"},
+                flag_key="walked",
+            )
+            for _ in range(2)
         )
         assert again["id"] == replayed["id"]
         api("POST", "/schedules/{schedule_id}/cancel", 200, schedule_id=replayed["id"])

@@ -3,30 +3,20 @@ rows, its named constraints enforced."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import alembic
+
 NOW = datetime.now(UTC)
 
 
 def _alembic(url: str, *args: str, expect: int = 0) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = alembic(url, *args)
     assert result.returncode == expect, result.stderr
     return result.stderr
 

@@ -71,10 +71,14 @@ def test_every_operation_works_as_the_api_role_of_docs_api_role_sql(database_url
         with psycopg.connect(api_url) as api:
             # What the role must not do: delete, change a flag's value, touch the run state.
             for statement in (
+                "DELETE FROM feature_flags",
                 "DELETE FROM feature_flag_schedules",
+                "DELETE FROM feature_flag_schedule_attempts",
+                "DELETE FROM flag_ramps",
                 "UPDATE feature_flags SET enabled = true",
                 "UPDATE scheduler_run_state SET last_run_finished_at = now()",
-                "DELETE FROM feature_flag_schedule_attempts",
+                "SELECT count(*) FROM notification_outbox",
+                "DROP TABLE api_idempotency_keys",
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     api.execute(statement)

@@ -346,13 +346,13 @@ def _cancel_ended(run: _Run, ended: list[DueSchedule], now: datetime) -> None:
     if not ended:
         return
     ids = [schedule.id for schedule in ended]
-    _written(
+    run.held.update(ids)  # not claimed again by this run, cancelled or not
+    if _written(
         run,
         lambda: run.repository.cancel_stages(ids, now=now, request_id=run.request_id),
         report.park_failed,
-    )
-    run.held.update(ids)  # not claimed again by this run, cancelled or not
-    logger.warning("ended_ramp_stages_cancelled", extra={"schedule_ids": [str(i) for i in ids]})
+    ):
+        logger.warning("ended_ramp_stages_cancelled", extra={"schedule_ids": [str(i) for i in ids]})
 
 
 def _expire_waiting(
